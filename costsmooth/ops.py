@@ -1,0 +1,174 @@
+"""The sampling engine's compiled ops: thin typed wrappers of ``torch.ops.costsmooth``.
+
+Each wrapper checks its arguments (errors name the fix), then calls the dispatcher, which routes to
+the CPU or CUDA kernel by device. Fake (meta) kernels are registered here so that
+``torch.library.opcheck`` and ``torch.compile`` work. ``costsmooth.reference`` holds a pure-PyTorch
+version of each op: the test oracle and the benchmark baseline.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from . import _C  # noqa: F401  (loading the extension registers the ops)
+from ._checks import (FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_positive_finite,
+                      check_same_device, check_seed, sigma_tensor)
+
+__all__ = ["philox", "noisy_batch", "vote_count", "prob_sum", "vote_count_nan", "NaNLogitsError"]
+
+SigmaLike = Union[float, torch.Tensor]
+
+
+class NaNLogitsError(ValueError):
+    """The model returned NaN logits for some noisy inputs; those rows were not counted as votes."""
+
+
+def philox(counters: torch.Tensor, key: tuple) -> torch.Tensor:
+    """Raw Philox4x32-10 output words for int64 ``counters[rows, 4]`` (32-bit values) and key (k0, k1)."""
+    if not isinstance(counters, torch.Tensor) or counters.dtype != torch.int64 or counters.dim() != 2 \
+            or counters.shape[1] != 4:
+        raise ValueError("counters must be an int64 tensor [rows, 4] of 32-bit words")
+    return torch.ops.costsmooth.philox(counters, int(key[0]), int(key[1]))
+
+
+def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream: int = 0,
+                index_offset: int = 0, sample_offset: int = 0, dtype: Optional[torch.dtype] = None,
+                channels_last: bool = False) -> torch.Tensor:
+    """``n`` noisy copies of each input, in one pass.
+
+    Args:
+        x: inputs ``[B, *shape]``, any float dtype, any layout, on CPU or CUDA.
+        n: copies per input (>= 1).
+        sigma: noise level, a positive number or a ``[B]`` tensor (one per input).
+        seed: 64-bit seed; ``stream``: independent stream id (selection 0, estimation 1, training 2).
+        index_offset: global index of ``x[0]`` (input ``b`` has index ``index_offset + b``).
+        sample_offset: index of the first sample, so ``n`` can be split into pieces that add up.
+        dtype: output dtype (float32, float64, float16, bfloat16); default ``x.dtype``.
+        channels_last: write a 4-d output in channels-last memory format.
+
+    Returns:
+        ``out`` of shape ``[B * n, *shape]`` with
+        ``out[b*n + j] = x[b] + sigma_b * noise(seed, stream, index_offset + b, sample_offset + j)``.
+        The noise is a pure function of those indices (see ``csrc/philox.h``): it does not depend on
+        batch size, on how inputs are grouped, on the device or on sharding.
+    """
+    check_float_tensor(x, "x")
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
+    n = check_count(n, "n")
+    dtype = x.dtype if dtype is None else dtype
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of float32, float64, float16, bfloat16, got {dtype}")
+    if channels_last and x.dim() != 4:
+        raise ValueError(f"channels_last needs 4-d inputs [B, C, H, W], got shape {list(x.shape)}")
+    sig = sigma_tensor(sigma, x.shape[0], x.device)
+    return torch.ops.costsmooth.noisy_batch(
+        x, sig, n, check_seed(seed), check_index(stream, "stream"), check_index(index_offset, "index_offset", x.shape[0]),
+        check_index(sample_offset, "sample_offset", n), dtype, bool(channels_last))
+
+
+def _check_logits(logits: torch.Tensor, n: int, acc: Optional[torch.Tensor], acc_dtype: torch.dtype,
+                  acc_name: str) -> torch.Tensor:
+    check_float_tensor(logits, "logits")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-d [rows, classes], got shape {list(logits.shape)}")
+    check_count(n, "n")
+    rows, classes = logits.shape
+    if rows % n:
+        raise ValueError(f"logits has {rows} rows, not a multiple of n={n} (rows must be inputs x n samples)")
+    batch = rows // n
+    if acc is None:
+        return torch.zeros(batch, classes, dtype=acc_dtype, device=logits.device)
+    if not isinstance(acc, torch.Tensor) or acc.dtype != acc_dtype:
+        raise TypeError(f"{acc_name} must be a {acc_dtype} tensor, got "
+                        f"{acc.dtype if isinstance(acc, torch.Tensor) else type(acc).__name__}")
+    if tuple(acc.shape) != (batch, classes):
+        raise ValueError(f"{acc_name} must have shape [{batch}, {classes}] for {rows} rows of {classes} logits "
+                         f"with n={n}, got {list(acc.shape)}")
+    check_same_device(logits, acc, "logits", acc_name)
+    if not acc.is_contiguous():
+        raise ValueError(f"{acc_name} must be contiguous (it is updated in place)")
+    return acc
+
+
+def vote_count_nan(logits: torch.Tensor, n: int, counts: torch.Tensor) -> torch.Tensor:
+    """Add each row's vote to ``counts`` in place; return NaN rows per input (``[B]`` int64, not counted).
+
+    Does not synchronise with the device: the caller checks the returned tensor when it suits it.
+    """
+    _check_logits(logits, n, counts, torch.int64, "counts")
+    return torch.ops.costsmooth.vote_count_(logits, counts, n)
+
+
+def _raise_on_nan(nan_rows: torch.Tensor, what: str) -> None:
+    if bool(nan_rows.any()):
+        bad = nan_rows.nonzero().flatten()
+        raise NaNLogitsError(
+            f"{int(nan_rows.sum())} rows of logits contain NaN (inputs {bad[:10].tolist()}); they were not "
+            f"counted in {what}. Check the model and the inputs for NaN/inf values.")
+
+
+def vote_count(logits: torch.Tensor, n: int, counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-input histogram of the rows' argmax votes.
+
+    Args:
+        logits: ``[B * n, C]`` (any float dtype); rows ``b*n .. b*n + n - 1`` belong to input ``b``.
+        n: rows per input.
+        counts: optional int64 ``[B, C]`` accumulated in place.
+
+    Returns:
+        int64 ``counts[B, C]``. The vote is ``argmax`` with ties to the lowest class (as torch.argmax),
+        counted exactly in integers. Rows with a NaN logit are never counted: a ``NaNLogitsError``
+        is raised after the valid rows were added.
+    """
+    counts = _check_logits(logits, n, counts, torch.int64, "counts")
+    _raise_on_nan(torch.ops.costsmooth.vote_count_(logits, counts, n), "counts")
+    return counts
+
+
+def prob_sum(logits: torch.Tensor, n: int, sums: Optional[torch.Tensor] = None,
+             temperature: float = 1.0) -> torch.Tensor:
+    """Per-input sum of ``softmax(logits_row / temperature)`` over its ``n`` rows, in float64.
+
+    Args:
+        logits: ``[B * n, C]``; n: rows per input; sums: optional float64 ``[B, C]`` updated in place.
+
+    Returns:
+        float64 ``sums[B, C]``. Rows whose softmax is undefined (NaN, or an infinite maximum) are not
+        added; a ``NaNLogitsError`` is raised after the valid rows were added.
+    """
+    sums = _check_logits(logits, n, sums, torch.float64, "sums")
+    temperature = check_positive_finite(temperature, "temperature")
+    _raise_on_nan(torch.ops.costsmooth.prob_sum_(logits, sums, n, temperature), "sums")
+    return sums
+
+
+@torch.library.register_fake("costsmooth::philox")
+def _philox_fake(counters, key0, key1):
+    return torch.empty_like(counters)
+
+
+@torch.library.register_fake("costsmooth::noisy_batch")
+def _noisy_batch_fake(x, sigma, n, seed, stream, index_offset, sample_offset, dtype, channels_last):
+    torch._check(sigma.dim() == 1 and sigma.shape[0] == x.shape[0], lambda: "sigma must have shape [B]")
+    torch._check(n >= 1, lambda: "n must be >= 1")
+    shape = (x.shape[0] * n,) + tuple(x.shape[1:])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.new_empty(shape, dtype=dtype).contiguous(memory_format=fmt)
+
+
+def _votes_fake(logits, acc, n):
+    torch._check(logits.dim() == 2, lambda: "logits must be 2-d")
+    torch._check(acc.shape[0] * n == logits.shape[0], lambda: "accumulator rows must be logits rows / n")
+    return logits.new_empty((acc.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("costsmooth::vote_count_")
+def _vote_count_fake(logits, counts, n):
+    return _votes_fake(logits, counts, n)
+
+
+@torch.library.register_fake("costsmooth::prob_sum_")
+def _prob_sum_fake(logits, sums, n, temperature):
+    return _votes_fake(logits, sums, n)

@@ -1,0 +1,153 @@
+"""Monte Carlo sampling of a base classifier under Gaussian noise: the loop around the fused ops.
+
+``sample_counts`` chains noisy_batch -> model -> vote_count, chunked to a batch size, on the device of
+the inputs. The noise for (seed, stream, input index, sample index) is fixed by those indices alone,
+so the counts do not depend on the batch size, on how inputs are grouped or on how ``n`` is split.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from . import ops
+from ._checks import check_count, check_float_tensor, check_index, sigma_tensor
+
+__all__ = ["sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION", "STREAM_ESTIMATION",
+           "STREAM_TRAINING", "eval_mode"]
+
+STREAM_SELECTION = 0
+STREAM_ESTIMATION = 1
+STREAM_TRAINING = 2
+
+
+@dataclass
+class SampleStatistics:
+    """Per-input statistics of the base classifier's outputs on ``n`` noisy copies.
+
+    counts: int64 ``[B, C]`` argmax votes. prob_sums: float64 ``[B, C]`` sums of softmax(logits / T),
+    or None when not requested.
+    """
+    counts: torch.Tensor
+    prob_sums: Optional[torch.Tensor] = None
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Put ``model`` in eval mode under inference_mode; restore its previous mode afterwards.
+
+    Any callable works; only ``torch.nn.Module`` objects have a mode to switch.
+    """
+    is_module = isinstance(model, torch.nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            yield model
+    finally:
+        if is_module:
+            model.train(was_training)
+
+
+def _chunks(batch: int, n: int, batch_size: int) -> Iterator[Tuple[int, int, int, int]]:
+    """(first input, end input, first sample, samples) covering batch x n with <= batch_size rows each.
+
+    Several whole inputs share one model call when n <= batch_size; otherwise each input's n samples
+    are split into pieces of batch_size.
+    """
+    if n <= batch_size:
+        per_call = batch_size // n
+        for b0 in range(0, batch, per_call):
+            yield b0, min(b0 + per_call, batch), 0, n
+    else:
+        for b in range(batch):
+            for j0 in range(0, n, batch_size):
+                yield b, b + 1, j0, min(batch_size, n - j0)
+
+
+def _check_logits(logits, rows: int, num_classes: Optional[int]) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != rows:
+        shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must map a batch of {rows} inputs to logits [{rows}, num_classes], got {shape}")
+    if num_classes is not None and logits.shape[1] != num_classes:
+        raise ValueError(f"the model returns {logits.shape[1]} logits per input but num_classes={num_classes}; "
+                         f"pass the model's class count")
+
+
+def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0,
+                      batch_size: int = 1000, stream: int = STREAM_ESTIMATION, index_offset: int = 0,
+                      sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
+                      temperature: float = 1.0, dtype: Optional[torch.dtype] = None,
+                      channels_last: bool = False, progress=None) -> SampleStatistics:
+    """Votes (and optionally softmax sums) of ``model`` on ``n`` noisy copies of each input.
+
+    Args:
+        model: maps ``[rows, *shape]`` to logits ``[rows, C]``; run in eval mode under inference_mode
+            (its previous mode is restored).
+        x: inputs ``[B, *shape]`` on the device to run on. sigma: number or ``[B]`` tensor.
+        n: samples per input; seed, stream, index_offset, sample_offset: as in ``ops.noisy_batch``.
+        batch_size: rows per model call. num_classes: checked against the model's output width.
+        prob_sums: also accumulate ``sum_j softmax(logits_j / temperature)`` in float64.
+        dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
+        progress: an optional tqdm-like object whose ``update(rows)`` is called after each chunk.
+
+    Returns:
+        SampleStatistics with int64 counts ``[B, C]`` (on x's device). Raises ``NaNLogitsError``
+        when the model returned NaN for some rows (those rows are never counted as votes).
+    """
+    check_float_tensor(x, "x")
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
+    n = check_count(n, "n")
+    batch_size = check_count(batch_size, "batch_size")
+    check_index(index_offset, "index_offset", x.shape[0])
+    check_index(sample_offset, "sample_offset", n)
+    if num_classes is not None:
+        num_classes = check_count(num_classes, "num_classes")
+    if x.numel() and bool(torch.isnan(x).any()):
+        raise ValueError("x contains NaN values; certificates of NaN inputs are meaningless, clean the data first")
+    batch = x.shape[0]
+    sig = sigma_tensor(sigma, batch, x.device)
+    counts = sums = None
+    if num_classes is not None:
+        counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
+        if prob_sums:
+            sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=x.device)
+    nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    with eval_mode(model):
+        for b0, b1, j0, m in _chunks(batch, n, batch_size):
+            noisy = ops.noisy_batch(x[b0:b1], m, sig[b0:b1], seed=seed, stream=stream, index_offset=index_offset + b0,
+                                    sample_offset=sample_offset + j0, dtype=dtype, channels_last=channels_last)
+            logits = model(noisy)
+            _check_logits(logits, noisy.shape[0], num_classes)
+            if counts is None:
+                num_classes = logits.shape[1]
+                counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
+                if prob_sums:
+                    sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=x.device)
+            nan_rows[b0:b1] += ops.vote_count_nan(logits, m, counts[b0:b1])
+            if prob_sums:
+                torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
+            if progress is not None:
+                progress.update(noisy.shape[0])
+    if counts is None:  # no inputs and no declared class count
+        counts = torch.zeros(batch, 0, dtype=torch.int64, device=x.device)
+    ops._raise_on_nan(nan_rows, "the vote counts")
+    return SampleStatistics(counts=counts, prob_sums=sums)
+
+
+def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0, batch_size: int = 1000,
+                  stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
+                  num_classes: Optional[int] = None, dtype: Optional[torch.dtype] = None,
+                  channels_last: bool = False, progress=None) -> torch.Tensor:
+    """int64 ``[B, C]``: how often ``model`` votes for each class on ``n`` noisy copies of each input.
+
+    ``counts[b, c] = #{j < n : argmax model(x[b] + sigma_b * noise(seed, stream, index_offset + b,
+    sample_offset + j)) = c}``. See ``sample_statistics`` for the arguments.
+    """
+    return sample_statistics(model, x, n, sigma, seed=seed, batch_size=batch_size, stream=stream,
+                             index_offset=index_offset, sample_offset=sample_offset, num_classes=num_classes,
+                             dtype=dtype, channels_last=channels_last, progress=progress).counts

@@ -1,0 +1,69 @@
+// Argument checks shared by the CPU and CUDA registrations of every op. The Python wrappers in
+// costsmooth/ops.py check the same things first with friendlier messages; these keep a direct
+// torch.ops call from reading out of bounds.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <limits>
+
+#include "kernels.h"
+
+namespace costsmooth {
+
+inline DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "costsmooth: unsupported dtype ", t, "; use float32, float64, float16 or bfloat16");
+  }
+}
+
+inline void check_philox(const at::Tensor& counters, int64_t key0, int64_t key1) {
+  TORCH_CHECK(counters.dim() == 2 && counters.size(1) == 4 && counters.scalar_type() == at::kLong,
+              "philox: counters must be int64 [rows, 4], got ", counters.scalar_type(), " ", counters.sizes());
+  constexpr int64_t kU32 = std::numeric_limits<uint32_t>::max();
+  TORCH_CHECK(key0 >= 0 && key0 <= kU32 && key1 >= 0 && key1 <= kU32, "philox: key words must fit in 32 bits");
+}
+
+inline void check_noisy_batch(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t stream,
+                              int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
+                              bool channels_last) {
+  TORCH_CHECK(x.dim() >= 1, "noisy_batch: x must have a batch dimension, got a 0-d tensor");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "noisy_batch: x must be a float tensor, got ", x.scalar_type());
+  to_dtype(x.scalar_type());
+  to_dtype(dtype);
+  TORCH_CHECK(n >= 1, "noisy_batch: n must be >= 1, got ", n);
+  TORCH_CHECK(sigma.dim() == 1 && sigma.size(0) == x.size(0),
+              "noisy_batch: sigma must have shape [", x.size(0), "], got ", sigma.sizes());
+  TORCH_CHECK(sigma.scalar_type() == at::kFloat, "noisy_batch: sigma must be float32, got ", sigma.scalar_type());
+  TORCH_CHECK(sigma.device() == x.device(), "noisy_batch: sigma is on ", sigma.device(), " but x is on ", x.device());
+  constexpr int64_t kU32 = std::numeric_limits<uint32_t>::max();
+  TORCH_CHECK(stream >= 0 && stream <= kU32, "noisy_batch: stream must fit in 32 bits, got ", stream);
+  TORCH_CHECK(index_offset >= 0 && index_offset + x.size(0) - 1 <= kU32,
+              "noisy_batch: input indices must lie in [0, 2^32), got offset ", index_offset);
+  TORCH_CHECK(sample_offset >= 0 && sample_offset + n - 1 <= kU32,
+              "noisy_batch: sample indices must lie in [0, 2^32), got offset ", sample_offset);
+  TORCH_CHECK(!channels_last || x.dim() == 4,
+              "noisy_batch: channels_last needs 4-d inputs [B, C, H, W], got ", x.dim(), "-d");
+}
+
+inline int64_t check_votes(const char* op, const at::Tensor& logits, const at::Tensor& acc, int64_t n,
+                           at::ScalarType acc_dtype) {
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-d [rows, classes], got ", logits.dim(), "-d");
+  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), op, ": logits must be float, got ", logits.scalar_type());
+  to_dtype(logits.scalar_type());
+  TORCH_CHECK(n >= 1, op, ": n must be >= 1, got ", n);
+  TORCH_CHECK(acc.dim() == 2 && acc.size(1) == logits.size(1) && acc.size(0) * n == logits.size(0), op,
+              ": accumulator must have shape [rows / n, classes] = [", logits.size(0) / n, ", ", logits.size(1),
+              "], got ", acc.sizes());
+  TORCH_CHECK(acc.scalar_type() == acc_dtype, op, ": accumulator must be ", acc_dtype, ", got ", acc.scalar_type());
+  TORCH_CHECK(acc.is_contiguous(), op, ": accumulator must be contiguous");
+  TORCH_CHECK(acc.device() == logits.device(), op, ": accumulator is on ", acc.device(), " but logits on ",
+              logits.device());
+  return acc.size(0);
+}
+
+}  // namespace costsmooth

@@ -1,0 +1,185 @@
+// CPU kernels of the sampling engine (parallel with at::parallel_for). Mirrors cuda/sampling_cuda.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "../philox.h"
+
+namespace costsmooth {
+namespace {
+
+at::Tensor philox_cpu(const at::Tensor& counters_in, int64_t key0, int64_t key1) {
+  check_philox(counters_in, key0, key1);
+  const at::Tensor counters = counters_in.contiguous();
+  at::Tensor out = at::empty_like(counters);
+  const int64_t* cp = counters.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  at::parallel_for(0, counters.size(0), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      uint32_t c[4];
+      for (int k = 0; k < 4; ++k) c[k] = static_cast<uint32_t>(cp[4 * r + k]);
+      philox4x32_10(c, static_cast<uint32_t>(key0), static_cast<uint32_t>(key1));
+      for (int k = 0; k < 4; ++k) op[4 * r + k] = static_cast<int64_t>(c[k]);
+    }
+  });
+  return out;
+}
+
+at::Tensor noisy_batch_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
+                           int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
+                           bool channels_last) {
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor sc = sigma.contiguous();
+  const int64_t batch = x.size(0);
+  int64_t dim = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) dim *= x.size(d);
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes[0] = batch * n;
+  at::Tensor out = at::empty(sizes, x.options().dtype(dtype).memory_format(
+                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  const int64_t channels = channels_last ? x.size(1) : 1;
+  const int64_t spatial = channels_last ? x.size(2) * x.size(3) : dim;
+  const int64_t groups_per_row = (dim + 3) / 4;
+  const int64_t total = batch * n * groups_per_row;
+  if (total == 0) return out;
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  const float* sig = sc.data_ptr<float>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "noisy_batch_cpu", [&] {
+    using tin = scalar_t;
+    const tin* xp = xc.data_ptr<tin>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "noisy_batch_cpu_out", [&] {
+      using tout = scalar_t;
+      tout* op = out.data_ptr<tout>();
+      at::parallel_for(0, total, 1024, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t group = t % groups_per_row;
+          const int64_t row = t / groups_per_row;
+          const int64_t b = row / n;
+          const int64_t j = row - b * n;
+          float z[4];
+          noise_normals(useed, static_cast<uint32_t>(stream), static_cast<uint32_t>(index_offset + b),
+                        static_cast<uint32_t>(sample_offset + j), static_cast<uint32_t>(group), z);
+          const float s = sig[b];
+          const tin* xb = xp + b * dim;
+          for (int k = 0; k < 4; ++k) {
+            const int64_t e = 4 * group + k;
+            if (e >= dim) break;
+            int64_t dst = row * dim + e;
+            if (channels_last) {
+              const int64_t c = e / spatial;
+              dst = row * dim + (e - c * spatial) * channels + c;
+            }
+            if constexpr (std::is_same<tout, double>::value) {
+              op[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(z[k]);
+            } else {
+              op[dst] = static_cast<tout>(static_cast<float>(xb[e]) + s * z[k]);
+            }
+          }
+        }
+      });
+    });
+  });
+  return out;
+}
+
+// Argmax of one row in its own precision (ties to the lowest index, as torch.argmax); -1 if any NaN.
+template <typename scalar_t>
+int64_t row_vote(const scalar_t* row, int64_t classes) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t best_idx = -1;
+  acc_t best = 0;
+  for (int64_t c = 0; c < classes; ++c) {
+    const acc_t v = static_cast<acc_t>(row[c]);
+    if (std::isnan(v)) return -1;
+    if (best_idx < 0 || v > best) {
+      best = v;
+      best_idx = c;
+    }
+  }
+  return best_idx;
+}
+
+at::Tensor vote_count_cpu(const at::Tensor& logits_in, at::Tensor& counts, int64_t n) {
+  const int64_t batch = check_votes("vote_count", logits_in, counts, n, at::kLong);
+  const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
+  at::Tensor nan_rows = at::zeros({batch}, counts.options());
+  const int64_t rows = logits.size(0), classes = logits.size(1), row_stride = logits.stride(0);
+  if (rows == 0 || classes == 0) return nan_rows;
+  std::vector<int64_t> votes(rows);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "vote_count_cpu", [&] {
+    const scalar_t* lp = logits.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) votes[r] = row_vote(lp + r * row_stride, classes);
+    });
+  });
+  // Serial integer histogram: exact, and cheap next to the argmax pass.
+  int64_t* cp = counts.data_ptr<int64_t>();
+  int64_t* np = nan_rows.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / n;
+    if (votes[r] < 0) ++np[b];
+    else ++cp[b * classes + votes[r]];
+  }
+  return nan_rows;
+}
+
+at::Tensor prob_sum_cpu(const at::Tensor& logits_in, at::Tensor& sums, int64_t n, double temperature) {
+  const int64_t batch = check_votes("prob_sum", logits_in, sums, n, at::kDouble);
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "prob_sum: temperature must be > 0, got ", temperature);
+  const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
+  at::Tensor nan_rows = at::zeros({batch}, sums.options().dtype(at::kLong));
+  const int64_t classes = logits.size(1), row_stride = logits.stride(0);
+  if (logits.size(0) == 0 || classes == 0) return nan_rows;
+  const double inv_t = 1.0 / temperature;
+  double* sp = sums.data_ptr<double>();
+  int64_t* np = nan_rows.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "prob_sum_cpu", [&] {
+    const scalar_t* lp = logits.data_ptr<scalar_t>();
+    // One input per task: each input's sums are written by one thread, in row order (deterministic).
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(classes);
+      for (int64_t b = begin; b < end; ++b) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t j = 0; j < n; ++j) {
+          const scalar_t* row = lp + (b * n + j) * row_stride;
+          double mx = -INFINITY;
+          bool has_nan = false;
+          for (int64_t c = 0; c < classes; ++c) {
+            const double v = static_cast<double>(row[c]);
+            if (std::isnan(v)) has_nan = true;
+            else if (v > mx) mx = v;
+          }
+          if (has_nan || !std::isfinite(mx)) {  // softmax undefined: reported, not summed
+            ++np[b];
+            continue;
+          }
+          double denom = 0.0;
+          for (int64_t c = 0; c < classes; ++c) denom += std::exp((static_cast<double>(row[c]) - mx) * inv_t);
+          for (int64_t c = 0; c < classes; ++c) acc[c] += std::exp((static_cast<double>(row[c]) - mx) * inv_t) / denom;
+        }
+        for (int64_t c = 0; c < classes; ++c) sp[b * classes + c] += acc[c];
+      }
+    });
+  });
+  return nan_rows;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(costsmooth, CPU, m) {
+  m.impl("philox", &philox_cpu);
+  m.impl("noisy_batch", &noisy_batch_cpu);
+  m.impl("vote_count_", &vote_count_cpu);
+  m.impl("prob_sum_", &prob_sum_cpu);
+}
+
+}  // namespace costsmooth

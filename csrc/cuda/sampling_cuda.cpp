@@ -1,0 +1,115 @@
+// CUDA registrations of the sampling ops: argument checks, device guard, current stream, and a
+// call into the torch-free launchers of sampling_kernels.cu. Mirrors cpu/sampling_cpu.cpp.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../kernels.h"
+
+namespace costsmooth {
+namespace {
+
+void check_launch(const char* op) {
+  const char* err = last_cuda_error();
+  TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
+}
+
+at::Tensor philox_cuda(const at::Tensor& counters_in, int64_t key0, int64_t key1) {
+  check_philox(counters_in, key0, key1);
+  const c10::cuda::CUDAGuard guard(counters_in.device());
+  const at::Tensor counters = counters_in.contiguous();
+  at::Tensor out = at::empty_like(counters);
+  PhiloxParams p{counters.data_ptr<int64_t>(), out.data_ptr<int64_t>(), counters.size(0),
+                 static_cast<uint32_t>(key0), static_cast<uint32_t>(key1)};
+  launch_philox(p, at::cuda::getCurrentCUDAStream().stream());
+  check_launch("philox");
+  return out;
+}
+
+at::Tensor noisy_batch_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
+                            int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
+                            bool channels_last) {
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor sc = sigma.contiguous();
+  const int64_t batch = x.size(0);
+  int64_t dim = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) dim *= x.size(d);
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes[0] = batch * n;
+  at::Tensor out = at::empty(sizes, x.options().dtype(dtype).memory_format(
+                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  NoisyBatchParams p{};
+  p.x = xc.data_ptr();
+  p.sigma = sc.data_ptr<float>();
+  p.out = out.data_ptr();
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.out_dtype = to_dtype(dtype);
+  p.batch = batch;
+  p.n = n;
+  p.dim = dim;
+  p.seed = static_cast<uint64_t>(seed);
+  p.stream = static_cast<uint32_t>(stream);
+  p.index_offset = static_cast<uint32_t>(index_offset);
+  p.sample_offset = static_cast<uint32_t>(sample_offset);
+  p.channels_last = channels_last;
+  p.channels = channels_last ? x.size(1) : 1;
+  p.spatial = channels_last ? x.size(2) * x.size(3) : dim;
+  launch_noisy_batch(p, at::cuda::getCurrentCUDAStream().stream());
+  check_launch("noisy_batch");
+  return out;
+}
+
+at::Tensor vote_count_cuda(const at::Tensor& logits_in, at::Tensor& counts, int64_t n) {
+  const int64_t batch = check_votes("vote_count", logits_in, counts, n, at::kLong);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
+  at::Tensor nan_rows = at::zeros({batch}, counts.options());
+  if (logits.size(0) == 0 || logits.size(1) == 0) return nan_rows;
+  VoteCountParams p{};
+  p.logits = logits.data_ptr();
+  p.dtype = to_dtype(logits.scalar_type());
+  p.rows = logits.size(0);
+  p.classes = logits.size(1);
+  p.row_stride = logits.stride(0);
+  p.n = n;
+  p.counts = counts.data_ptr<int64_t>();
+  p.nan_rows = nan_rows.data_ptr<int64_t>();
+  launch_vote_count(p, at::cuda::getCurrentCUDAStream().stream());
+  check_launch("vote_count");
+  return nan_rows;
+}
+
+// A reduction over rows in float64: composed of ATen's own CUDA kernels (deterministic sums, no
+// float atomics); a custom kernel would not beat them here.
+at::Tensor prob_sum_cuda(const at::Tensor& logits, at::Tensor& sums, int64_t n, double temperature) {
+  const int64_t batch = check_votes("prob_sum", logits, sums, n, at::kDouble);
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "prob_sum: temperature must be > 0, got ", temperature);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t classes = logits.size(1);
+  if (logits.size(0) == 0 || classes == 0) return at::zeros({batch}, sums.options().dtype(at::kLong));
+  const at::Tensor z = logits.to(at::kDouble).div(temperature);
+  const at::Tensor row_max = std::get<0>(z.max(1, true));
+  const at::Tensor bad = z.isnan().any(1).logical_or(row_max.squeeze(1).isinf());  // softmax undefined
+  const at::Tensor probs = at::softmax(z, 1).masked_fill(bad.unsqueeze(1), 0.0);
+  sums.add_(probs.view({batch, n, classes}).sum(1));
+  return bad.view({batch, n}).sum(1).to(at::kLong);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(costsmooth, CUDA, m) {
+  m.impl("philox", &philox_cuda);
+  m.impl("noisy_batch", &noisy_batch_cuda);
+  m.impl("vote_count_", &vote_count_cuda);
+  m.impl("prob_sum_", &prob_sum_cuda);
+}
+
+}  // namespace costsmooth

@@ -1,0 +1,217 @@
+// CUDA kernels for the fused sampling engine. Torch-free: see kernels.h.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <type_traits>
+
+#include "../kernels.h"
+#include "../philox.h"
+
+namespace costsmooth {
+namespace {
+
+template <typename T> __device__ __forceinline__ float load_float(const T* p) { return static_cast<float>(*p); }
+template <> __device__ __forceinline__ float load_float<__half>(const __half* p) { return __half2float(*p); }
+template <> __device__ __forceinline__ float load_float<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+template <typename T> __device__ __forceinline__ T store_cast(float v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half store_cast<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 store_cast<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__global__ void philox_kernel(PhiloxParams p) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < p.rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint32_t c[4];
+    for (int k = 0; k < 4; ++k) c[k] = static_cast<uint32_t>(p.counters[4 * r + k]);
+    philox4x32_10(c, p.key0, p.key1);
+    for (int k = 0; k < 4; ++k) p.out[4 * r + k] = static_cast<int64_t>(c[k]);
+  }
+}
+
+// One thread per (row, group of four elements): a single Philox call yields the four normals.
+// Grid-stride loop over t = row * groups_per_row + group, row = b * n + j.
+template <typename Tin, typename Tout>
+__global__ void noisy_batch_kernel(NoisyBatchParams p) {
+  const int64_t groups_per_row = (p.dim + 3) / 4;
+  const int64_t total = p.batch * p.n * groups_per_row;
+  const Tin* x = static_cast<const Tin*>(p.x);
+  Tout* out = static_cast<Tout*>(p.out);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t group = t % groups_per_row;
+    const int64_t row = t / groups_per_row;
+    const int64_t b = row / p.n;
+    const int64_t j = row - b * p.n;
+    float z[4];
+    noise_normals(p.seed, p.stream, p.index_offset + static_cast<uint32_t>(b),
+                  p.sample_offset + static_cast<uint32_t>(j), static_cast<uint32_t>(group), z);
+    const float s = p.sigma[b];
+    const Tin* xb = x + b * p.dim;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t e = 4 * group + k;
+      if (e >= p.dim) break;
+      int64_t dst = row * p.dim + e;
+      if (p.channels_last) {
+        const int64_t c = e / p.spatial;
+        dst = row * p.dim + (e - c * p.spatial) * p.channels + c;
+      }
+      if constexpr (std::is_same<Tout, double>::value) {
+        out[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(z[k]);
+      } else {
+        out[dst] = store_cast<Tout>(load_float(xb + e) + s * z[k]);
+      }
+    }
+  }
+}
+
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+template <typename T> __device__ __forceinline__ typename Acc<T>::type load_acc(const T* p) {
+  return load_float(p);
+}
+template <> __device__ __forceinline__ double load_acc<double>(const double* p) { return *p; }
+
+constexpr int kVoteThreads = 256;                  // 8 warps, one row per warp at a time
+constexpr int kVoteRowsPerBlock = 1024;            // rows of one input handled by a block
+constexpr int64_t kMaxSharedClasses = 12288;       // 48 KiB of int32 bins
+
+// Grid: (ceil(n / kVoteRowsPerBlock), number of inputs). Each warp takes the argmax of one row
+// (ties to the lowest index, as torch.argmax; a NaN anywhere marks the row as not a vote), lane 0
+// adds it to a block histogram of int32 bins in shared memory (exact integer atomics), and the
+// block finally adds its non-zero bins to the int64 counts in global memory. With more classes
+// than fit in shared memory, votes go straight to global memory.
+template <typename T, bool kShared>
+__global__ void vote_count_kernel(VoteCountParams p) {
+  using acc_t = typename Acc<T>::type;
+  extern __shared__ int shared_bins[];
+  __shared__ int shared_nan;
+  const int64_t b = blockIdx.y;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kVoteRowsPerBlock;
+  const int64_t last = min(first + kVoteRowsPerBlock, p.n);
+  if (kShared) {
+    for (int64_t c = threadIdx.x; c < p.classes; c += blockDim.x) shared_bins[c] = 0;
+  }
+  if (threadIdx.x == 0) shared_nan = 0;
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const T* logits = static_cast<const T*>(p.logits);
+  for (int64_t j = first + warp; j < last; j += kVoteThreads / 32) {
+    const T* row = logits + (b * p.n + j) * p.row_stride;
+    acc_t best = -INFINITY;
+    int64_t best_idx = -1;
+    bool has_nan = false;
+    for (int64_t c = lane; c < p.classes; c += 32) {
+      const acc_t v = load_acc(row + c);
+      if (v != v) has_nan = true;
+      else if (best_idx < 0 || v > best) { best = v; best_idx = c; }
+    }
+    // Warp reduction: larger value wins, equal values go to the lower index; -1 means "none".
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const acc_t other = __shfl_down_sync(0xffffffffu, best, offset);
+      const int64_t other_idx = __shfl_down_sync(0xffffffffu, best_idx, offset);
+      if (other_idx >= 0 &&
+          (best_idx < 0 || other > best || (other == best && other_idx < best_idx))) {
+        best = other;
+        best_idx = other_idx;
+      }
+    }
+    has_nan = __any_sync(0xffffffffu, has_nan);
+    if (lane == 0) {
+      if (has_nan) atomicAdd(&shared_nan, 1);
+      else if (kShared) atomicAdd(&shared_bins[best_idx], 1);
+      else atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + b * p.classes + best_idx), 1ull);
+    }
+  }
+  __syncthreads();
+  if (kShared) {
+    for (int64_t c = threadIdx.x; c < p.classes; c += blockDim.x) {
+      const int v = shared_bins[c];
+      if (v) atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + b * p.classes + c),
+                       static_cast<unsigned long long>(v));
+    }
+  }
+  if (threadIdx.x == 0 && shared_nan) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(p.nan_rows + b),
+              static_cast<unsigned long long>(shared_nan));
+  }
+}
+
+int grid_for(int64_t work, int threads) {
+  int device = 0, sms = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  const int64_t wanted = (work + threads - 1) / threads;
+  const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 80) * 32;
+  return static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
+}
+
+template <typename Tin>
+void noisy_batch_dispatch_out(const NoisyBatchParams& p, cudaStream_t stream, int grid, int threads) {
+  switch (p.out_dtype) {
+    case DType::kFloat32: noisy_batch_kernel<Tin, float><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat64: noisy_batch_kernel<Tin, double><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat16: noisy_batch_kernel<Tin, __half><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kBFloat16: noisy_batch_kernel<Tin, __nv_bfloat16><<<grid, threads, 0, stream>>>(p); break;
+  }
+}
+
+template <typename T>
+void vote_count_dispatch(const VoteCountParams& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.n + kVoteRowsPerBlock - 1) / kVoteRowsPerBlock),
+                  static_cast<unsigned>(p.rows / p.n));
+  if (p.classes <= kMaxSharedClasses) {
+    const size_t shared = static_cast<size_t>(p.classes) * sizeof(int);
+    vote_count_kernel<T, true><<<grid, kVoteThreads, shared, stream>>>(p);
+  } else {
+    vote_count_kernel<T, false><<<grid, kVoteThreads, 0, stream>>>(p);
+  }
+}
+
+}  // namespace
+
+void launch_philox(const PhiloxParams& p, void* cuda_stream) {
+  if (p.rows == 0) return;
+  philox_kernel<<<grid_for(p.rows, 256), 256, 0, static_cast<cudaStream_t>(cuda_stream)>>>(p);
+}
+
+void launch_noisy_batch(const NoisyBatchParams& p, void* cuda_stream) {
+  const int64_t groups = p.batch * p.n * ((p.dim + 3) / 4);
+  if (groups == 0) return;
+  const int threads = 256;
+  const int grid = grid_for(groups, threads);
+  cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
+  switch (p.x_dtype) {
+    case DType::kFloat32: noisy_batch_dispatch_out<float>(p, stream, grid, threads); break;
+    case DType::kFloat64: noisy_batch_dispatch_out<double>(p, stream, grid, threads); break;
+    case DType::kFloat16: noisy_batch_dispatch_out<__half>(p, stream, grid, threads); break;
+    case DType::kBFloat16: noisy_batch_dispatch_out<__nv_bfloat16>(p, stream, grid, threads); break;
+  }
+}
+
+void launch_vote_count(const VoteCountParams& p, void* cuda_stream) {
+  if (p.rows == 0 || p.classes == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
+  switch (p.dtype) {
+    case DType::kFloat32: vote_count_dispatch<float>(p, stream); break;
+    case DType::kFloat64: vote_count_dispatch<double>(p, stream); break;
+    case DType::kFloat16: vote_count_dispatch<__half>(p, stream); break;
+    case DType::kBFloat16: vote_count_dispatch<__nv_bfloat16>(p, stream); break;
+  }
+}
+
+const char* last_cuda_error() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace costsmooth

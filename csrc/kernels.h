@@ -1,0 +1,63 @@
+// Launcher interface between the torch-facing C++ code and the CUDA kernels.
+//
+// This header includes no torch or CUDA headers: the .cu files that implement it compile with a
+// plain `nvcc -c`, so every kernel is at least compiled on machines whose torch has no CUDA.
+// All sizes and strides are in elements, not bytes. Pointers are device pointers.
+#pragma once
+
+#include <cstdint>
+
+namespace costsmooth {
+
+enum class DType : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// out[b * n + j, e] = x[b, e] + sigma[b] * noise(seed, stream, index_offset + b, sample_offset + j, e)
+struct NoisyBatchParams {
+  const void* x;         // [batch, dim], contiguous, dtype x_dtype
+  const float* sigma;    // [batch]
+  void* out;             // [batch * n, dim] logically; layout below
+  DType x_dtype;
+  DType out_dtype;
+  int64_t batch;
+  int64_t n;             // samples per input
+  int64_t dim;           // elements per input (prod of x.shape[1:])
+  uint64_t seed;
+  uint32_t stream;
+  uint32_t index_offset;   // global index of x[0]
+  uint32_t sample_offset;  // index of the first sample
+  // Channels-last output of a [*, channels, H, W] input: logical element e = c * spatial + s is
+  // stored at row * dim + s * channels + c. Otherwise element e is stored at row * dim + e.
+  bool channels_last;
+  int64_t channels;
+  int64_t spatial;       // H * W
+};
+
+// counts[r / n, argmax(logits[r])] += 1 for every row r without NaN; nan_rows[r / n] += 1 otherwise.
+struct VoteCountParams {
+  const void* logits;    // [rows, classes], unit stride along classes
+  DType dtype;
+  int64_t rows;
+  int64_t classes;
+  int64_t row_stride;
+  int64_t n;             // rows per input
+  int64_t* counts;       // [rows / n, classes], contiguous
+  int64_t* nan_rows;     // [rows / n]
+};
+
+// out[r, :] = philox4x32_10(counters[r, :], key): rows of four 32-bit words held in int64.
+struct PhiloxParams {
+  const int64_t* counters;  // [rows, 4], contiguous
+  int64_t* out;             // [rows, 4], contiguous
+  int64_t rows;
+  uint32_t key0;
+  uint32_t key1;
+};
+
+void launch_philox(const PhiloxParams& params, void* cuda_stream);
+void launch_noisy_batch(const NoisyBatchParams& params, void* cuda_stream);
+void launch_vote_count(const VoteCountParams& params, void* cuda_stream);
+
+// The last CUDA error as text, or nullptr when the last launch succeeded.
+const char* last_cuda_error();
+
+}  // namespace costsmooth

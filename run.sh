@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# costsmooth: set-up and entry point. Installs what is missing, builds the extension in place, runs.
+#
+#   ./run.sh demo [--quick] [--out DIR]   the main job on an embedded dataset
+#   ./run.sh test [pytest args]           the test suite (what CI runs)
+#   ./run.sh bench [pytest args]          the benchmark suite (pytest-benchmark)
+#   ./run.sh COMMAND [args]               any `costsmooth` command (certify, analyze, train, ...)
+#
+# Python: ./.venv if it exists; else $PYTHON (default python3) when it already has torch (a GPU
+# machine's CUDA build is used as it is, offline, and never reinstalled); else a new ./.venv with
+# the CPU build of torch ($COSTSMOOTH_TORCH, default torch==2.13.0).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT=$(pwd)
+
+if [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+elif "${PYTHON:-python3}" -c "import torch" 2>/dev/null; then
+  PY=${PYTHON:-python3}
+else
+  echo "costsmooth: creating .venv with ${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2
+  "${PYTHON:-python3}" -m venv .venv
+  PY=.venv/bin/python
+  "$PY" -m pip install -q --upgrade pip setuptools wheel >&2
+  "$PY" -m pip install -q "${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2
+fi
+
+# Install only the packages that are missing (import name -> package name).
+missing=$("$PY" - <<'PYEOF'
+import importlib.util
+need = {"numpy": "numpy", "scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib",
+        "sklearn": "scikit-learn", "pytest": "pytest", "pytest_benchmark": "pytest-benchmark",
+        "setuptools": "setuptools"}
+print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
+PYEOF
+)
+if [ -n "$missing" ]; then
+  echo "costsmooth: installing $missing" >&2
+  "$PY" -m pip install -q $missing >&2
+fi
+"$PY" -c "import ninja" 2>/dev/null || "$PY" -m pip install -q ninja >&2 || echo "costsmooth: ninja unavailable, building without it" >&2
+
+# Build the extension in place (a no-op when it is up to date).
+MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace >&2
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+cmd=${1:-demo}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  test)  exec "$PY" -m pytest tests "$@" ;;
+  bench) exec "$PY" -m pytest benchmarks --benchmark-only "$@" ;;
+  *)     exec "$PY" -m costsmooth "$cmd" "$@" ;;
+esac

@@ -1,0 +1,152 @@
+"""Each compiled op against its pure-PyTorch reference, on odd and empty sizes, layouts and dtypes."""
+import pytest
+import torch
+
+from costsmooth import ops, reference
+
+# float32 normals: the kernels and the reference compute log/cos/sin with different libraries
+# (glibc or CUDA vs torch's vectorised ones), which agree to a few ulp.
+TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=2e-5, rtol=2e-5),
+       torch.float16: dict(atol=2e-3, rtol=2e-3), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+
+def assert_close_to_reference(x, n, sigma, dtype=None, channels_last=False, **kw):
+    out = ops.noisy_batch(x, n, sigma, dtype=dtype, channels_last=channels_last, **kw)
+    ref = reference.noisy_batch(x, n, sigma, dtype=dtype, channels_last=channels_last, **kw)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, **TOL[out.dtype])
+    return out
+
+
+@pytest.mark.parametrize("dim", [1, 3, 129, 1001])
+@pytest.mark.parametrize("batch,n", [(0, 3), (1, 1), (3, 5)])
+def test_noisy_batch_matches_reference_odd_sizes(device, dim, batch, n):
+    x = torch.rand(batch, dim, device=device)
+    assert_close_to_reference(x, n, 0.37, seed=11, stream=1, index_offset=5, sample_offset=17)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.float64, torch.float16])
+def test_noisy_batch_dtypes(device, in_dtype, out_dtype):
+    x = torch.rand(2, 3, 5, 7, device=device).to(in_dtype)
+    assert_close_to_reference(x, 4, 0.5, seed=3, dtype=out_dtype)
+
+
+def test_noisy_batch_channels_last_holds_the_same_values(device):
+    x = torch.rand(3, 3, 5, 6, device=device)
+    out = assert_close_to_reference(x, 4, 0.25, seed=9, channels_last=True)
+    plain = ops.noisy_batch(x, 4, 0.25, seed=9)
+    assert torch.equal(out, plain)  # same logical values, different memory format
+
+
+def test_noisy_batch_non_contiguous_input(device):
+    base = torch.rand(6, 8, 9, device=device)
+    x = base.transpose(1, 2)[::2]
+    assert not x.is_contiguous()
+    out = assert_close_to_reference(x, 3, 0.5, seed=1)
+    assert torch.equal(out, ops.noisy_batch(x.contiguous(), 3, 0.5, seed=1))
+
+
+def test_noisy_batch_per_input_sigma(device):
+    x = torch.zeros(3, 2000, device=device)
+    sigma = torch.tensor([0.1, 1.0, 3.0], device=device)
+    out = assert_close_to_reference(x, 50, sigma, seed=2).view(3, -1)
+    std = out.std(dim=1)
+    torch.testing.assert_close(std.cpu(), sigma.cpu(), rtol=0.01, atol=0)  # 10^5 draws: std error ~0.2%
+
+
+def test_noisy_batch_is_x_plus_sigma_times_unit_noise(device):
+    x = torch.rand(2, 33, device=device)
+    unit = ops.noisy_batch(torch.zeros_like(x), 3, 1.0, seed=4)
+    scaled = ops.noisy_batch(x, 3, 0.5, seed=4)
+    torch.testing.assert_close(scaled, x.repeat_interleave(3, 0) + 0.5 * unit)
+
+
+def vote_reference(logits, n, counts=None):
+    counts, nan_rows = reference.vote_count(logits, n, counts)
+    assert int(nan_rows.sum()) == 0
+    return counts
+
+
+@pytest.mark.parametrize("classes", [1, 3, 129, 1001])
+@pytest.mark.parametrize("batch,n", [(0, 2), (1, 1), (3, 7), (2, 1001)])
+def test_vote_count_matches_reference(device, classes, batch, n):
+    logits = torch.randn(batch * n, classes, device=device)
+    assert torch.equal(ops.vote_count(logits, n), vote_reference(logits, n))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_vote_count_dtypes_and_ties_go_to_lowest_class(device, dtype):
+    logits = torch.randn(300, 10, device=device).to(dtype)
+    logits[::3, 4] = logits[::3, 7] = 100  # exact ties between classes 4 and 7 on every third row
+    counts = ops.vote_count(logits, 100)
+    assert torch.equal(counts, vote_reference(logits, 100))
+    tied = ops.vote_count(logits[::3], 100)
+    assert tied[:, 7].sum() == 0 and tied[:, 4].sum() == 100
+
+
+def test_vote_count_non_contiguous_and_accumulating(device):
+    wide = torch.randn(40, 25, device=device)
+    logits = wide[:, ::2]  # row stride 25, column stride 2
+    counts = torch.ones(4, 13, dtype=torch.int64, device=device)
+    ops.vote_count(logits, 10, counts)
+    assert torch.equal(counts, vote_reference(logits.contiguous(), 10) + 1)
+    t = torch.randn(13, 40, device=device).t()  # column-major
+    assert torch.equal(ops.vote_count(t, 10), vote_reference(t.contiguous(), 10))
+
+
+def test_vote_count_nan_rows_are_not_votes(device):
+    logits = torch.randn(20, 5, device=device)
+    logits[3, 2] = float("nan")
+    logits[15, 0] = float("nan")
+    counts = torch.zeros(2, 5, dtype=torch.int64, device=device)
+    with pytest.raises(ops.NaNLogitsError, match="2 rows of logits contain NaN"):
+        ops.vote_count(logits, 10, counts)
+    assert counts.sum(dim=1).tolist() == [9, 9]  # the valid rows were counted, the NaN rows were not
+    expected, nan_rows = reference.vote_count(logits, 10)
+    assert torch.equal(counts, expected) and nan_rows.tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("classes", [1, 3, 129])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_prob_sum_matches_reference(device, classes, dtype):
+    logits = (3 * torch.randn(5 * 7, classes, device=device)).to(dtype)
+    for temperature in (1.0, 0.5):
+        expected, _ = reference.prob_sum(logits, 7, temperature=temperature)
+        torch.testing.assert_close(ops.prob_sum(logits, 7, temperature=temperature), expected,
+                                   atol=1e-12, rtol=1e-12)
+    assert ops.prob_sum(logits, 7).sum(1).cpu().tolist() == pytest.approx([7.0] * 5)
+
+
+def test_prob_sum_nan_rows_reported(device):
+    logits = torch.randn(6, 4, device=device, dtype=torch.float64)
+    logits[1, 1] = float("nan")
+    sums = torch.zeros(2, 4, dtype=torch.float64, device=device)
+    with pytest.raises(ops.NaNLogitsError):
+        ops.prob_sum(logits, 3, sums)
+    assert sums.sum(1).cpu().tolist() == pytest.approx([2.0, 3.0])
+
+
+def test_opcheck_every_op(device):
+    x = torch.rand(3, 2, 5, 4, device=device)
+    sigma = torch.full((3,), 0.5, device=device)
+    torch.library.opcheck(torch.ops.costsmooth.noisy_batch, (x, sigma, 4, 7, 1, 2, 3, torch.float32, False))
+    torch.library.opcheck(torch.ops.costsmooth.noisy_batch, (x, sigma, 2, 7, 1, 0, 0, torch.float16, True))
+    logits = torch.randn(12, 5, device=device)
+    torch.library.opcheck(torch.ops.costsmooth.vote_count_,
+                          (logits, torch.zeros(3, 5, dtype=torch.int64, device=device), 4))
+    torch.library.opcheck(torch.ops.costsmooth.prob_sum_,
+                          (logits, torch.zeros(3, 5, dtype=torch.float64, device=device), 4, 1.0))
+    torch.library.opcheck(torch.ops.costsmooth.philox,
+                          (torch.randint(0, 2**32, (8, 4), dtype=torch.int64, device=device), 1, 2))
+
+
+def test_noisy_batch_under_torch_compile():
+    def f(x):
+        return ops.noisy_batch(x, 3, 0.5, seed=5) * 2
+
+    x = torch.rand(2, 7)
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), f(x))

@@ -1,0 +1,109 @@
+"""sample_counts: invariance of the noise to batching, grouping and splitting; noise statistics."""
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import costsmooth
+from costsmooth import ops
+
+
+class LinearF64(torch.nn.Module):
+    """A linear classifier evaluated in float64, so batch size cannot change any row's argmax."""
+
+    def __init__(self, dim, classes, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.nn.Parameter(torch.randn(dim, classes, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return x.flatten(1).double() @ self.w.to(x.device)
+
+
+def counts(device, x, n=1000, **kw):
+    model = LinearF64(x[0].numel(), 5)
+    return costsmooth.sample_counts(model, x.to(device), n, 0.7, seed=3, **kw)
+
+
+def test_counts_independent_of_batch_size(device):
+    x = torch.rand(4, 2, 3, 3)
+    results = [counts(device, x, batch_size=bs) for bs in (1, 7, 1000)]
+    assert results[0].sum().item() == 4000
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
+def test_counts_independent_of_grouping(device):
+    x = torch.rand(5, 18)
+    together = counts(device, x, batch_size=3000)
+    alone = torch.cat([counts(device, x[i:i + 1], index_offset=i) for i in range(5)])
+    assert torch.equal(together, alone)
+
+
+def test_counts_add_up_when_n_is_split(device):
+    x = torch.rand(3, 18)
+    whole = counts(device, x, n=1000, batch_size=256)
+    split = counts(device, x, n=400, batch_size=256) + counts(device, x, n=600, sample_offset=400, batch_size=256)
+    assert torch.equal(whole, split)
+
+
+def test_different_seed_or_stream_gives_different_counts(device):
+    x = torch.rand(3, 18)
+    model = LinearF64(18, 5)
+    base = costsmooth.sample_counts(model, x.to(device), 1000, 0.7, seed=3)
+    assert not torch.equal(base, costsmooth.sample_counts(model, x.to(device), 1000, 0.7, seed=4))
+    assert not torch.equal(base, costsmooth.sample_counts(model, x.to(device), 1000, 0.7, seed=3, stream=0))
+
+
+def test_sample_counts_restores_training_mode_and_packs_inputs():
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, z):
+            calls.append(z.shape[0])
+            return torch.zeros(z.shape[0], 3)
+
+    model = Spy().train()
+    c = costsmooth.sample_counts(model, torch.zeros(10, 4), 100, 0.5, batch_size=250)
+    assert model.training
+    assert calls == [200] * 5  # two inputs of 100 samples per call
+    assert c[:, 0].tolist() == [100] * 10
+
+
+def test_prob_sums_match_counts_for_a_confident_model(device):
+    model = lambda z: 1e4 * LinearF64(6, 3)(z)  # near one-hot softmax: sums equal counts
+    x = torch.rand(2, 6, device=device)
+    stats = costsmooth.sample_statistics(model, x, 500, 0.5, prob_sums=True)
+    torch.testing.assert_close(stats.prob_sums, stats.counts.double(), atol=1e-3, rtol=0)
+
+
+# Noise statistics over 2^20 draws. The seed is fixed, so each check is deterministic; for a random
+# seed the false-failure rates are: KS at p < 1e-3: 0.1%; mean and variance at 5 standard errors and
+# each correlation at |r| < 5/sqrt(N): under 1e-6 each.
+N_DRAWS = 2**20
+
+
+def unit_noise(device, batch, n, dim, stream=0, seed=123):
+    return ops.noisy_batch(torch.zeros(batch, dim, device=device), n, 1.0, seed=seed, stream=stream).double().cpu()
+
+
+def test_noise_is_standard_normal(device):
+    z = unit_noise(device, 4, 256, 1024).flatten().numpy()
+    assert z.size == N_DRAWS
+    se = 1 / np.sqrt(z.size)
+    assert abs(z.mean()) < 5 * se
+    assert abs(z.var() - 1) < 5 * np.sqrt(2) * se
+    assert scipy.stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(scipy.stats.kurtosis(z)) < 5 * np.sqrt(24) * se  # tails of a normal, not of a mixture
+
+
+def test_noise_uncorrelated_between_inputs_samples_streams_and_neighbours(device):
+    z = unit_noise(device, 2, 512, 1024)  # [2 * 512, 1024]
+    bound = lambda a, b: abs(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1]) < 5 / np.sqrt(a.numel())
+    per_input = z.view(2, 512, 1024)
+    assert bound(per_input[0], per_input[1])                    # inputs
+    assert bound(per_input[:, 0::2], per_input[:, 1::2])        # samples
+    other = unit_noise(device, 2, 512, 1024, stream=1)
+    assert bound(z, other)                                      # streams
+    assert bound(z[:, 0::4], z[:, 1::4]) and bound(z[:, 0::4], z[:, 2::4])  # Box-Muller partners
+    assert bound(z[:, :-1], z[:, 1:])                           # neighbouring elements
