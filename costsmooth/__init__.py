@@ -1,6 +1,11 @@
 """costsmooth: fast, statistically sound randomized-smoothing certification, cost-sensitive first."""
-from . import _C, ops, reference
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C, ops, reference, stats
+from .certify import Certificate, certify_from_counts
+from .cost import CostMatrix
 from .sampling import SampleStatistics, sample_counts, sample_statistics
+from .smooth import Smooth
 
 __version__ = _C.build_info()["version"]
 
@@ -10,4 +15,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "sample_counts", "sample_statistics", "SampleStatistics", "build_info"]
+__all__ = ["ops", "reference", "stats", "sample_counts", "sample_statistics", "SampleStatistics", "Smooth",
+           "CostMatrix", "Certificate", "certify_from_counts", "build_info"]

@@ -1,0 +1,157 @@
+"""Certificates from vote counts (SPEC 3): the standard L2 certificate and the cost-sensitive one.
+
+These are pure functions of the counts, so saved counts can be re-certified at another alpha or
+cost matrix without sampling again. ``costsmooth.smooth.Smooth`` draws the counts.
+
+Guarantees (over the Monte Carlo noise of the estimation draw, selection draw independent):
+- standard: with probability >= 1 - alpha, g(x + delta) = cA for all ||delta||_2 < radius
+  (Cohen, Rosenfeld, Kolter 2019; one Clopper-Pearson lower bound at level alpha).
+- cost-sensitive: with probability >= 1 - alpha, g(x + delta) is not in the target set Omega_y for
+  all ||delta||_2 < cs_radius (Xin, Backes, Zhang 2023). The level is split by the union bound:
+  alpha/2 for the lower bound on p_cA and alpha/(2K) for each of the K target upper bounds, so all
+  K + 1 bounds hold together with probability >= 1 - alpha. The per-target radii come from that
+  same event.
+The two statements are separate claims, each at level alpha.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from scipy.stats import norm
+
+from . import stats
+from ._checks import check_alpha, check_positive_finite
+from .cost import CostMatrix
+
+__all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts"]
+
+ABSTAIN = -1
+
+
+@dataclass
+class Certificate:
+    """The certificate of one input.
+
+    prediction: the smoothed prediction cA, or -1 when the standard certificate abstains.
+    radius: standard L2 radius at level alpha (0.0 on abstention).
+    top_class: cA, the argmax of the selection counts (also when abstaining).
+    pA_lower: Clopper-Pearson lower bound on p_cA at level alpha (feeds ``radius``).
+    counts, selection_counts: int64 estimation and selection counts ``[C]``.
+    label: the input's label, or None when unknown.
+    cs_radius: cost-sensitive radius (0.0 when not certified); None when no cost matrix was given or
+        the label is not a seed class.
+    cs_certified: cs_radius > 0 (and the top class is not a target).
+    top_is_target: cA lies in the label's target set: the input is not cost-sensitively robust.
+    cs_pA_lower: lower bound on p_cA at level alpha/2.
+    target_upper: {j: upper bound on p_j at level alpha/(2K)} for j in Omega_y.
+    target_radii: {j: radius within which class j cannot be reached (0.0 when not certified)}.
+    """
+    prediction: int
+    radius: float
+    top_class: int
+    pA_lower: float
+    counts: np.ndarray
+    selection_counts: Optional[np.ndarray] = None
+    label: Optional[int] = None
+    cs_radius: Optional[float] = None
+    cs_certified: bool = False
+    top_is_target: bool = False
+    cs_pA_lower: Optional[float] = None
+    target_upper: Dict[int, float] = field(default_factory=dict)
+    target_radii: Dict[int, float] = field(default_factory=dict)
+
+    @property
+    def correct(self) -> Optional[bool]:
+        """prediction == label (an abstention is not correct); None without a label."""
+        return None if self.label is None else self.prediction == self.label
+
+
+def _counts_vector(counts, name: str) -> np.ndarray:
+    c = np.asarray(counts)
+    if c.ndim != 1 or c.size < 1 or not np.issubdtype(c.dtype, np.integer) or np.any(c < 0):
+        raise ValueError(f"{name} must be a 1-d array of non-negative integer counts, got {c!r}")
+    if c.sum() < 1:
+        raise ValueError(f"{name} must hold at least one sample")
+    return c.astype(np.int64)
+
+
+def _phi_inv(p) -> np.ndarray:
+    return norm.ppf(np.clip(p, 0.0, 1.0))
+
+
+def standard_certificate(top_class: int, counts, alpha: float, sigma: float):
+    """Cohen et al.'s CERTIFY from the estimation counts, given cA from the selection draw.
+
+    Returns (prediction, radius, pA_lower): prediction -1 and radius 0.0 when pA_lower < 1/2,
+    else ``radius = sigma * Phi^-1(pA_lower)``, pA_lower at level alpha.
+    """
+    counts = _counts_vector(counts, "counts")
+    n = int(counts.sum())
+    p_low = float(stats.cp_lower(counts[top_class], n, alpha))
+    if p_low < 0.5:
+        return ABSTAIN, 0.0, p_low
+    return int(top_class), float(sigma * _phi_inv(p_low)), p_low
+
+
+def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMatrix, alpha: float, sigma: float):
+    """SPEC 3.2 for one input of a seed class. Returns a dict of the cost-sensitive fields.
+
+    ``pA_low`` = CP lower bound of n_cA at alpha/2; ``pj_up`` = CP upper bound of n_j at alpha/(2K) for
+    each target j; ``pOmega_up = min(max_j pj_up, 1 - pA_low)``; ``cs_radius = sigma/2 *
+    (Phi^-1(pA_low) - Phi^-1(pOmega_up))`` when positive. If cA is itself a target, nothing is certified.
+    """
+    counts = _counts_vector(counts, "counts")
+    targets = cost.targets(label)
+    if not targets:
+        raise ValueError(f"label {label} is not a seed class of {cost}; it has no cost-sensitive certificate")
+    n, k = int(counts.sum()), len(targets)
+    p_low = float(stats.cp_lower(counts[top_class], n, alpha / 2))
+    p_up = np.atleast_1d(stats.cp_upper(counts[targets], n, stats.bonferroni(alpha / 2, k)))
+    cap = 1.0 - p_low
+    top_is_target = top_class in targets
+    radii = sigma / 2 * (_phi_inv(p_low) - _phi_inv(np.minimum(p_up, cap)))
+    cs = float(sigma / 2 * (_phi_inv(p_low) - _phi_inv(min(float(p_up.max()), cap))))
+    certified = (not top_is_target) and cs > 0
+    return dict(
+        cs_radius=cs if certified else 0.0,
+        cs_certified=bool(certified),
+        top_is_target=bool(top_is_target),
+        cs_pA_lower=p_low,
+        target_upper={j: float(u) for j, u in zip(targets, p_up)},
+        target_radii={j: (float(r) if (not top_is_target and r > 0) else 0.0) for j, r in zip(targets, radii)},
+    )
+
+
+def certify_from_counts(selection_counts, counts, alpha: float, sigma: float, labels: Optional[Sequence[int]] = None,
+                        cost: Optional[CostMatrix] = None) -> List[Certificate]:
+    """Certificates for a batch from selection counts ``[B, C]`` and estimation counts ``[B, C]``.
+
+    cA is the argmax of the selection counts (ties to the lowest class). The standard certificate is
+    computed for every input; the cost-sensitive one for inputs whose label is a seed class of ``cost``.
+    """
+    alpha = check_alpha(alpha)
+    sigma = check_positive_finite(sigma, "sigma")
+    sel = np.asarray(selection_counts)
+    est = np.asarray(counts)
+    if sel.ndim != 2 or est.shape != sel.shape:
+        raise ValueError(f"selection counts {sel.shape} and estimation counts {est.shape} must both be [B, C]")
+    if cost is not None:
+        cost.check_num_classes(sel.shape[1])
+    if labels is not None and len(labels) != sel.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {sel.shape[0]} inputs")
+    out = []
+    for b in range(sel.shape[0]):
+        top = int(np.argmax(sel[b]))
+        pred, radius, p_low = standard_certificate(top, est[b], alpha, sigma)
+        label = None if labels is None else int(labels[b])
+        if label is not None and not 0 <= label < sel.shape[1]:
+            raise ValueError(f"label {label} out of range for a {sel.shape[1]}-class model")
+        cert = Certificate(prediction=pred, radius=radius, top_class=top, pA_lower=p_low,
+                           counts=est[b].astype(np.int64), selection_counts=sel[b].astype(np.int64), label=label)
+        if cost is not None and label is not None and cost.is_seed(label):
+            for key, value in cost_sensitive_certificate(top, est[b], label, cost, alpha, sigma).items():
+                setattr(cert, key, value)
+        out.append(cert)
+    return out

@@ -1,0 +1,259 @@
+"""Datasets from local files only (nothing is downloaded).
+
+Embedded (shipped with scikit-learn):
+- ``digits``: 1797 handwritten digits, 8x8 pixels in [0, 1] as ``[1, 8, 8]``, 10 classes. Fixed
+  stratified split: 30% test (540 images), ``random_state=0``.
+- ``breast_cancer``: 569 tumours (Wisconsin diagnostic), 30 features standardised with the training
+  split's mean and std; classes 0 = malignant, 1 = benign (malignant -> benign is the harmful error).
+  Fixed stratified split: 30% test (171), ``random_state=0``.
+Loaders of files the user has: CIFAR-10 (python pickle batches), MNIST (IDX files, optionally .gz),
+HAM10000 (images + ``HAM10000_metadata.csv``), and a generic image folder ``root/<class>/<image>``.
+``load_dataset`` also reads a ``.pt`` file holding ``{"inputs", "labels"}`` tensors.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_cifar10", "load_mnist",
+           "load_ham10000", "load_image_folder", "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError"]
+
+
+class DatasetError(ValueError):
+    """A dataset is missing or malformed; the message shows the expected layout."""
+
+
+@dataclass
+class Dataset:
+    """Inputs ``[N, *shape]`` (float32, in the model's input space) and int64 labels ``[N]``."""
+    name: str
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    class_names: List[str]
+    mean: Optional[List[float]] = None  # per channel/feature, for the model's Normalize layer
+    std: Optional[List[float]] = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.inputs.shape[0] != self.labels.shape[0]:
+            raise DatasetError(f"{self.name}: {self.inputs.shape[0]} inputs but {self.labels.shape[0]} labels")
+
+    def __len__(self):
+        return self.inputs.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
+
+def _split(n_items: int, labels: np.ndarray, split: str, test_size=0.3, seed=0) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    train, test = train_test_split(np.arange(n_items), test_size=test_size, random_state=seed, stratify=labels)
+    return np.sort(train if split == "train" else test)
+
+
+def _channel_stats(x: torch.Tensor):
+    dims = [0] + list(range(2, x.dim()))
+    return x.mean(dims).tolist(), x.std(dims).clamp_min(1e-6).tolist()
+
+
+def load_digits(split: str = "test") -> Dataset:
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    idx = _split(len(d.target), d.target, split)
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    train = x[_split(len(d.target), d.target, "train")]
+    mean, std = _channel_stats(train)
+    return Dataset("digits", x[idx], torch.tensor(d.target[idx], dtype=torch.int64), [str(i) for i in range(10)],
+                   mean, std)
+
+
+def load_breast_cancer(split: str = "test") -> Dataset:
+    from sklearn.datasets import load_breast_cancer as sk_bc
+    d = sk_bc()
+    train = _split(len(d.target), d.target, "train")
+    idx = _split(len(d.target), d.target, split)
+    mu, sd = d.data[train].mean(0), d.data[train].std(0)
+    x = torch.tensor((d.data[idx] - mu) / sd, dtype=torch.float32)
+    return Dataset("breast_cancer", x, torch.tensor(d.target[idx], dtype=torch.int64), [str(c) for c in d.target_names],
+                   [0.0] * 30, [1.0] * 30)
+
+
+CIFAR10_LAYOUT = ("a CIFAR-10 'python version' folder: ROOT/data_batch_1 .. data_batch_5, ROOT/test_batch "
+                  "(pickled dicts with b'data' uint8 [N, 3072] and b'labels'), optional ROOT/batches.meta")
+
+
+def load_cifar10(root: str, split: str = "test") -> Dataset:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            raise DatasetError(f"CIFAR-10: {path} not found. Expected {CIFAR10_LAYOUT}")
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        except Exception as err:
+            raise DatasetError(f"CIFAR-10: cannot read {path} ({err}). Expected {CIFAR10_LAYOUT}") from err
+        xs.append(data)
+        ys.append(labels)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    x = torch.from_numpy(np.concatenate(xs)).float() / 255.0
+    return Dataset("cifar10", x, torch.from_numpy(np.concatenate(ys)), classes,
+                   [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+
+
+MNIST_LAYOUT = ("an MNIST folder: ROOT/{train,t10k}-images-idx3-ubyte and ROOT/{train,t10k}-labels-idx1-ubyte "
+                "(each optionally .gz)")
+
+
+def _read_idx(path: str, magic: int) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    got, = struct.unpack(">I", data[:4])
+    if got != magic:
+        raise DatasetError(f"MNIST: {path} has magic number {got}, expected {magic}. Expected {MNIST_LAYOUT}")
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DatasetError(f"MNIST: {path} is truncated ({body.size} of {int(np.prod(dims))} bytes)")
+    return body.reshape(dims)
+
+
+def load_mnist(root: str, split: str = "test") -> Dataset:
+    prefix = "train" if split == "train" else "t10k"
+    found = {}
+    for kind, magic in (("images-idx3-ubyte", 2051), ("labels-idx1-ubyte", 2049)):
+        candidates = [os.path.join(root, f"{prefix}-{kind}{ext}") for ext in ("", ".gz")]
+        path = next((p for p in candidates if os.path.isfile(p)), None)
+        if path is None:
+            raise DatasetError(f"MNIST: {candidates[0]} not found. Expected {MNIST_LAYOUT}")
+        found[kind] = _read_idx(path, magic)
+    images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(f"MNIST: {images.shape[0]} images but {labels.shape[0]} labels in {root}")
+    x = torch.from_numpy(images.copy()).float().unsqueeze(1) / 255.0
+    return Dataset("mnist", x, torch.from_numpy(labels.astype(np.int64)), [str(i) for i in range(10)],
+                   [0.1307], [0.3081])
+
+
+HAM10000_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+# Malignant or pre-malignant lesions: actinic keratoses / intraepithelial carcinoma, basal cell
+# carcinoma, melanoma. The others (benign keratosis, dermatofibroma, naevi, vascular) are benign.
+HAM10000_MALIGNANT = ["akiec", "bcc", "mel"]
+HAM10000_LAYOUT = ("a HAM10000 folder: ROOT/HAM10000_metadata.csv (columns image_id and dx, dx one of "
+                   f"{', '.join(HAM10000_CLASSES)}) and the images ROOT/**/<image_id>.jpg (any subfolder)")
+
+
+def _load_image(path: str, size: int) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as img:
+        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def load_ham10000(root: str, split: str = "test", size: int = 64) -> Dataset:
+    """HAM10000 dermoscopy images, resized to ``size`` x ``size``; 7 classes (``HAM10000_CLASSES``).
+
+    ``extra["malignant_classes"]`` lists the malignant classes (``HAM10000_MALIGNANT``): the cost
+    matrix ``CostMatrix.pairwise(7, {m: benign for m in malignant})`` marks malignant -> benign as
+    harmful. Fixed stratified split by image: 30% test, ``random_state=0``.
+    """
+    meta = os.path.join(root, "HAM10000_metadata.csv")
+    if not os.path.isfile(meta):
+        raise DatasetError(f"HAM10000: {meta} not found. Expected {HAM10000_LAYOUT}")
+    with open(meta, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image_id", "dx"} <= set(rows[0]):
+        raise DatasetError(f"HAM10000: {meta} lacks the columns image_id and dx. Expected {HAM10000_LAYOUT}")
+    images = {os.path.splitext(os.path.basename(p))[0]: p
+              for p in glob.glob(os.path.join(root, "**", "*.jpg"), recursive=True)}
+    labels = []
+    for row in rows:
+        if row["dx"] not in HAM10000_CLASSES:
+            raise DatasetError(f"HAM10000: unknown dx {row['dx']!r} for {row['image_id']}. Expected {HAM10000_LAYOUT}")
+        if row["image_id"] not in images:
+            raise DatasetError(f"HAM10000: image {row['image_id']}.jpg not found under {root}. "
+                               f"Expected {HAM10000_LAYOUT}")
+        labels.append(HAM10000_CLASSES.index(row["dx"]))
+    labels = np.array(labels)
+    idx = _split(len(rows), labels, split) if len(rows) >= 10 else np.arange(len(rows))
+    x = torch.from_numpy(np.stack([_load_image(images[rows[i]["image_id"]], size) for i in idx])).float() / 255.0
+    return Dataset("ham10000", x, torch.from_numpy(labels[idx].astype(np.int64)), list(HAM10000_CLASSES),
+                   [0.7635, 0.5461, 0.5705], [0.1409, 0.1526, 0.1700],
+                   extra={"malignant_classes": [HAM10000_CLASSES.index(c) for c in HAM10000_MALIGNANT]})
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def load_image_folder(root: str, size: int = 32) -> Dataset:
+    """Images under ``root/<class name>/``; classes sorted by name; RGB, resized to ``size`` x ``size``."""
+    layout = "an image folder: ROOT/<class name>/<image>.png|jpg (one subfolder per class)"
+    if not os.path.isdir(root):
+        raise DatasetError(f"image folder {root} not found. Expected {layout}")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        for p in sorted(os.listdir(os.path.join(root, name))):
+            if p.lower().endswith(IMAGE_EXTENSIONS):
+                files.append(os.path.join(root, name, p))
+                labels.append(c)
+    if not files:
+        raise DatasetError(f"no images found in {root}. Expected {layout}")
+    x = torch.from_numpy(np.stack([_load_image(p, size) for p in files])).float() / 255.0
+    mean, std = _channel_stats(x)
+    return Dataset(os.path.basename(os.path.normpath(root)), x, torch.tensor(labels), classes, mean, std)
+
+
+def _load_pt(path: str) -> Dataset:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise DatasetError(f"cannot read dataset file {path} ({err}). Expected a torch.save'd dict "
+                           f"{{'inputs': float tensor [N, ...], 'labels': int tensor [N]}}") from err
+    if not isinstance(obj, dict) or "inputs" not in obj or "labels" not in obj:
+        raise DatasetError(f"{path} must hold a dict with 'inputs' [N, ...] and 'labels' [N] tensors")
+    inputs, labels = obj["inputs"], obj["labels"]
+    if not torch.is_tensor(inputs) or not torch.is_floating_point(inputs):
+        raise DatasetError(f"{path}: 'inputs' must be a float tensor")
+    labels = torch.as_tensor(labels).long()
+    names = obj.get("class_names") or [str(i) for i in range(int(labels.max()) + 1 if labels.numel() else 0)]
+    return Dataset(os.path.basename(path), inputs.float(), labels, list(names))
+
+
+def load_dataset(spec: str, split: str = "test") -> Dataset:
+    """``digits``, ``breast_cancer``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``, ``folder:ROOT`` or a .pt file."""
+    name, _, root = spec.partition(":")
+    if spec.endswith(".pt") and os.path.isfile(spec):
+        return _load_pt(spec)
+    if name == "digits":
+        return load_digits(split)
+    if name == "breast_cancer":
+        return load_breast_cancer(split)
+    loaders = {"cifar10": load_cifar10, "mnist": load_mnist, "ham10000": load_ham10000}
+    if name in loaders and root:
+        return loaders[name](root, split)
+    if name == "folder" and root:
+        return load_image_folder(root)
+    raise DatasetError(f"unknown dataset {spec!r}: use digits, breast_cancer, cifar10:ROOT, mnist:ROOT, "
+                       f"ham10000:ROOT, folder:ROOT, or a .pt file with {{'inputs', 'labels'}}")

@@ -1,0 +1,294 @@
+"""Training objectives for smoothed classifiers (SPEC 4), usable from any training loop.
+
+Each loss is a callable object holding its hyper-parameters: ``loss(model, x, y) -> (loss, diagnostics)``
+with ``x`` a batch ``[B, *shape]`` in input space, ``y`` int64 labels ``[B]``, the scalar loss
+differentiable w.r.t. the model's parameters, and a dict of floats (mean xi, how many inputs each
+hinge term used, ...). Noise comes from the engine's training stream (stream 2) through a
+``NoiseSource``, whose counter is part of ``state_dict()`` so that resumed training replays exactly.
+
+Notation (one input, k noisy copies with logits z_i): ``g_hat = mean_i softmax(z_i)``,
+``g_beta = mean_i softmax(beta * z_i)``; ``Phi^-1`` is ``torch.special.ndtri``. Non-finite xi values are
+dropped from hinge terms, never propagated.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from ._checks import check_count, check_positive_finite
+from .cost import CostMatrix
+from .sampling import STREAM_TRAINING
+
+__all__ = ["NoiseSource", "GaussianAugmentation", "GaussianReweighted", "MACER", "CSRSSeedwise", "CSRSPairwise",
+           "SmoothAdv", "LOSSES", "make_loss"]
+
+Diagnostics = Dict[str, float]
+
+
+class NoiseSource:
+    """Gaussian noise from the engine's counter-based stream: each draw uses fresh input indices.
+
+    ``draw(x, k, sigma)`` returns ``x.repeat_interleave(k, 0) + sigma * noise`` (differentiable in x).
+    """
+
+    def __init__(self, seed: int = 0, stream: int = STREAM_TRAINING):
+        self.seed = seed
+        self.stream = stream
+        self.counter = 0
+
+    def noise(self, x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
+        base = torch.zeros_like(x, dtype=torch.float32)
+        out = ops.noisy_batch(base, k, sigma, seed=self.seed, stream=self.stream, index_offset=self.counter % 2**31,
+                              dtype=x.dtype)
+        self.counter += x.shape[0]
+        return out
+
+    def draw(self, x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
+        return x.repeat_interleave(k, dim=0) + self.noise(x.detach(), k, sigma)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "stream": self.stream, "counter": self.counter}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.stream, self.counter = state["seed"], state["stream"], state["counter"]
+
+
+def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None) -> None:
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
+
+
+class _Loss:
+    name = "loss"
+
+    def __init__(self, sigma: float, seed: int = 0):
+        self.sigma = check_positive_finite(sigma, "sigma")
+        self.noise = NoiseSource(seed)
+
+    def state_dict(self) -> dict:
+        return {"noise": self.noise.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.noise.load_state_dict(state["noise"])
+
+    def __repr__(self) -> str:
+        params = {k: v for k, v in vars(self).items() if k not in ("noise", "cost")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in params.items())})"
+
+
+class GaussianAugmentation(_Loss):
+    """Cohen et al. 2019: cross-entropy on ``x + N(0, sigma^2 I)``, one draw per input and step."""
+    name = "gaussian"
+
+    def __call__(self, model, x, y) -> Tuple[torch.Tensor, Diagnostics]:
+        _check_batch(x, y)
+        logits = model(self.noise.draw(x, 1, self.sigma))
+        loss = F.cross_entropy(logits, y)
+        return loss, {"ce": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
+
+
+def _seed_mask(cost: CostMatrix, y: torch.Tensor) -> torch.Tensor:
+    seeds = torch.tensor(cost.seed_classes, device=y.device)
+    return torch.isin(y, seeds)
+
+
+def _check_cost(cost, model_out: torch.Tensor) -> None:
+    if not isinstance(cost, CostMatrix):
+        raise TypeError(f"cost must be a costsmooth.CostMatrix, got {type(cost).__name__}")
+    cost.check_num_classes(model_out.shape[-1])
+
+
+class GaussianReweighted(_Loss):
+    """Gaussian-R (baseline of Xin et al.): ``CE(all) + w * CE(seed-class inputs)``; an empty seed subset adds 0."""
+    name = "gaussian_r"
+
+    def __init__(self, sigma: float, cost: CostMatrix, w: float = 0.1, seed: int = 0):
+        super().__init__(sigma, seed)
+        self.cost, self.w = cost, float(w)
+
+    def __call__(self, model, x, y):
+        _check_batch(x, y, self.cost.num_classes)
+        logits = model(self.noise.draw(x, 1, self.sigma))
+        _check_cost(self.cost, logits)
+        per = F.cross_entropy(logits, y, reduction="none")
+        seed = _seed_mask(self.cost, y)
+        seed_term = per[seed].mean() if seed.any() else per.sum() * 0.0
+        loss = per.mean() + self.w * seed_term
+        return loss, {"ce": float(per.mean().detach()), "seed_ce": float(seed_term.detach()),
+                      "seed_inputs": float(seed.sum())}
+
+
+def _smoothed_probs(model, noise: NoiseSource, x, k: int, sigma: float, beta: float):
+    """(g_hat, g_beta, logits) for k noisy copies per input: [B, C], [B, C], [B, k, C]."""
+    logits = model(noise.draw(x, k, sigma)).view(x.shape[0], k, -1)
+    g_hat = logits.softmax(-1).mean(1)
+    g_beta = (beta * logits).softmax(-1).mean(1)
+    return g_hat, g_beta, logits
+
+
+def _margin(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Phi^-1(first) - Phi^-1(second), in float64."""
+    return torch.special.ndtri(first.double()) - torch.special.ndtri(second.double())
+
+
+def _hinge(gamma: float, first: torch.Tensor, second: torch.Tensor, select) -> Tuple[torch.Tensor, int, torch.Tensor]:
+    """sum of (gamma - xi) over inputs where ``select(xi)`` holds and xi is finite, xi = _margin(first, second).
+
+    The selection is made without gradient and xi is recomputed on the selected inputs only, so the
+    unbounded derivative of Phi^-1 near 0 and 1 never meets the excluded inputs (0 * inf = NaN).
+    Returns (sum, inputs used, xi of all inputs without gradient).
+    """
+    with torch.no_grad():
+        xi_all = _margin(first, second)
+        use = select(xi_all) & torch.isfinite(xi_all)
+    if not bool(use.any()):
+        return first.sum() * 0.0, 0, xi_all
+    return (gamma - _margin(first[use], second[use])).sum().to(first.dtype), int(use.sum()), xi_all
+
+
+def _mean_finite(xi: torch.Tensor) -> float:
+    finite = torch.isfinite(xi)
+    return float(xi[finite].mean()) if finite.any() else float("nan")
+
+
+def _runner_up(g_beta: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """max over classes other than ``exclude`` [B] of g_beta."""
+    return g_beta.masked_fill(F.one_hot(exclude, g_beta.shape[1]).bool(), -1.0).max(1).values
+
+
+class MACER(_Loss):
+    """Zhai et al. 2020: ``[sum -log(g_hat_y + 1e-10) + lambda * sigma/2 * sum_{correct, xi <= gamma} (gamma - xi)] / B``
+    with ``xi = Phi^-1(p1) - Phi^-1(p2)`` for the top two of g_beta."""
+    name = "macer"
+
+    def __init__(self, sigma: float, k: int = 16, beta: float = 16.0, gamma: float = 8.0, lam: float = 12.0,
+                 seed: int = 0):
+        super().__init__(sigma, seed)
+        self.k, self.beta, self.gamma, self.lam = check_count(k, "k"), float(beta), float(gamma), float(lam)
+
+    def __call__(self, model, x, y):
+        _check_batch(x, y)
+        g_hat, g_beta, _ = _smoothed_probs(model, self.noise, x, self.k, self.sigma, self.beta)
+        ce = -torch.log(g_hat.gather(1, y[:, None]).squeeze(1) + 1e-10)
+        top2 = g_beta.topk(2, dim=1).values
+        correct = g_beta.argmax(1) == y
+        hinge, used, xi = _hinge(self.gamma, top2[:, 0], top2[:, 1], lambda xi: correct & (xi <= self.gamma))
+        loss = (ce.sum() + self.lam * self.sigma / 2 * hinge) / x.shape[0]
+        return loss, {"ce": float(ce.mean().detach()), "hinge_inputs": float(used), "mean_xi": _mean_finite(xi)}
+
+
+class CSRSSeedwise(_Loss):
+    """Xin et al.'s CS-RS (seedwise): ``xi = Phi^-1(g_beta_y) - Phi^-1(max_{c != y} g_beta_c)``.
+
+    Seed-class inputs with ``|xi| < gamma1`` add ``gamma1 - xi`` (misclassified ones included, pushing
+    them back); other inputs with ``0 < xi < gamma2`` add ``gamma2 - xi``.
+    ``L = [sum CE + lambda1 * sigma/2 * (sum_seed + sum_other)] / B``, CE = ``-log(g_hat_y + 1e-10)``.
+    """
+    name = "cs_rs"
+
+    def __init__(self, sigma: float, cost: CostMatrix, k: int = 16, beta: float = 16.0, gamma1: float = 16.0,
+                 gamma2: float = 4.0, lambda1: float = 3.0, seed: int = 0):
+        super().__init__(sigma, seed)
+        self.cost, self.k, self.beta = cost, check_count(k, "k"), float(beta)
+        self.gamma1, self.gamma2, self.lambda1 = float(gamma1), float(gamma2), float(lambda1)
+
+    def _terms(self, model, x, y):
+        _check_batch(x, y, self.cost.num_classes)
+        g_hat, g_beta, logits = _smoothed_probs(model, self.noise, x, self.k, self.sigma, self.beta)
+        _check_cost(self.cost, logits)
+        ce = -torch.log(g_hat.gather(1, y[:, None]).squeeze(1) + 1e-10)
+        p_y = g_beta.gather(1, y[:, None]).squeeze(1)
+        return ce, g_beta, p_y, _runner_up(g_beta, y), _seed_mask(self.cost, y)
+
+    def __call__(self, model, x, y):
+        ce, _, p_y, p_other, seed = self._terms(model, x, y)
+        seed_sum, seed_used, xi = _hinge(self.gamma1, p_y, p_other, lambda xi: seed & (xi.abs() < self.gamma1))
+        other_sum, other_used, _ = _hinge(self.gamma2, p_y, p_other, lambda xi: ~seed & (xi > 0) & (xi < self.gamma2))
+        loss = (ce.sum() + self.lambda1 * self.sigma / 2 * (seed_sum + other_sum)) / x.shape[0]
+        return loss, {"ce": float(ce.mean().detach()), "seed_hinge_inputs": float(seed_used),
+                      "other_hinge_inputs": float(other_used), "mean_xi": _mean_finite(xi)}
+
+
+class CSRSPairwise(CSRSSeedwise):
+    """CS-RS (pairwise): seed inputs use ``xi_cs = Phi^-1(top) - Phi^-1(max_{j in Omega_y} g_beta_j)``
+    with the hinge ``gamma1 - xi_cs`` on ``|xi_cs| < gamma1``; ``top`` is the largest g_beta, or the
+    label's g_beta when the top class is itself a target (so the term keeps a gradient). All inputs
+    also get the MACER-style term ``gamma2 - xi`` on correct inputs with ``xi < gamma2``."""
+    name = "cs_rs_pairwise"
+
+    def __call__(self, model, x, y):
+        ce, g_beta, p_y, p_other, seed = self._terms(model, x, y)
+        target_mask = torch.as_tensor(self.cost.matrix > 0, device=y.device)[y]  # [B, C]: Omega_y
+        p_target = g_beta.masked_fill(~target_mask, -1.0).max(1).values.clamp_min(0.0)
+        top_val, top_idx = g_beta.max(1)
+        top_is_target = target_mask.gather(1, top_idx[:, None]).squeeze(1)
+        p_top = torch.where(top_is_target, p_y, top_val)
+        seed_sum, seed_used, _ = _hinge(self.gamma1, p_top, p_target, lambda xi: seed & (xi.abs() < self.gamma1))
+        std_sum, std_used, _ = _hinge(self.gamma2, p_y, p_other, lambda xi: (xi > 0) & (xi < self.gamma2))
+        loss = (ce.sum() + self.lambda1 * self.sigma / 2 * (seed_sum + std_sum)) / x.shape[0]
+        return loss, {"ce": float(ce.mean().detach()), "seed_hinge_inputs": float(seed_used),
+                      "other_hinge_inputs": float(std_used)}
+
+
+class SmoothAdv(_Loss):
+    """Salman et al. 2019: L2 PGD on the soft smoothed classifier, then cross-entropy on x' + d_i.
+
+    Per input, m noise vectors d_i are drawn once; T steps of normalised-gradient ascent of size
+    2 * eps / T on ``-log(mean_i softmax(f(x' + d_i))_y)`` with projection onto ``||x' - x|| <= eps``,
+    the same noise at every step. Set ``eps`` per epoch to ramp it up (``costsmooth train`` does).
+    """
+    name = "smoothadv"
+
+    def __init__(self, sigma: float, eps: float = 0.25, steps: int = 2, m: int = 2, seed: int = 0):
+        super().__init__(sigma, seed)
+        self.eps, self.steps, self.m = float(eps), check_count(steps, "steps"), check_count(m, "m")
+
+    def attack(self, model, x, y, noise):
+        if self.eps <= 0:
+            return x.detach()
+        was_training = model.training
+        model.eval()
+        delta = torch.zeros_like(x, requires_grad=True)
+        step = 2 * self.eps / self.steps
+        for _ in range(self.steps):
+            noisy = (x + delta).repeat_interleave(self.m, 0) + noise
+            probs = model(noisy).softmax(-1).view(x.shape[0], self.m, -1).mean(1)
+            loss = -torch.log(probs.gather(1, y[:, None]) + 1e-10).sum()
+            grad, = torch.autograd.grad(loss, delta)
+            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            with torch.no_grad():
+                delta += step * grad / norm
+                dn = delta.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+                delta *= torch.clamp(self.eps / dn.clamp_min(1e-12), max=1.0)
+        model.train(was_training)
+        return (x + delta).detach()
+
+    def __call__(self, model, x, y):
+        _check_batch(x, y)
+        noise = self.noise.noise(x.detach(), self.m, self.sigma)
+        x_adv = self.attack(model, x.detach(), y, noise)
+        logits = model(x_adv.repeat_interleave(self.m, 0) + noise)
+        loss = F.cross_entropy(logits, y.repeat_interleave(self.m))
+        return loss, {"ce": float(loss.detach()), "eps": self.eps,
+                      "perturbation": float((x_adv - x).flatten(1).norm(dim=1).mean())}
+
+
+LOSSES = {cls.name: cls for cls in (GaussianAugmentation, GaussianReweighted, MACER, CSRSSeedwise, CSRSPairwise,
+                                    SmoothAdv)}
+_NEEDS_COST = {"gaussian_r", "cs_rs", "cs_rs_pairwise"}
+
+
+def make_loss(name: str, sigma: float, cost: Optional[CostMatrix] = None, seed: int = 0, **kwargs):
+    """A loss by name (``LOSSES``); the cost-sensitive ones need ``cost``."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    if name in _NEEDS_COST:
+        if cost is None:
+            raise ValueError(f"loss {name!r} needs a cost matrix (--cost or --seed-classes)")
+        return LOSSES[name](sigma, cost, seed=seed, **kwargs)
+    return LOSSES[name](sigma, seed=seed, **kwargs)

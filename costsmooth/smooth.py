@@ -1,0 +1,159 @@
+"""``Smooth``: a smoothed classifier with Cohen et al.'s interface plus cost-sensitive certificates.
+
+Drop-in for ``core.Smooth`` of locuslab/smoothing: ``predict(x, n, alpha, batch_size)`` and
+``certify(x, n0, n, alpha, batch_size)`` take one input without a batch dimension and return the
+same values (-1 = abstain). Sampling runs on the fused engine (``costsmooth.sample_counts``).
+
+Noise bookkeeping: every call of predict/certify/certify_cost_sensitive takes a fresh input index
+from a counter, so each call draws fresh noise and the same seed replays the same sequence of calls.
+``certify_batch`` uses the dataset indices you pass, so a certificate does not depend on which other
+inputs were certified with it. Selection (stream 0) and estimation (stream 1) draws are independent.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import stats
+from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
+from .certify import ABSTAIN, Certificate, certify_from_counts
+from .cost import CostMatrix
+from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, sample_counts
+
+__all__ = ["Smooth"]
+
+_FRESH_INDEX_BASE = 2**31  # indices of single-input calls; dataset indices stay below
+
+
+class Smooth:
+    """A smoothed classifier g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c).
+
+    Args:
+        model: base classifier mapping ``[B, *shape]`` to logits ``[B, num_classes]``.
+        num_classes: number of classes (checked against the model's output width).
+        sigma: noise level (one for all inputs; an input-dependent sigma needs its own certificate).
+        batch_size: rows per model call; seed: 64-bit noise seed; device: where to run (default: the
+            model's parameters' device, else cpu).
+        dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
+    """
+
+    ABSTAIN = ABSTAIN
+
+    def __init__(self, model: torch.nn.Module, num_classes: int, sigma: float, *, batch_size: int = 1000,
+                 seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False):
+        self.model = model
+        self.num_classes = check_count(num_classes, "num_classes", 2)
+        self.sigma = check_positive_finite(sigma, "sigma")
+        self.batch_size = check_count(batch_size, "batch_size")
+        self.seed = seed
+        if device is None:
+            params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+            device = params[0].device if params else "cpu"
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self._calls = 0
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _fresh_index(self) -> int:
+        index = _FRESH_INDEX_BASE + self._calls
+        self._calls += 1
+        return index
+
+    def _counts(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
+                progress=None) -> torch.Tensor:
+        return sample_counts(self.model, x, n, self.sigma, seed=self.seed, stream=stream,
+                             batch_size=batch_size or self.batch_size, index_offset=index_offset,
+                             num_classes=self.num_classes, dtype=self.dtype, channels_last=self.channels_last,
+                             progress=progress).cpu()
+
+    def _single(self, x) -> torch.Tensor:
+        check_float_tensor(x, "x")
+        return x.to(self.device).unsqueeze(0)
+
+    # -- Cohen et al.'s interface -----------------------------------------------------------------
+    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: Optional[int] = None) -> int:
+        """PREDICT: the smoothed class of one input (no batch dimension), or -1 (abstain).
+
+        Guarantee: the returned class differs from g(x) with probability at most alpha.
+        """
+        check_count(n, "n")
+        alpha = check_alpha(alpha)
+        counts = self._counts(self._single(x), n, STREAM_ESTIMATION, self._fresh_index(), batch_size)
+        return stats.predict_from_counts(counts[0].numpy(), alpha)
+
+    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float,
+                batch_size: Optional[int] = None) -> Tuple[int, float]:
+        """CERTIFY: (prediction, L2 radius) for one input, prediction -1 and radius 0.0 on abstention.
+
+        Guarantee: with probability >= 1 - alpha, g(x + delta) = prediction for all ||delta|| < radius.
+        """
+        cert = self._certify_one(x, None, None, n0, n, alpha, batch_size)
+        return cert.prediction, cert.radius
+
+    def certify_cost_sensitive(self, x: torch.Tensor, label: int, cost: CostMatrix, n0: int, n: int, alpha: float,
+                               batch_size: Optional[int] = None) -> Certificate:
+        """The standard and the cost-sensitive certificate of one input of known label (SPEC 3.2).
+
+        Guarantee of ``cs_radius``: with probability >= 1 - alpha, g(x + delta) is not in the label's
+        target set for all ||delta|| < cs_radius. See ``costsmooth.certify`` for the alpha split.
+        """
+        if not isinstance(cost, CostMatrix):
+            raise TypeError(f"cost must be a costsmooth.CostMatrix, got {type(cost).__name__}")
+        return self._certify_one(x, label, cost, n0, n, alpha, batch_size)
+
+    def _certify_one(self, x, label, cost, n0, n, alpha, batch_size) -> Certificate:
+        x = self._single(x)
+        return self._certify(x, None if label is None else [label], cost, n0, n, alpha, [self._fresh_index()],
+                             batch_size)[0]
+
+    # -- batches --------------------------------------------------------------------------------
+    def certify_batch(self, X: torch.Tensor, labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None,
+                      *, n0: int = 100, n: int = 100000, alpha: float = 0.001,
+                      indices: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
+                      progress=None) -> List[Certificate]:
+        """Certificates for many inputs ``X[B, *shape]``, sharing model calls across inputs.
+
+        ``indices`` are the inputs' dataset indices (default 0..B-1): input i's noise depends only on
+        (seed, indices[i]), so results do not depend on batching or on which inputs are certified
+        together. Labels (optional) enable ``correct`` and, with ``cost``, the cost-sensitive radius.
+        """
+        check_float_tensor(X, "X")
+        if indices is None:
+            indices = list(range(X.shape[0]))
+        indices = [int(i) for i in indices]
+        if len(indices) != X.shape[0] or (labels is not None and len(labels) != X.shape[0]):
+            raise ValueError(f"{X.shape[0]} inputs need as many indices and labels, got {len(indices)} indices"
+                             f"{'' if labels is None else f' and {len(labels)} labels'}")
+        if any(i < 0 or i >= _FRESH_INDEX_BASE for i in indices):
+            raise ValueError(f"dataset indices must lie in [0, 2^31), got {min(indices)}..{max(indices)}")
+        return self._certify(X.to(self.device), labels, cost, n0, n, alpha, indices, batch_size, progress)
+
+    def _certify(self, X, labels, cost, n0, n, alpha, indices, batch_size, progress=None) -> List[Certificate]:
+        n0, n = check_count(n0, "n0"), check_count(n, "n")
+        alpha = check_alpha(alpha)
+        if cost is not None:
+            cost.check_num_classes(self.num_classes)
+        if labels is not None:
+            labels = [int(y) for y in labels]
+            bad = [y for y in labels if not 0 <= y < self.num_classes]
+            if bad:
+                raise ValueError(f"label {bad[0]} out of range: labels must lie in [0, {self.num_classes})")
+        selection, estimation = [], []
+        for start, stop in _consecutive_runs(indices):
+            xs = X[start:stop]
+            selection.append(self._counts(xs, n0, STREAM_SELECTION, indices[start], batch_size))
+            estimation.append(self._counts(xs, n, STREAM_ESTIMATION, indices[start], batch_size, progress))
+        return certify_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha, self.sigma,
+                                   labels, cost)
+
+
+def _consecutive_runs(indices: Sequence[int]):
+    """(start, stop) positions of maximal runs of consecutive indices (each run shares model calls)."""
+    start = 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1:
+            yield start, k
+            start = k
