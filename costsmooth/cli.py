@@ -157,8 +157,9 @@ def cmd_recertify(args) -> None:
 
 
 def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, plot: Optional[str] = None,
-            out=sys.stdout) -> List:
+            out=None) -> List:
     """Print the metric tables of each TSV (side by side) and optionally save the curves to ``plot``."""
+    out = out or sys.stdout
     from . import metrics
     from .results import load_records, read_meta
 

@@ -8,6 +8,8 @@ bottleneck ResNet). Checkpoints follow Cohen et al.'s format ``{"arch", "state_d
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
 from typing import Callable, Dict, Sequence
 
 import torch
@@ -146,6 +148,14 @@ def save_checkpoint(path: str, model: nn.Module, arch: str, num_classes: int, in
     os.replace(tmp, path)
 
 
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives hold a code/ folder; torch.save archives do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in name for name in z.namelist())
+
+
 def load_model(path: str, map_location="cpu", num_classes=None, input_shape=None) -> nn.Module:
     """A model from a TorchScript file, a ``torch.save``d module, or a checkpoint ``{"arch", "state_dict"}``.
 
@@ -153,10 +163,10 @@ def load_model(path: str, map_location="cpu", num_classes=None, input_shape=None
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        return torch.jit.load(path, map_location=map_location)
-    except Exception:
-        pass
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(path, map_location=map_location)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:

@@ -1,0 +1,146 @@
+"""The command line end to end: certify (columns, skip/max, resume after a kill), recertify, analyze."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from costsmooth import certify_from_counts
+from costsmooth.cli import main
+from costsmooth.results import read_counts, read_tsv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COHEN_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x = torch.randn(40, 5)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::7] = (y[::7] + 1) % 3  # a few wrong labels
+    torch.save(model, tmp_path / "model.pt")
+    torch.save({"inputs": x, "labels": y}, tmp_path / "data.pt")
+    return tmp_path
+
+
+def certify_args(d, out, *extra):
+    return ["certify", str(d / "data.pt"), str(d / "model.pt"), "0.5", str(out), "--N0", "50", "--N", "2000",
+            "--alpha", "0.001", "--batch", "4000", *extra]
+
+
+def rows_without_time(path):
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_tsv(str(path))]
+
+
+def test_certify_columns_skip_and_max(files, capsys):
+    out = files / "out.tsv"
+    assert main(certify_args(files, out, "--skip", "3", "--max", "10", "--seed-classes", "0", "--targets", "2")) == 0
+    header = open(out).readline().rstrip("\n").split("\t")
+    assert header[:6] == COHEN_COLUMNS and "cs_radius" in header
+    rows = read_tsv(str(out))
+    assert [int(r["idx"]) for r in rows] == [0, 3, 6, 9]
+    labels = torch.load(files / "data.pt")["labels"]
+    for r in rows:
+        assert int(r["label"]) == int(labels[int(r["idx"])])
+        assert r["correct"] == str(int(r["predict"] == r["label"]))
+        assert (r["cs_radius"] == "") == (r["label"] != "0")  # only seed-class inputs have one
+    counts = read_counts(str(out))
+    assert sorted(counts) == [0, 3, 6, 9] and sum(counts[0]["estimation"]) == 2000
+
+
+def test_certificates_do_not_depend_on_skip(files):
+    main(certify_args(files, files / "all.tsv", "--max", "7"))
+    main(certify_args(files, files / "skip.tsv", "--skip", "3", "--max", "7"))
+    full = {r["idx"]: r for r in rows_without_time(files / "all.tsv")}
+    for r in rows_without_time(files / "skip.tsv"):
+        assert full[r["idx"]] == r
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(files):
+    out = files / "killed.tsv"
+    args = certify_args(files, out, "--seed-classes", "1")
+    args[args.index("--N") + 1] = "300000"
+    args[args.index("--batch") + 1] = "1000"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "costsmooth", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and len(read_tsv(str(out))) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_tsv(str(out)))
+    assert 3 <= done_before < 40, "the run should have been killed part-way"
+    with open(out, "a") as f:
+        f.write("39\t2\t1\t0.3")  # a row cut short by a kill mid-write
+    assert main(args) == 0
+    rows = rows_without_time(out)
+    assert [int(r["idx"]) for r in rows] == list(range(40))
+    reference = files / "reference.tsv"
+    main([a if a != str(out) else str(reference) for a in args])
+    assert rows == rows_without_time(reference)
+    assert sorted(read_counts(str(out))) == list(range(40))
+
+
+def test_resume_refuses_different_settings(files, capsys):
+    out = files / "out.tsv"
+    main(certify_args(files, out, "--max", "2"))
+    assert main(certify_args(files, out, "--max", "2", "--alpha", "0.01")) == 2
+    assert "different settings (alpha)" in capsys.readouterr().err
+
+
+def test_recertify_from_saved_counts(files):
+    out = files / "out.tsv"
+    main(certify_args(files, out, "--max", "12", "--seed-classes", "0"))
+    loose = files / "loose.tsv"
+    assert main(["recertify", str(out), str(loose), "--alpha", "0.05"]) == 0
+    strict_rows, loose_rows = read_tsv(str(out)), read_tsv(str(loose))
+    assert [r["idx"] for r in strict_rows] == [r["idx"] for r in loose_rows]
+    for s, l in zip(strict_rows, loose_rows):
+        assert float(l["radius"]) >= float(s["radius"])
+    saved = read_counts(str(out))
+    ids = sorted(saved)
+    certs = certify_from_counts(np.array([saved[i]["selection"] for i in ids]),
+                                np.array([saved[i]["estimation"] for i in ids]), 0.05, 0.5)
+    assert [float(r["radius"]) for r in loose_rows] == pytest.approx([c.radius for c in certs], rel=1e-5)
+    other = files / "other_cost.tsv"
+    assert main(["recertify", str(out), str(other), "--seed-classes", "2"]) == 0
+    assert {r["label"] for r in read_tsv(str(other)) if r["cs_radius"]} <= {"2"}
+
+
+def test_analyze_tables_and_plot(files, capsys):
+    out = files / "out.tsv"
+    main(certify_args(files, out, "--seed-classes", "1"))
+    capsys.readouterr()
+    plot = files / "curves.png"
+    assert main(["analyze", str(out), str(out), "--radii", "0,0.5", "--classwise", "0.25", "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "rob_cs" in text and "wc_cost" in text and "Class-wise at radius 0.25" in text
+    assert plot.stat().st_size > 1000
+    table = [line for line in text.splitlines() if line.startswith("|") and "out" in line]
+    acc0 = float(table[0].split("|")[3])
+    rows = read_tsv(str(out))
+    assert acc0 == pytest.approx(np.mean([r["correct"] == "1" for r in rows]), abs=1e-3)
+
+
+def test_bad_files_and_options(files, capsys):
+    (files / "junk.pt").write_text("not a model")
+    assert main(certify_args(files, files / "o.tsv")[:2] + [str(files / "junk.pt"), "0.5", str(files / "o.tsv")]) == 2
+    assert "cannot read model file" in capsys.readouterr().err
+    assert main(["certify", str(files / "missing.pt"), str(files / "model.pt"), "0.5", str(files / "o.tsv")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert main(certify_args(files, files / "o.tsv", "--seed-classes", "5")) == 2
+    assert "seed class must be an integer in [0, 3)" in capsys.readouterr().err
+    bad_cost = files / "cost.csv"
+    np.savetxt(bad_cost, np.ones((3, 3)) - np.eye(3) * 0 , delimiter=",")
+    assert main(certify_args(files, files / "o.tsv", "--cost", str(bad_cost))) == 2
+    assert "zero diagonal" in capsys.readouterr().err
