@@ -42,12 +42,15 @@ def _scheduler(opt, schedule: str, epochs: int):
 def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *, cost: Optional[CostMatrix] = None,
           epochs: int = 30, lr: float = 0.01, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
-          loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True) -> str:
+          loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
+          stop_after: Optional[int] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
     optimizer, scheduler, loss state and epoch) and ``out_dir/log.jsonl`` (one line per epoch).
-    For SmoothAdv, eps ramps linearly over the first ``eps_warmup`` epochs.
+    For SmoothAdv, eps ramps linearly over the first ``eps_warmup`` epochs. ``stop_after`` ends this
+    call after that epoch (the schedule still targets ``epochs``): a run can be split into pieces,
+    e.g. to fit time-limited job slots, and continued with ``resume=True``.
     """
     from tqdm import tqdm
 
@@ -77,7 +80,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     target_eps = getattr(objective, "eps", None)
     x_all, y_all = dataset.inputs, dataset.labels
     log_path = os.path.join(out_dir, "log.jsonl")
-    for epoch in range(start, epochs):
+    last = epochs if stop_after is None else min(epochs, stop_after)
+    for epoch in range(start, last):
         if target_eps is not None:
             objective.eps = target_eps * min(1.0, (epoch + 1) / max(eps_warmup, 1))
         model.train()
