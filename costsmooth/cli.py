@@ -101,6 +101,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             writer.write(i, cert, seconds)
         bar.update(len(ids))
     bar.close()
+    writer.close()
     return outfile
 
 
@@ -145,6 +146,7 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
                                     None if any(y is None for y in labels) else labels, cost)
         for i, cert in zip(ids, certs):
             writer.write(i, cert, times[i])
+    writer.close()
     return outfile
 
 

@@ -17,9 +17,9 @@ __all__ = ["run_demo", "register_cli", "DEMO_SETTINGS"]
 # class a target. breast_cancer: malignant (0) -> benign (1) is the harmful error.
 DEMO_SETTINGS = {
     "digits": dict(arch="digits_cnn", sigma=0.5, cost=lambda: CostMatrix.seedwise(10, [8]), epochs=30, quick_epochs=4,
-                   lr=0.05, batch=64, n0=64, n=2000, quick_n=256, alpha=0.001, radii=[0.0, 0.25, 0.5, 0.75, 1.0]),
+                   optimizer="adam", lr=0.001, batch=64, n0=64, n=2000, quick_n=256, alpha=0.001, radii=[0.0, 0.25, 0.5, 0.75, 1.0]),
     "breast_cancer": dict(arch="mlp", sigma=0.5, cost=lambda: CostMatrix.pairwise(2, {0: [1]}), epochs=60,
-                          quick_epochs=8, lr=0.05, batch=32, n0=64, n=2000, quick_n=256, alpha=0.001,
+                          quick_epochs=8, optimizer="adam", lr=0.001, batch=32, n0=64, n=2000, quick_n=256, alpha=0.001,
                           radii=[0.0, 0.25, 0.5, 0.75, 1.0]),
 }
 METHODS = [("gaussian", "gaussian", {}), ("gaussian_r", "gaussian_r", {}), ("macer", "macer", {}),
@@ -47,7 +47,7 @@ def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False
         t0 = time.perf_counter()
         run_dir = os.path.join(out, name)
         ckpt = train(train_set, s["arch"], loss, s["sigma"], run_dir, cost=cost, epochs=epochs, lr=s["lr"],
-                     batch_size=s["batch"], seed=seed, device=device, resume=True, loss_kwargs=kwargs,
+                     optimizer=s["optimizer"], batch_size=s["batch"], seed=seed, device=device, resume=True, loss_kwargs=kwargs,
                      progress=progress)
         tsv = os.path.join(out, f"{name}.tsv")
         certify_dataset(load_model(ckpt), test_set, s["sigma"], tsv, n0=s["n0"], n=n, alpha=s["alpha"],

@@ -130,3 +130,26 @@ def prob_sum(logits: torch.Tensor, n: int, sums: Optional[torch.Tensor] = None, 
     probs = torch.softmax(z, dim=1).masked_fill(bad.unsqueeze(1), 0.0)
     sums += probs.view(batch, n, classes).sum(dim=1)
     return sums, bad.view(batch, n).sum(dim=1)
+
+
+def cohen_sample_counts(model, x: torch.Tensor, n: int, sigma: float, num_classes: int,
+                        batch_size: int = 400) -> torch.Tensor:
+    """Cohen et al.'s sampling loop (locuslab/smoothing ``Smooth._sample_noise``), the speed baseline.
+
+    For one input ``x`` (no batch dimension): repeat it, draw ``torch.randn`` noise, add, run the model,
+    take the argmax, copy the predictions to the host and count them with numpy, batch by batch.
+    Returns int64 counts ``[num_classes]`` on the CPU. Its noise is torch's, not costsmooth's stream.
+    """
+    import numpy as np
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    remaining = n
+    with torch.no_grad():
+        while remaining > 0:
+            this_batch = min(batch_size, remaining)
+            remaining -= this_batch
+            batch = x.unsqueeze(0).repeat((this_batch,) + (1,) * x.dim())
+            noise = torch.randn_like(batch) * sigma
+            predictions = model(batch + noise).argmax(1)
+            counts += np.bincount(predictions.cpu().numpy(), minlength=num_classes)
+    return torch.from_numpy(counts)

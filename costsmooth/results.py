@@ -12,6 +12,7 @@ file is reopened, so a re-run resumes without losing or duplicating rows.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from typing import Dict, Iterable, List, Optional
@@ -97,6 +98,14 @@ class ResultWriter:
         self.path = path
         self.meta_path = path + ".meta.json"
         self.counts_path = path + ".counts.jsonl"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # One writer per OUTFILE: a second concurrent run would interleave rows.
+        self._lock = open(path + ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise ValueError(f"another costsmooth run is writing {path}; wait for it or choose another OUTFILE")
         if os.path.isfile(path):
             old = read_meta(path)
             changed = {k for k in meta if k not in ("version",) and old.get(k) != meta[k]}
@@ -106,7 +115,6 @@ class ResultWriter:
             _repair_tail(path)
             _repair_tail(self.counts_path)
         else:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             tmp = self.meta_path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(meta, f, indent=1)
@@ -125,6 +133,12 @@ class ResultWriter:
                 f.flush()
                 os.fsync(f.fileno())
         self.done.add(idx)
+
+    def close(self) -> None:
+        """Release the OUTFILE lock (also released when the process ends)."""
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
 
 class Records:

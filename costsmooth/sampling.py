@@ -7,8 +7,9 @@ so the counts do not depend on the batch size, on how inputs are grouped or on h
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -52,20 +53,15 @@ def eval_mode(model):
             model.train(was_training)
 
 
-def _chunks(batch: int, n: int, batch_size: int) -> Iterator[Tuple[int, int, int, int]]:
-    """(first input, end input, first sample, samples) covering batch x n with <= batch_size rows each.
+def _next_chunk(b: int, j: int, batch: int, n: int, batch_size: int) -> Tuple[int, int, int, int]:
+    """(first input, end input, first sample, samples) of the next model call from position (b, j).
 
-    Several whole inputs share one model call when n <= batch_size; otherwise each input's n samples
-    are split into pieces of batch_size.
+    Several whole inputs share one call when n <= batch_size; otherwise each input's n samples are
+    split into pieces of batch_size.
     """
-    if n <= batch_size:
-        per_call = batch_size // n
-        for b0 in range(0, batch, per_call):
-            yield b0, min(b0 + per_call, batch), 0, n
-    else:
-        for b in range(batch):
-            for j0 in range(0, n, batch_size):
-                yield b, b + 1, j0, min(batch_size, n - j0)
+    if j == 0 and n <= batch_size:
+        return b, min(b + batch_size // n, batch), 0, n
+    return b, b + 1, j, min(batch_size, n - j)
 
 
 def _check_logits(logits, rows: int, num_classes: Optional[int]) -> None:
@@ -81,7 +77,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
                       batch_size: int = 1000, stream: int = STREAM_ESTIMATION, index_offset: int = 0,
                       sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
                       temperature: float = 1.0, dtype: Optional[torch.dtype] = None,
-                      channels_last: bool = False, progress=None) -> SampleStatistics:
+                      channels_last: bool = False, autocast: Optional[torch.dtype] = None,
+                      progress=None) -> SampleStatistics:
     """Votes (and optionally softmax sums) of ``model`` on ``n`` noisy copies of each input.
 
     Args:
@@ -89,9 +86,13 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             (its previous mode is restored).
         x: inputs ``[B, *shape]`` on the device to run on. sigma: number or ``[B]`` tensor.
         n: samples per input; seed, stream, index_offset, sample_offset: as in ``ops.noisy_batch``.
-        batch_size: rows per model call. num_classes: checked against the model's output width.
+        batch_size: rows per model call. When a call runs out of device memory, the batch size is
+            halved and the call retried (the counts do not change: the noise depends on indices only).
+        num_classes: checked against the model's output width.
         prob_sums: also accumulate ``sum_j softmax(logits_j / temperature)`` in float64.
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
+        autocast: run the model under ``torch.autocast`` with this dtype (bfloat16 or float16). A
+            reduced-precision run certifies the reduced-precision model.
         progress: an optional tqdm-like object whose ``update(rows)`` is called after each chunk.
 
     Returns:
@@ -117,11 +118,27 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         if prob_sums:
             sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=x.device)
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
+           else contextlib.nullcontext())
+    b = j = 0
     with eval_mode(model):
-        for b0, b1, j0, m in _chunks(batch, n, batch_size):
-            noisy = ops.noisy_batch(x[b0:b1], m, sig[b0:b1], seed=seed, stream=stream, index_offset=index_offset + b0,
-                                    sample_offset=sample_offset + j0, dtype=dtype, channels_last=channels_last)
-            logits = model(noisy)
+        while b < batch:
+            b0, b1, j0, m = _next_chunk(b, j, batch, n, batch_size)
+            try:
+                noisy = ops.noisy_batch(x[b0:b1], m, sig[b0:b1], seed=seed, stream=stream,
+                                        index_offset=index_offset + b0, sample_offset=sample_offset + j0, dtype=dtype,
+                                        channels_last=channels_last)
+                with amp:
+                    logits = model(noisy)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                noisy = logits = None  # free what the failed call held
+                if x.is_cuda:
+                    torch.cuda.empty_cache()
+                warnings.warn(f"out of memory at batch size {batch_size}; continuing at {batch_size // 2}")
+                batch_size //= 2
+                continue
             _check_logits(logits, noisy.shape[0], num_classes)
             if counts is None:
                 num_classes = logits.shape[1]
@@ -133,6 +150,10 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
                 torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
             if progress is not None:
                 progress.update(noisy.shape[0])
+            if b1 > b0 + 1 or j0 + m == n:
+                b, j = b1, 0
+            else:
+                j = j0 + m
     if counts is None:  # no inputs and no declared class count
         counts = torch.zeros(batch, 0, dtype=torch.int64, device=x.device)
     ops._raise_on_nan(nan_rows, "the vote counts")
@@ -142,7 +163,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
 def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0, batch_size: int = 1000,
                   stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
                   num_classes: Optional[int] = None, dtype: Optional[torch.dtype] = None,
-                  channels_last: bool = False, progress=None) -> torch.Tensor:
+                  channels_last: bool = False, autocast: Optional[torch.dtype] = None,
+                  progress=None) -> torch.Tensor:
     """int64 ``[B, C]``: how often ``model`` votes for each class on ``n`` noisy copies of each input.
 
     ``counts[b, c] = #{j < n : argmax model(x[b] + sigma_b * noise(seed, stream, index_offset + b,
@@ -150,4 +172,5 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
     """
     return sample_statistics(model, x, n, sigma, seed=seed, batch_size=batch_size, stream=stream,
                              index_offset=index_offset, sample_offset=sample_offset, num_classes=num_classes,
-                             dtype=dtype, channels_last=channels_last, progress=progress).counts
+                             dtype=dtype, channels_last=channels_last, autocast=autocast,
+                             progress=progress).counts

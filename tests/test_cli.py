@@ -98,6 +98,15 @@ def test_resume_refuses_different_settings(files, capsys):
     assert "different settings (alpha)" in capsys.readouterr().err
 
 
+def test_one_writer_per_outfile(files):
+    from costsmooth.results import ResultWriter
+    first = ResultWriter(str(files / "locked.tsv"), {"n": 1})
+    with pytest.raises(ValueError, match="another costsmooth run is writing"):
+        ResultWriter(str(files / "locked.tsv"), {"n": 1})
+    first.close()
+    ResultWriter(str(files / "locked.tsv"), {"n": 1}).close()
+
+
 def test_recertify_from_saved_counts(files):
     out = files / "out.tsv"
     main(certify_args(files, out, "--max", "12", "--seed-classes", "0"))

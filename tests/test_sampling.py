@@ -109,3 +109,34 @@ def test_noise_uncorrelated_between_inputs_samples_streams_and_neighbours(device
     assert bound(z, other)                                      # streams
     assert bound(z[:, 0::4], z[:, 1::4]) and bound(z[:, 0::4], z[:, 2::4])  # Box-Muller partners
     assert bound(z[:, :-1], z[:, 1:])                           # neighbouring elements
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_counts():
+    linear = LinearF64(18, 5)
+    calls = []
+
+    def fragile(z):  # runs out of memory above 300 rows
+        calls.append(z.shape[0])
+        if z.shape[0] > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return linear(z)
+
+    x = torch.rand(3, 18)
+    expected = costsmooth.sample_counts(linear, x, 1000, 0.7, seed=3, batch_size=250)
+    with pytest.warns(UserWarning, match="out of memory at batch size 2000; continuing at 1000"):
+        got = costsmooth.sample_counts(fragile, x, 1000, 0.7, seed=3, batch_size=2000)
+    assert torch.equal(got, expected)
+    assert max(c for c in calls if c <= 300) == 250  # 2000 -> 1000 -> 500 -> 250
+
+
+def test_autocast_runs_the_model_in_reduced_precision():
+    seen = []
+    lin = torch.nn.Linear(6, 3)
+
+    def model(z):
+        out = lin(z)
+        seen.append(out.dtype)
+        return out
+
+    c = costsmooth.sample_counts(model, torch.rand(2, 6), 100, 0.5, autocast=torch.bfloat16)
+    assert seen and all(d == torch.bfloat16 for d in seen) and c.sum() == 200
