@@ -34,7 +34,7 @@ def philox(counters: torch.Tensor, key: tuple) -> torch.Tensor:
 
 def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream: int = 0,
                 index_offset: int = 0, sample_offset: int = 0, dtype: Optional[torch.dtype] = None,
-                channels_last: bool = False) -> torch.Tensor:
+                channels_last: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``n`` noisy copies of each input, in one pass.
 
     Args:
@@ -46,6 +46,9 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
         sample_offset: index of the first sample, so ``n`` can be split into pieces that add up.
         dtype: output dtype (float32, float64, float16, bfloat16); default ``x.dtype``.
         channels_last: write a 4-d output in channels-last memory format.
+        out: optional buffer ``[B * n, *shape]`` (contiguous or channels-last) written in place, e.g.
+            a slice of a buffer reused across batches; its dtype and layout override ``dtype`` and
+            ``channels_last``.
 
     Returns:
         ``out`` of shape ``[B * n, *shape]`` with
@@ -63,9 +66,19 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
     if channels_last and x.dim() != 4:
         raise ValueError(f"channels_last needs 4-d inputs [B, C, H, W], got shape {list(x.shape)}")
     sig = sigma_tensor(sigma, x.shape[0], x.device)
-    return torch.ops.costsmooth.noisy_batch(
-        x, sig, n, check_seed(seed), check_index(stream, "stream"), check_index(index_offset, "index_offset", x.shape[0]),
-        check_index(sample_offset, "sample_offset", n), dtype, bool(channels_last))
+    args = (x, sig, n, check_seed(seed), check_index(stream, "stream"),
+            check_index(index_offset, "index_offset", x.shape[0]), check_index(sample_offset, "sample_offset", n))
+    if out is None:
+        return torch.ops.costsmooth.noisy_batch(*args, dtype, bool(channels_last))
+    expected = (x.shape[0] * n,) + tuple(x.shape[1:])
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected or out.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"out must be a float tensor of shape {list(expected)}, got "
+                         f"{list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    check_same_device(x, out, "x", "out")
+    if not (out.is_contiguous() or (out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last))):
+        raise ValueError("out must be contiguous or channels-last (e.g. a leading slice of a buffer)")
+    torch.ops.costsmooth.noisy_batch_into(*args, out)
+    return out
 
 
 def _check_logits(logits: torch.Tensor, n: int, acc: Optional[torch.Tensor], acc_dtype: torch.dtype,
@@ -156,6 +169,12 @@ def _noisy_batch_fake(x, sigma, n, seed, stream, index_offset, sample_offset, dt
     shape = (x.shape[0] * n,) + tuple(x.shape[1:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.new_empty(shape, dtype=dtype).contiguous(memory_format=fmt)
+
+
+@torch.library.register_fake("costsmooth::noisy_batch_into")
+def _noisy_batch_into_fake(x, sigma, n, seed, stream, index_offset, sample_offset, out):
+    torch._check(out.shape[0] == x.shape[0] * n, lambda: "out must have B * n rows")
+    return None
 
 
 def _votes_fake(logits, acc, n):

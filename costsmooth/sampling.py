@@ -121,19 +121,25 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
     b = j = 0
+    buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
     with eval_mode(model):
         while b < batch:
             b0, b1, j0, m = _next_chunk(b, j, batch, n, batch_size)
+            rows = (b1 - b0) * m
             try:
+                if buffer is None or buffer.shape[0] < rows:
+                    buffer = None
+                    buffer = torch.empty((rows,) + tuple(x.shape[1:]), dtype=dtype or x.dtype, device=x.device,
+                                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 noisy = ops.noisy_batch(x[b0:b1], m, sig[b0:b1], seed=seed, stream=stream,
-                                        index_offset=index_offset + b0, sample_offset=sample_offset + j0, dtype=dtype,
-                                        channels_last=channels_last)
+                                        index_offset=index_offset + b0, sample_offset=sample_offset + j0,
+                                        out=buffer[:rows])
                 with amp:
                     logits = model(noisy)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
-                noisy = logits = None  # free what the failed call held
+                noisy = logits = buffer = None  # free what the failed call held
                 if x.is_cuda:
                     torch.cuda.empty_cache()
                 warnings.warn(f"out of memory at batch size {batch_size}; continuing at {batch_size // 2}")

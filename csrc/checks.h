@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <limits>
+#include <vector>
 
 #include "kernels.h"
 
@@ -48,6 +49,27 @@ inline void check_noisy_batch(const at::Tensor& x, const at::Tensor& sigma, int6
               "noisy_batch: sample indices must lie in [0, 2^32), got offset ", sample_offset);
   TORCH_CHECK(!channels_last || x.dim() == 4,
               "noisy_batch: channels_last needs 4-d inputs [B, C, H, W], got ", x.dim(), "-d");
+}
+
+// The output of noisy_batch: [B * n, *x.shape[1:]] in dtype, contiguous or channels-last.
+inline at::Tensor noisy_batch_empty(const at::Tensor& x, int64_t n, at::ScalarType dtype, bool channels_last) {
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes[0] = x.size(0) * n;
+  return at::empty(sizes, x.options().dtype(dtype).memory_format(
+                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+}
+
+// Checks a caller's output buffer for noisy_batch_into; returns whether it is channels-last.
+inline bool check_noisy_out(const at::Tensor& x, int64_t n, const at::Tensor& out) {
+  TORCH_CHECK(out.dim() == x.dim() && out.size(0) == x.size(0) * n &&
+                  out.sizes().slice(1).equals(x.sizes().slice(1)),
+              "noisy_batch_into: out must have shape [B * n, *x.shape[1:]], got ", out.sizes());
+  to_dtype(out.scalar_type());
+  TORCH_CHECK(out.device() == x.device(), "noisy_batch_into: out is on ", out.device(), " but x is on ", x.device());
+  if (out.is_contiguous()) return false;
+  TORCH_CHECK(out.dim() == 4 && out.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "noisy_batch_into: out must be contiguous or channels-last");
+  return true;
 }
 
 inline int64_t check_votes(const char* op, const at::Tensor& logits, const at::Tensor& acc, int64_t n,

@@ -20,6 +20,9 @@ TORCH_LIBRARY(costsmooth, m) {
   // out[b*n + j] = x[b] + sigma[b] * noise(seed, stream, index_offset + b, sample_offset + j, .)
   m.def("noisy_batch(Tensor x, Tensor sigma, int n, int seed, int stream, int index_offset, "
         "int sample_offset, ScalarType dtype, bool channels_last) -> Tensor");
+  // The same, written into a caller's buffer (reused across batches; dtype and layout from `out`).
+  m.def("noisy_batch_into(Tensor x, Tensor sigma, int n, int seed, int stream, int index_offset, "
+        "int sample_offset, Tensor(a!) out) -> ()");
   // counts[r // n, argmax(logits[r])] += 1; returns the number of NaN rows per input (not counted).
   m.def("vote_count_(Tensor logits, Tensor(a!) counts, int n) -> Tensor");
   // sums[r // n] += softmax(logits[r] / temperature) in float64; returns NaN rows per input.

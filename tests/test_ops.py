@@ -64,6 +64,27 @@ def test_noisy_batch_is_x_plus_sigma_times_unit_noise(device):
     torch.testing.assert_close(scaled, x.repeat_interleave(3, 0) + 0.5 * unit)
 
 
+@pytest.mark.parametrize("channels_last,dtype", [(False, torch.float32), (True, torch.float32),
+                                                 (False, torch.bfloat16), (True, torch.float16)])
+def test_noisy_batch_into_a_reused_buffer(device, channels_last, dtype):
+    x = torch.rand(2, 3, 5, 7, device=device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    buffer = torch.full((20, 3, 5, 7), float("nan"), device=device, dtype=dtype).contiguous(memory_format=fmt)
+    out = ops.noisy_batch(x, 4, 0.3, seed=8, index_offset=3, out=buffer[:8])
+    assert out.data_ptr() == buffer.data_ptr()
+    assert torch.equal(buffer[:8], ops.noisy_batch(x, 4, 0.3, seed=8, index_offset=3, dtype=dtype,
+                                                   channels_last=channels_last))
+    assert torch.isnan(buffer[8:].float()).all()  # rows past the slice untouched
+
+
+def test_noisy_batch_into_rejects_bad_buffers():
+    x = torch.rand(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"out must be a float tensor of shape \[8, 3, 4, 4\]"):
+        ops.noisy_batch(x, 4, 0.5, seed=0, out=torch.empty(9, 3, 4, 4))
+    with pytest.raises(ValueError, match="contiguous or channels-last"):
+        ops.noisy_batch(x, 4, 0.5, seed=0, out=torch.empty(8, 4, 4, 3).permute(0, 3, 2, 1))
+
+
 def vote_reference(logits, n, counts=None):
     counts, nan_rows = reference.vote_count(logits, n, counts)
     assert int(nan_rows.sum()) == 0
@@ -134,6 +155,8 @@ def test_opcheck_every_op(device):
     sigma = torch.full((3,), 0.5, device=device)
     torch.library.opcheck(torch.ops.costsmooth.noisy_batch, (x, sigma, 4, 7, 1, 2, 3, torch.float32, False))
     torch.library.opcheck(torch.ops.costsmooth.noisy_batch, (x, sigma, 2, 7, 1, 0, 0, torch.float16, True))
+    torch.library.opcheck(torch.ops.costsmooth.noisy_batch_into,
+                          (x, sigma, 2, 7, 1, 0, 0, torch.empty(6, 2, 5, 4, device=device)))
     logits = torch.randn(12, 5, device=device)
     torch.library.opcheck(torch.ops.costsmooth.vote_count_,
                           (logits, torch.zeros(3, 5, dtype=torch.int64, device=device), 4))

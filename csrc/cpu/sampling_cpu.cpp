@@ -32,24 +32,21 @@ at::Tensor philox_cpu(const at::Tensor& counters_in, int64_t key0, int64_t key1)
   return out;
 }
 
-at::Tensor noisy_batch_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
-                           int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
-                           bool channels_last) {
-  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+void noisy_batch_into_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed, int64_t stream,
+                          int64_t index_offset, int64_t sample_offset, at::Tensor& out) {
+  const bool channels_last = check_noisy_out(x, n, out);
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, out.scalar_type(), channels_last);
   const at::Tensor xc = x.contiguous();
   const at::Tensor sc = sigma.contiguous();
+  const at::ScalarType dtype = out.scalar_type();
   const int64_t batch = x.size(0);
   int64_t dim = 1;
   for (int64_t d = 1; d < x.dim(); ++d) dim *= x.size(d);
-  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
-  sizes[0] = batch * n;
-  at::Tensor out = at::empty(sizes, x.options().dtype(dtype).memory_format(
-                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   const int64_t channels = channels_last ? x.size(1) : 1;
   const int64_t spatial = channels_last ? x.size(2) * x.size(3) : dim;
   const int64_t groups_per_row = (dim + 3) / 4;
   const int64_t total = batch * n * groups_per_row;
-  if (total == 0) return out;
+  if (total == 0) return;
   const uint64_t useed = static_cast<uint64_t>(seed);
   const float* sig = sc.data_ptr<float>();
 
@@ -88,6 +85,14 @@ at::Tensor noisy_batch_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t
       });
     });
   });
+}
+
+at::Tensor noisy_batch_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
+                           int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
+                           bool channels_last) {
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+  at::Tensor out = noisy_batch_empty(x, n, dtype, channels_last);
+  noisy_batch_into_cpu(x, sigma, n, seed, stream, index_offset, sample_offset, out);
   return out;
 }
 
@@ -178,6 +183,7 @@ at::Tensor prob_sum_cpu(const at::Tensor& logits_in, at::Tensor& sums, int64_t n
 TORCH_LIBRARY_IMPL(costsmooth, CPU, m) {
   m.impl("philox", &philox_cpu);
   m.impl("noisy_batch", &noisy_batch_cpu);
+  m.impl("noisy_batch_into", &noisy_batch_into_cpu);
   m.impl("vote_count_", &vote_count_cpu);
   m.impl("prob_sum_", &prob_sum_cpu);
 }

@@ -1,7 +1,7 @@
 // CUDA registrations of the sampling ops: argument checks, device guard, current stream, and a
 // call into the torch-free launchers of sampling_kernels.cu. Mirrors cpu/sampling_cpu.cpp.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -26,32 +26,28 @@ at::Tensor philox_cuda(const at::Tensor& counters_in, int64_t key0, int64_t key1
   at::Tensor out = at::empty_like(counters);
   PhiloxParams p{counters.data_ptr<int64_t>(), out.data_ptr<int64_t>(), counters.size(0),
                  static_cast<uint32_t>(key0), static_cast<uint32_t>(key1)};
-  launch_philox(p, at::cuda::getCurrentCUDAStream().stream());
+  launch_philox(p, c10::cuda::getCurrentCUDAStream().stream());
   check_launch("philox");
   return out;
 }
 
-at::Tensor noisy_batch_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
-                            int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
-                            bool channels_last) {
-  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+void noisy_batch_into_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed, int64_t stream,
+                           int64_t index_offset, int64_t sample_offset, at::Tensor& out) {
+  const bool channels_last = check_noisy_out(x, n, out);
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, out.scalar_type(), channels_last);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   const at::Tensor sc = sigma.contiguous();
   const int64_t batch = x.size(0);
   int64_t dim = 1;
   for (int64_t d = 1; d < x.dim(); ++d) dim *= x.size(d);
-  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
-  sizes[0] = batch * n;
-  at::Tensor out = at::empty(sizes, x.options().dtype(dtype).memory_format(
-                                        channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return;
   NoisyBatchParams p{};
   p.x = xc.data_ptr();
   p.sigma = sc.data_ptr<float>();
   p.out = out.data_ptr();
   p.x_dtype = to_dtype(x.scalar_type());
-  p.out_dtype = to_dtype(dtype);
+  p.out_dtype = to_dtype(out.scalar_type());
   p.batch = batch;
   p.n = n;
   p.dim = dim;
@@ -62,8 +58,16 @@ at::Tensor noisy_batch_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_
   p.channels_last = channels_last;
   p.channels = channels_last ? x.size(1) : 1;
   p.spatial = channels_last ? x.size(2) * x.size(3) : dim;
-  launch_noisy_batch(p, at::cuda::getCurrentCUDAStream().stream());
+  launch_noisy_batch(p, c10::cuda::getCurrentCUDAStream().stream());
   check_launch("noisy_batch");
+}
+
+at::Tensor noisy_batch_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
+                            int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
+                            bool channels_last) {
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+  at::Tensor out = noisy_batch_empty(x, n, dtype, channels_last);
+  noisy_batch_into_cuda(x, sigma, n, seed, stream, index_offset, sample_offset, out);
   return out;
 }
 
@@ -82,7 +86,7 @@ at::Tensor vote_count_cuda(const at::Tensor& logits_in, at::Tensor& counts, int6
   p.n = n;
   p.counts = counts.data_ptr<int64_t>();
   p.nan_rows = nan_rows.data_ptr<int64_t>();
-  launch_vote_count(p, at::cuda::getCurrentCUDAStream().stream());
+  launch_vote_count(p, c10::cuda::getCurrentCUDAStream().stream());
   check_launch("vote_count");
   return nan_rows;
 }
@@ -108,6 +112,7 @@ at::Tensor prob_sum_cuda(const at::Tensor& logits, at::Tensor& sums, int64_t n, 
 TORCH_LIBRARY_IMPL(costsmooth, CUDA, m) {
   m.impl("philox", &philox_cuda);
   m.impl("noisy_batch", &noisy_batch_cuda);
+  m.impl("noisy_batch_into", &noisy_batch_into_cuda);
   m.impl("vote_count_", &vote_count_cuda);
   m.impl("prob_sum_", &prob_sum_cuda);
 }
