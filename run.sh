@@ -40,8 +40,15 @@ if [ -n "$missing" ]; then
 fi
 "$PY" -c "import ninja" 2>/dev/null || "$PY" -m pip install -q ninja >&2 || echo "costsmooth: ninja unavailable, building without it" >&2
 
-# Build the extension in place (a no-op when it is up to date).
-MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace >&2
+# Build the extension in place (a no-op when it is up to date); the compiler log is shown on failure.
+mkdir -p build
+if ! MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace \
+    > build/costsmooth-build.log 2>&1; then
+  cat build/costsmooth-build.log >&2
+  echo "costsmooth: the build failed (log above, also in build/costsmooth-build.log)" >&2
+  exit 1
+fi
+grep -m1 "^costsmooth build:" build/costsmooth-build.log >&2 || true
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd=${1:-demo}

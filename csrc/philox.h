@@ -88,9 +88,10 @@ COSTSMOOTH_UNROLL
     const float u1 = word_to_uniform(w[2 * pair]);
     const float u2 = word_to_uniform(w[2 * pair + 1]);
     const float r = sqrtf(-2.0f * logf(u1));
-    const float theta = kTwoPi * u2;
-    z[2 * pair] = r * cosf(theta);
-    z[2 * pair + 1] = r * sinf(theta);
+    float sin_t, cos_t;
+    sincosf(kTwoPi * u2, &sin_t, &cos_t);
+    z[2 * pair] = r * cos_t;
+    z[2 * pair + 1] = r * sin_t;
   }
 }
 

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -56,29 +57,34 @@ void noisy_batch_into_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "noisy_batch_cpu_out", [&] {
       using tout = scalar_t;
       tout* op = out.data_ptr<tout>();
-      at::parallel_for(0, total, 1024, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t group = t % groups_per_row;
-          const int64_t row = t / groups_per_row;
+      // Parallel over rows (b * n + j); each row's element groups in order, no divisions inside.
+      const int64_t grain = std::max<int64_t>(1, 4096 / groups_per_row);
+      at::parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
           const int64_t b = row / n;
           const int64_t j = row - b * n;
-          float z[4];
-          noise_normals(useed, static_cast<uint32_t>(stream), static_cast<uint32_t>(index_offset + b),
-                        static_cast<uint32_t>(sample_offset + j), static_cast<uint32_t>(group), z);
           const float s = sig[b];
           const tin* xb = xp + b * dim;
-          for (int k = 0; k < 4; ++k) {
-            const int64_t e = 4 * group + k;
-            if (e >= dim) break;
-            int64_t dst = row * dim + e;
-            if (channels_last) {
-              const int64_t c = e / spatial;
-              dst = row * dim + (e - c * spatial) * channels + c;
-            }
-            if constexpr (std::is_same<tout, double>::value) {
-              op[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(z[k]);
-            } else {
-              op[dst] = static_cast<tout>(static_cast<float>(xb[e]) + s * z[k]);
+          tout* orow = op + row * dim;
+          const uint32_t input = static_cast<uint32_t>(index_offset + b);
+          const uint32_t sample = static_cast<uint32_t>(sample_offset + j);
+          for (int64_t group = 0; group < groups_per_row; ++group) {
+            float z[4];
+            noise_normals(useed, static_cast<uint32_t>(stream), input, sample, static_cast<uint32_t>(group), z);
+            const int64_t e0 = 4 * group;
+            const int kmax = static_cast<int>(std::min<int64_t>(4, dim - e0));
+            for (int k = 0; k < kmax; ++k) {
+              const int64_t e = e0 + k;
+              int64_t dst = e;
+              if (channels_last) {
+                const int64_t c = e / spatial;
+                dst = (e - c * spatial) * channels + c;
+              }
+              if constexpr (std::is_same<tout, double>::value) {
+                orow[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(z[k]);
+              } else {
+                orow[dst] = static_cast<tout>(static_cast<float>(xb[e]) + s * z[k]);
+              }
             }
           }
         }
