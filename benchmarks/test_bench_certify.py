@@ -3,7 +3,7 @@
 Models with random weights on synthetic inputs (throughput does not depend on the data): a CIFAR
 ResNet-110 on 3x32x32 and a ResNet-50 on 3x224x224. Variants: Cohen et al.'s loop at batch 400
 (``costsmooth.reference.cohen_sample_counts``, the baseline), costsmooth's ``sample_counts`` at the
-same batch (fp32; and bf16 autocast + channels-last), and the model's pure forward pass at that batch
+same batch (fp32; bf16 autocast + channels-last; and with CUDA graphs on a GPU), and the model's pure forward pass at that batch
 on a fixed input in the same precision and memory format (the ceiling). Peak GPU memory is recorded on CUDA.
 """
 import pytest
@@ -18,7 +18,8 @@ from conftest import synced
 # arch, input shape, batch, samples on (CPU, GPU)
 MODELS = {"cifar_resnet110": ("cifar_resnet110", (3, 32, 32), 400, 400, 100_000),
           "resnet50": ("resnet50", (3, 224, 224), 400, 32, 10_000)}
-VARIANTS = ["cohen_loop", "costsmooth", "forward_only", "costsmooth_bf16_cl", "forward_only_bf16_cl"]
+VARIANTS = ["cohen_loop", "costsmooth", "forward_only", "costsmooth_bf16_cl", "costsmooth_bf16_cl_graphs",
+            "forward_only_bf16_cl"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,9 @@ def test_certification_throughput(benchmark, device, models, name, variant):
     n = gpu_n if device == "cuda" else cpu_n
     if device == "cpu":
         batch = min(batch, 32 if name == "resnet50" else 400)
-    reduced = variant.endswith("_bf16_cl")
+    if variant.endswith("_graphs") and device != "cuda":
+        pytest.skip("CUDA graphs need a GPU")
+    reduced = "_bf16_cl" in variant
     model = models(name, device, channels_last=reduced)
     classes = 10 if "cifar" in name else 1000
     x = torch.rand(*shape, device=device)
@@ -52,9 +55,10 @@ def test_certification_throughput(benchmark, device, models, name, variant):
         fn = lambda: reference.cohen_sample_counts(model, x, n, 0.5, classes, batch_size=batch)
     elif variant == "costsmooth":
         fn = lambda: costsmooth.sample_counts(model, x[None], n, 0.5, batch_size=batch).cpu()
-    elif variant == "costsmooth_bf16_cl":
+    elif variant.startswith("costsmooth_bf16_cl"):
+        graphs = variant.endswith("_graphs")
         fn = lambda: costsmooth.sample_counts(model, x[None], n, 0.5, batch_size=batch, channels_last=True,
-                                              autocast=torch.bfloat16).cpu()
+                                              autocast=torch.bfloat16, cuda_graphs=graphs).cpu()
     else:  # the model alone on a fixed batch, in the same precision and memory format
         xb = x.expand(batch, *shape).contiguous(memory_format=torch.channels_last if reduced else
                                                 torch.contiguous_format)

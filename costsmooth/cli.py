@@ -57,11 +57,13 @@ def resolve_device(name: Optional[str]) -> torch.device:
 def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100, n: int = 100000,
                     alpha: float = 0.001, batch: int = 1000, skip: int = 1, max_index: int = -1,
                     cost: Optional[CostMatrix] = None, seed: int = 0, device=None, meta_extra=None,
-                    progress: bool = True) -> str:
+                    progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
+                    cuda_graphs: bool = False) -> str:
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
-    Cohen et al.'s certify.py. Each input's noise depends on (seed, i) only.
+    Cohen et al.'s certify.py. Each input's noise depends on (seed, i) only. autocast, channels_last
+    and cuda_graphs are passed to ``Smooth`` (the precision is recorded in the metadata).
     """
     from tqdm import tqdm
 
@@ -83,11 +85,16 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         cost.check_num_classes(num_classes)
     meta = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
-            "class_names": dataset.class_names, "version": __version__, **(meta_extra or {})}
+            "class_names": dataset.class_names, "version": __version__,
+            "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
+            **(meta_extra or {})}
     writer = ResultWriter(outfile, meta)
     indices = [i for i in range(len(dataset)) if i % skip == 0 and (max_index < 0 or i < max_index)]
     todo = [i for i in indices if i not in writer.done]
-    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
+                    channels_last=channels_last, cuda_graphs=cuda_graphs)
     chunk = max(1, batch // max(n, 1))
     bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="input", disable=not progress,
                desc=os.path.basename(outfile), dynamic_ncols=True)
@@ -116,7 +123,9 @@ def cmd_certify(args) -> None:
     cost = parse_cost(args, num_classes)
     certify_dataset(model, dataset, args.sigma, args.outfile, n0=args.N0, n=args.N, alpha=args.alpha,
                     batch=args.batch, skip=args.skip, max_index=args.max, cost=cost, seed=args.seed, device=device,
-                    meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split})
+                    meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
+                    autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
+                    channels_last=args.channels_last, cuda_graphs=args.cuda_graphs)
     print(f"wrote {args.outfile}")
 
 
@@ -250,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the model (a reduced-precision run certifies that model)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay model + vote as a CUDA graph (CUDA only)")
     add_cost_args(p)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 

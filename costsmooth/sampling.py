@@ -73,12 +73,50 @@ def _check_logits(logits, rows: int, num_classes: Optional[int]) -> None:
                          f"pass the model's class count")
 
 
+def _empty_rows(x: torch.Tensor, rows: int, dtype, fmt) -> torch.Tensor:
+    """An uninitialised buffer of ``rows`` noisy inputs shaped like x's rows."""
+    return torch.empty((rows,) + tuple(x.shape[1:]), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+class _GraphedVotes:
+    """model -> vote_count for one fixed chunk shape, captured once as a CUDA graph and replayed.
+
+    ``static_in`` is filled by ``noisy_batch(..., out=static_in)`` before each replay; ``counts`` and
+    ``nan_rows`` (zeroed inside the graph) hold the chunk's votes after it.
+    """
+
+    def __init__(self, model, static_in: torch.Tensor, m: int, amp, num_classes: Optional[int]):
+        self.static_in = static_in
+        rows, device = static_in.shape[0], static_in.device
+
+        def body():
+            with amp:
+                logits = model(self.static_in)
+            _check_logits(logits, rows, num_classes)
+            counts = torch.zeros(rows // m, logits.shape[1], dtype=torch.int64, device=device)
+            return counts, torch.ops.costsmooth.vote_count_(logits, counts, m)
+
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside the graph (allocator, cuDNN autotuning)
+            for _ in range(2):
+                body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.counts, self.nan_rows = body()
+
+    def replay(self):
+        self.graph.replay()
+        return self.counts, self.nan_rows
+
+
 def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0,
                       batch_size: int = 1000, stream: int = STREAM_ESTIMATION, index_offset: int = 0,
                       sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
                       temperature: float = 1.0, dtype: Optional[torch.dtype] = None,
                       channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                      progress=None) -> SampleStatistics:
+                      cuda_graphs: bool = False, progress=None) -> SampleStatistics:
     """Votes (and optionally softmax sums) of ``model`` on ``n`` noisy copies of each input.
 
     Args:
@@ -93,6 +131,10 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
         autocast: run the model under ``torch.autocast`` with this dtype (bfloat16 or float16). A
             reduced-precision run certifies the reduced-precision model.
+        cuda_graphs: capture model -> vote as a CUDA graph for the common chunk shape and replay it
+            (CUDA inputs only; the model must be capturable: fixed shapes, no host synchronisation).
+            The noise is written into the graph's input buffer before each replay; counts are the
+            same as without graphs.
         progress: an optional tqdm-like object whose ``update(rows)`` is called after each chunk.
 
     Returns:
@@ -110,58 +152,69 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         num_classes = check_count(num_classes, "num_classes")
     if x.numel() and bool(torch.isnan(x).any()):
         raise ValueError("x contains NaN values; certificates of NaN inputs are meaningless, clean the data first")
+    if cuda_graphs and (not x.is_cuda or prob_sums):
+        raise ValueError("cuda_graphs needs inputs on a CUDA device and prob_sums=False")
     batch = x.shape[0]
     sig = sigma_tensor(sigma, batch, x.device)
-    counts = sums = None
-    if num_classes is not None:
-        counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
-        if prob_sums:
-            sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=x.device)
+    counts = sums = None  # allocated once the class count is known
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
     amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
     b = j = 0
     buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
+    graph, graph_key = None, None  # the captured chunk shape (inputs, samples), when cuda_graphs
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     with eval_mode(model):
         while b < batch:
             b0, b1, j0, m = _next_chunk(b, j, batch, n, batch_size)
             rows = (b1 - b0) * m
+            use_graph = cuda_graphs and graph_key in (None, (b1 - b0, m))
+            logits = None
             try:
-                if buffer is None or buffer.shape[0] < rows:
+                if use_graph and graph is None:
+                    graph_key = (b1 - b0, m)
+                    graph = _GraphedVotes(model, _empty_rows(x, rows, dtype, fmt), m, amp, num_classes)
+                elif not use_graph and (buffer is None or buffer.shape[0] < rows):
                     buffer = None
-                    buffer = torch.empty((rows,) + tuple(x.shape[1:]), dtype=dtype or x.dtype, device=x.device,
-                                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                    buffer = _empty_rows(x, rows, dtype, fmt)
                 noisy = ops.noisy_batch(x[b0:b1], m, sig[b0:b1], seed=seed, stream=stream,
                                         index_offset=index_offset + b0, sample_offset=sample_offset + j0,
-                                        out=buffer[:rows])
-                with amp:
-                    logits = model(noisy)
+                                        out=graph.static_in if use_graph else buffer[:rows])
+                if use_graph:
+                    chunk_counts, chunk_nan = graph.replay()
+                else:
+                    with amp:
+                        logits = model(noisy)
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
-                noisy = logits = buffer = None  # free what the failed call held
+                noisy = logits = buffer = graph = graph_key = None  # free what the failed call held
                 if x.is_cuda:
                     torch.cuda.empty_cache()
                 warnings.warn(f"out of memory at batch size {batch_size}; continuing at {batch_size // 2}")
                 batch_size //= 2
                 continue
-            _check_logits(logits, noisy.shape[0], num_classes)
+            if logits is not None:
+                _check_logits(logits, rows, num_classes)
             if counts is None:
-                num_classes = logits.shape[1]
+                num_classes = (logits if logits is not None else chunk_counts).shape[1]
                 counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
                 if prob_sums:
                     sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=x.device)
-            nan_rows[b0:b1] += ops.vote_count_nan(logits, m, counts[b0:b1])
-            if prob_sums:
-                torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
-            if progress is not None:
-                progress.update(noisy.shape[0])
-            if b1 > b0 + 1 or j0 + m == n:
-                b, j = b1, 0
+            if use_graph:
+                counts[b0:b1] += chunk_counts
+                nan_rows[b0:b1] += chunk_nan
             else:
-                j = j0 + m
-    if counts is None:  # no inputs and no declared class count
-        counts = torch.zeros(batch, 0, dtype=torch.int64, device=x.device)
+                nan_rows[b0:b1] += ops.vote_count_nan(logits, m, counts[b0:b1])
+                if prob_sums:
+                    torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
+            if progress is not None:
+                progress.update(rows)
+            b, j = (b1, 0) if (b1 > b0 + 1 or j0 + m == n) else (b, j0 + m)
+    if counts is None:  # no inputs
+        counts = torch.zeros(batch, num_classes or 0, dtype=torch.int64, device=x.device)
+        if prob_sums:
+            sums = torch.zeros(batch, num_classes or 0, dtype=torch.float64, device=x.device)
     ops._raise_on_nan(nan_rows, "the vote counts")
     return SampleStatistics(counts=counts, prob_sums=sums)
 
@@ -170,7 +223,7 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
                   stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
                   num_classes: Optional[int] = None, dtype: Optional[torch.dtype] = None,
                   channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                  progress=None) -> torch.Tensor:
+                  cuda_graphs: bool = False, progress=None) -> torch.Tensor:
     """int64 ``[B, C]``: how often ``model`` votes for each class on ``n`` noisy copies of each input.
 
     ``counts[b, c] = #{j < n : argmax model(x[b] + sigma_b * noise(seed, stream, index_offset + b,
@@ -179,4 +232,4 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
     return sample_statistics(model, x, n, sigma, seed=seed, batch_size=batch_size, stream=stream,
                              index_offset=index_offset, sample_offset=sample_offset, num_classes=num_classes,
                              dtype=dtype, channels_last=channels_last, autocast=autocast,
-                             progress=progress).counts
+                             cuda_graphs=cuda_graphs, progress=progress).counts

@@ -37,12 +37,16 @@ class Smooth:
         batch_size: rows per model call; seed: 64-bit noise seed; device: where to run (default: the
             model's parameters' device, else cpu).
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
+        autocast: run the model under torch.autocast with this dtype (a reduced-precision run
+            certifies the reduced-precision model). cuda_graphs: replay the model and the vote as a
+            CUDA graph (CUDA only; see ``sample_statistics``).
     """
 
     ABSTAIN = ABSTAIN
 
     def __init__(self, model: torch.nn.Module, num_classes: int, sigma: float, *, batch_size: int = 1000,
-                 seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False):
+                 seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False):
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         self.sigma = check_positive_finite(sigma, "sigma")
@@ -54,6 +58,8 @@ class Smooth:
         self.device = torch.device(device)
         self.dtype = dtype
         self.channels_last = channels_last
+        self.autocast = autocast
+        self.cuda_graphs = cuda_graphs
         self._calls = 0
 
     # -- sampling -------------------------------------------------------------------------------
@@ -67,7 +73,7 @@ class Smooth:
         return sample_counts(self.model, x, n, self.sigma, seed=self.seed, stream=stream,
                              batch_size=batch_size or self.batch_size, index_offset=index_offset,
                              num_classes=self.num_classes, dtype=self.dtype, channels_last=self.channels_last,
-                             progress=progress).cpu()
+                             autocast=self.autocast, cuda_graphs=self.cuda_graphs, progress=progress).cpu()
 
     def _single(self, x) -> torch.Tensor:
         check_float_tensor(x, "x")

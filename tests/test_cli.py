@@ -11,7 +11,7 @@ import torch
 
 from costsmooth import certify_from_counts
 from costsmooth.cli import main
-from costsmooth.results import read_counts, read_tsv
+from costsmooth.results import read_counts, read_meta, read_tsv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COHEN_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time"]
@@ -89,6 +89,12 @@ def test_resume_after_kill_loses_and_duplicates_nothing(files):
     main([a if a != str(out) else str(reference) for a in args])
     assert rows == rows_without_time(reference)
     assert sorted(read_counts(str(out))) == list(range(40))
+
+
+def test_reduced_precision_is_recorded(files):
+    out = files / "bf16.tsv"
+    assert main(certify_args(files, out, "--max", "3", "--precision", "bf16")) == 0
+    assert read_meta(str(out))["precision"] == "bfloat16" and len(read_tsv(str(out))) == 3
 
 
 def test_resume_refuses_different_settings(files, capsys):

@@ -7,6 +7,8 @@ import torch
 import costsmooth
 from costsmooth import ops
 
+from .conftest import cuda_only
+
 
 class LinearF64(torch.nn.Module):
     """A linear classifier evaluated in float64, so batch size cannot change any row's argmax."""
@@ -140,3 +142,22 @@ def test_autocast_runs_the_model_in_reduced_precision():
 
     c = costsmooth.sample_counts(model, torch.rand(2, 6), 100, 0.5, autocast=torch.bfloat16)
     assert seen and all(d == torch.bfloat16 for d in seen) and c.sum() == 200
+
+
+@cuda_only
+def test_cuda_graph_counts_equal_eager_counts_in_fp32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 10)).cuda()
+    x = torch.rand(5, 3, 8, 8, device="cuda")
+    kw = dict(seed=4, batch_size=300)
+    eager = costsmooth.sample_counts(model, x, 1000, 0.5, **kw)
+    graphed = costsmooth.sample_counts(model, x, 1000, 0.5, cuda_graphs=True, **kw)
+    assert torch.equal(eager, graphed) and int(graphed.sum()) == 5000
+    packed = costsmooth.sample_counts(model, x, 100, 0.5, cuda_graphs=True, **kw)  # 3 inputs per replay + rest
+    assert torch.equal(packed, costsmooth.sample_counts(model, x, 100, 0.5, **kw))
+
+
+def test_cuda_graphs_need_cuda_inputs():
+    with pytest.raises(ValueError, match="cuda_graphs needs inputs on a CUDA device"):
+        costsmooth.sample_counts(torch.nn.Linear(3, 2), torch.zeros(1, 3), 10, 0.5, cuda_graphs=True)
