@@ -69,6 +69,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
 
     from . import __version__
     from .results import ResultWriter
+    from .sampling import resolve_batch_size
     from .smooth import Smooth
 
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -95,7 +96,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         model = model.to(memory_format=torch.channels_last)
     smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
                     channels_last=channels_last, cuda_graphs=cuda_graphs)
-    chunk = max(1, batch // max(n, 1))
+    chunk = max(1, resolve_batch_size(batch, device) // max(n, 1))
     bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="input", disable=not progress,
                desc=os.path.basename(outfile), dynamic_ncols=True)
     for start in range(0, len(todo), chunk):
@@ -220,6 +221,15 @@ def plot_curves(records, path: str) -> None:
     plt.close(fig)
 
 
+def _batch_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch must be an integer or 'auto', got {text!r}")
+
+
 def _radii(text: str) -> List[float]:
     try:
         return [float(v) for v in text.split(",")]
@@ -253,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--N0", type=int, default=100, help="selection samples")
     p.add_argument("--N", type=int, default=100000, help="estimation samples")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=int, default=1000, help="batch size of model calls")
+    p.add_argument("--batch", type=_batch_arg, default=1000,
+                   help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
     p.add_argument("--max", type=int, default=-1, help="stop before this dataset index")
     p.add_argument("--split", default="test", choices=["train", "test"])

@@ -16,7 +16,7 @@ import torch
 from . import ops
 from ._checks import check_count, check_float_tensor, check_index, sigma_tensor
 
-__all__ = ["sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION", "STREAM_ESTIMATION",
+__all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION", "STREAM_ESTIMATION",
            "STREAM_TRAINING", "eval_mode"]
 
 STREAM_SELECTION = 0
@@ -73,6 +73,16 @@ def _check_logits(logits, rows: int, num_classes: Optional[int]) -> None:
                          f"pass the model's class count")
 
 
+AUTO_BATCH_CUDA = 16384
+
+
+def resolve_batch_size(batch_size, device) -> int:
+    """An integer batch size >= 1, or "auto": AUTO_BATCH_CUDA on CUDA devices, 1000 elsewhere."""
+    if batch_size == "auto":
+        return AUTO_BATCH_CUDA if torch.device(device).type == "cuda" else 1000
+    return check_count(batch_size, "batch_size")
+
+
 def _empty_rows(x: torch.Tensor, rows: int, dtype, fmt) -> torch.Tensor:
     """An uninitialised buffer of ``rows`` noisy inputs shaped like x's rows."""
     return torch.empty((rows,) + tuple(x.shape[1:]), dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
@@ -124,8 +134,10 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             (its previous mode is restored).
         x: inputs ``[B, *shape]`` on the device to run on. sigma: number or ``[B]`` tensor.
         n: samples per input; seed, stream, index_offset, sample_offset: as in ``ops.noisy_batch``.
-        batch_size: rows per model call. When a call runs out of device memory, the batch size is
-            halved and the call retried (the counts do not change: the noise depends on indices only).
+        batch_size: rows per model call, or ``"auto"``: start at ``AUTO_BATCH_CUDA`` rows on a GPU
+            (1000 on a CPU) and let out-of-memory recovery find what fits. When a call runs out of
+            device memory, the batch size is halved and the call retried (the counts do not change:
+            the noise depends on indices only).
         num_classes: checked against the model's output width.
         prob_sums: also accumulate ``sum_j softmax(logits_j / temperature)`` in float64.
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
@@ -145,7 +157,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
     n = check_count(n, "n")
-    batch_size = check_count(batch_size, "batch_size")
+    batch_size = resolve_batch_size(batch_size, x.device)
     check_index(index_offset, "index_offset", x.shape[0])
     check_index(sample_offset, "sample_offset", n)
     if num_classes is not None:

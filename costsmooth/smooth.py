@@ -34,7 +34,7 @@ class Smooth:
         model: base classifier mapping ``[B, *shape]`` to logits ``[B, num_classes]``.
         num_classes: number of classes (checked against the model's output width).
         sigma: noise level (one for all inputs; an input-dependent sigma needs its own certificate).
-        batch_size: rows per model call; seed: 64-bit noise seed; device: where to run (default: the
+        batch_size: rows per model call, or "auto" (see ``sample_statistics``); seed: 64-bit noise seed; device: where to run (default: the
             model's parameters' device, else cpu).
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
         autocast: run the model under torch.autocast with this dtype (a reduced-precision run
@@ -50,7 +50,7 @@ class Smooth:
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         self.sigma = check_positive_finite(sigma, "sigma")
-        self.batch_size = check_count(batch_size, "batch_size")
+        self.batch_size = batch_size if batch_size == "auto" else check_count(batch_size, "batch_size")
         self.seed = seed
         if device is None:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []

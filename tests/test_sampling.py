@@ -161,3 +161,13 @@ def test_cuda_graph_counts_equal_eager_counts_in_fp32():
 def test_cuda_graphs_need_cuda_inputs():
     with pytest.raises(ValueError, match="cuda_graphs needs inputs on a CUDA device"):
         costsmooth.sample_counts(torch.nn.Linear(3, 2), torch.zeros(1, 3), 10, 0.5, cuda_graphs=True)
+
+
+def test_auto_batch_size():
+    from costsmooth.sampling import AUTO_BATCH_CUDA, resolve_batch_size
+    assert resolve_batch_size("auto", "cpu") == 1000 and resolve_batch_size("auto", "cuda") == AUTO_BATCH_CUDA
+    assert resolve_batch_size(7, "cpu") == 7
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        resolve_batch_size(0, "cpu")
+    c = costsmooth.sample_counts(torch.nn.Linear(3, 2), torch.zeros(2, 3), 50, 0.5, batch_size="auto")
+    assert c.sum() == 100
