@@ -159,3 +159,28 @@ def test_bad_files_and_options(files, capsys):
     np.savetxt(bad_cost, np.ones((3, 3)) - np.eye(3) * 0 , delimiter=",")
     assert main(certify_args(files, files / "o.tsv", "--cost", str(bad_cost))) == 2
     assert "zero diagonal" in capsys.readouterr().err
+
+
+def test_train_then_certify_by_arch_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "breast_cancer", "mlp", str(run), "--loss", "cs_rs", "--seed-classes", "0",
+                 "--targets", "1", "--epochs", "2", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
+                 "--lr", "0.001"]) == 0
+    assert len(open(run / "log.jsonl").readlines()) == 2
+    assert main(["train", "breast_cancer", "mlp", str(run), "--loss", "cs_rs", "--seed-classes", "0",
+                 "--targets", "1", "--epochs", "3", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
+                 "--lr", "0.001", "--resume"]) == 0
+    assert len(open(run / "log.jsonl").readlines()) == 3  # resumed: one more epoch, not three
+    out = tmp_path / "bc.tsv"
+    assert main(["certify", "breast_cancer", str(run / "checkpoint.pt"), "0.25", str(out), "--N0", "20", "--N", "200",
+                 "--max", "10", "--seed-classes", "0", "--targets", "1"]) == 0
+    rows = read_tsv(str(out))
+    assert len(rows) == 10 and all(r["predict"] in ("-1", "0", "1") for r in rows)
+    capsys.readouterr()
+    assert main(["train", "breast_cancer", "vgg", str(tmp_path / "x"), "--epochs", "1"]) == 2
+    assert "unknown arch 'vgg'" in capsys.readouterr().err
+    assert main(["train", "breast_cancer", "mlp", str(tmp_path / "x"), "--loss", "hinge", "--epochs", "1"]) == 2
+    assert "unknown loss 'hinge'" in capsys.readouterr().err
+    assert main(["train", "breast_cancer", "mlp", str(tmp_path / "x"), "--loss", "cs_rs", "--epochs", "1",
+                 "--seed-classes", "3"]) == 2
+    assert "seed class must be an integer in [0, 2)" in capsys.readouterr().err
