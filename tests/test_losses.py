@@ -59,7 +59,7 @@ def test_each_loss_decreases_on_a_small_problem(name):
     def evaluate():  # the same noise every time: the noise counter is rewound
         state = loss.state_dict()
         with torch.no_grad() if name != "smoothadv" else torch.enable_grad():
-            value = float(loss(model, x, y)[0])
+            value = float(loss(model, x, y)[0].detach())
         loss.load_state_dict(state)
         return value
 
