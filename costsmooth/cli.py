@@ -15,9 +15,17 @@ from .cost import CostMatrix
 __all__ = ["main", "parse_cost"]
 
 
+def _ham10000_cost():
+    from .data import ham10000_cost_matrix
+    return ham10000_cost_matrix()
+
+
+COST_PRESETS = {"ham10000": _ham10000_cost}  # malignant lesion predicted benign is harmful
+
+
 def add_cost_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cost matrix (cost-sensitive certificates)")
-    g.add_argument("--cost", help="cost matrix file (CSV, JSON or .npy)")
+    g.add_argument("--cost", help="cost matrix file (CSV, JSON or .npy), or a preset: " + ", ".join(COST_PRESETS))
     g.add_argument("--seed-classes", help="comma-separated seed classes (with --targets: pairwise, else seedwise)")
     g.add_argument("--targets", help="comma-separated target classes of every seed class")
 
@@ -33,6 +41,10 @@ def parse_cost(args, num_classes: int) -> Optional[CostMatrix]:
     """The cost matrix named by --cost or --seed-classes/--targets, checked against num_classes."""
     if args.cost and args.seed_classes:
         raise SystemExit("error: give either --cost or --seed-classes, not both")
+    if args.cost in COST_PRESETS and not os.path.exists(args.cost):
+        cost = COST_PRESETS[args.cost]()
+        cost.check_num_classes(num_classes)
+        return cost
     if args.cost:
         return CostMatrix.from_file(args.cost, num_classes)
     if args.seed_classes:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 __all__ = ["Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_cifar10", "load_mnist",
-           "load_ham10000", "load_image_folder", "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError"]
+           "load_ham10000", "load_image_folder", "ham10000_cost_matrix", "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError"]
 
 
 class DatasetError(ValueError):
@@ -162,6 +162,15 @@ HAM10000_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 HAM10000_MALIGNANT = ["akiec", "bcc", "mel"]
 HAM10000_LAYOUT = ("a HAM10000 folder: ROOT/HAM10000_metadata.csv (columns image_id and dx, dx one of "
                    f"{', '.join(HAM10000_CLASSES)}) and the images ROOT/**/<image_id>.jpg (any subfolder)")
+
+
+def ham10000_cost_matrix():
+    """The medical cost matrix for HAM10000: a malignant lesion (akiec, bcc, mel) predicted as any
+    benign class (bkl, df, nv, vasc) is harmful; confusions within either group are not."""
+    from .cost import CostMatrix
+    benign = [HAM10000_CLASSES.index(c) for c in HAM10000_CLASSES if c not in HAM10000_MALIGNANT]
+    return CostMatrix.pairwise(len(HAM10000_CLASSES), {HAM10000_CLASSES.index(m): benign for m in HAM10000_MALIGNANT},
+                               class_names=list(HAM10000_CLASSES))
 
 
 def _load_image(path: str, size: int) -> np.ndarray:

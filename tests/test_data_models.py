@@ -74,6 +74,9 @@ def test_ham10000_layout(tmp_path):
     assert d.inputs.shape == (4, 3, 16, 16) and d.num_classes == 7
     assert [d.class_names[c] for c in d.labels] == ["mel", "nv", "bcc", "nv"]
     assert [d.class_names[c] for c in d.extra["malignant_classes"]] == ["akiec", "bcc", "mel"]
+    cost = data.ham10000_cost_matrix()
+    assert cost.seed_classes == d.extra["malignant_classes"]
+    assert [d.class_names[j] for j in cost.targets(d.class_names.index("mel"))] == ["bkl", "df", "nv", "vasc"]
     (tmp_path / "HAM10000_metadata.csv").write_text(rows[0] + "\nHAM_9,ISIC_9,mel,histo,50,male,back\n")
     with pytest.raises(data.DatasetError, match="ISIC_9.jpg not found"):
         data.load_ham10000(str(tmp_path))
