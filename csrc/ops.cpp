@@ -29,6 +29,10 @@ TORCH_LIBRARY(costsmooth, m) {
   m.def("prob_sum_(Tensor logits, Tensor(a!) sums, int n, float temperature) -> Tensor");
 }
 
+namespace costsmooth {
+const char* cpu_noise_path();  // cpu/sampling_cpu.cpp
+}
+
 namespace {
 
 pybind11::dict build_info() {
@@ -49,6 +53,7 @@ pybind11::dict build_info() {
   info["openmp"] = false;
 #endif
   info["num_threads"] = at::get_num_threads();
+  info["cpu_noise"] = costsmooth::cpu_noise_path();
   return info;
 }
 

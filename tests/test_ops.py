@@ -173,3 +173,25 @@ def test_noisy_batch_under_torch_compile():
     x = torch.rand(2, 7)
     compiled = torch.compile(f, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), f(x))
+
+
+def test_cpu_simd_and_scalar_noise_paths_agree(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import costsmooth
+    x = torch.rand(3, 2, 11, 13)  # 286 elements: full eight-group steps and a scalar remainder
+    torch.save(x, tmp_path / "x.pt")
+    script = ("import sys, torch, costsmooth; x = torch.load(sys.argv[1]); "
+              "torch.save((costsmooth.build_info()['cpu_noise'], costsmooth.ops.noisy_batch(x, 5, 0.5, seed=9)), "
+              "sys.argv[2])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, COSTSMOOTH_SCALAR_NOISE="1", PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], env=env,
+                   check=True)
+    path, scalar = torch.load(tmp_path / "out.pt")
+    assert path == "scalar"
+    here = ops.noisy_batch(x, 5, 0.5, seed=9)
+    torch.testing.assert_close(here, scalar, atol=2e-6, rtol=2e-6)  # log/sincos from SLEEF vs libm: ulps
+    assert costsmooth.build_info()["cpu_noise"] in ("avx2", "scalar")

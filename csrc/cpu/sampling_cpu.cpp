@@ -6,15 +6,35 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "../philox.h"
+#include "noise_avx2.h"
 
 namespace costsmooth {
+
+// The CPU noise path: "avx2" (eight Philox streams per step, SLEEF logf/sincosf) where the processor
+// has AVX2 and FMA, else "scalar" (philox.h with libm). COSTSMOOTH_SCALAR_NOISE=1 forces "scalar".
+const char* cpu_noise_path() {
+#ifdef COSTSMOOTH_CPU_AVX2
+  static const char* path = [] {
+    const char* env = std::getenv("COSTSMOOTH_SCALAR_NOISE");
+    return (cpu_has_avx2() && !(env && env[0] == '1')) ? "avx2" : "scalar";
+  }();
+  return path;
+#else
+  return "scalar";
+#endif
+}
+
 namespace {
+
+bool use_simd_noise() { return std::strcmp(cpu_noise_path(), "avx2") == 0; }
 
 at::Tensor philox_cpu(const at::Tensor& counters_in, int64_t key0, int64_t key1) {
   check_philox(counters_in, key0, key1);
@@ -49,6 +69,7 @@ void noisy_batch_into_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t 
   const int64_t total = batch * n * groups_per_row;
   if (total == 0) return;
   const uint64_t useed = static_cast<uint64_t>(seed);
+  const bool use_avx2 = use_simd_noise();
   const float* sig = sc.data_ptr<float>();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "noisy_batch_cpu", [&] {
@@ -68,24 +89,39 @@ void noisy_batch_into_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t 
           tout* orow = op + row * dim;
           const uint32_t input = static_cast<uint32_t>(index_offset + b);
           const uint32_t sample = static_cast<uint32_t>(sample_offset + j);
-          for (int64_t group = 0; group < groups_per_row; ++group) {
+          auto store = [&](int64_t e, float zval) {
+            int64_t dst = e;
+            if (channels_last) {
+              const int64_t c = e / spatial;
+              dst = (e - c * spatial) * channels + c;
+            }
+            if constexpr (std::is_same<tout, double>::value) {
+              orow[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(zval);
+            } else {
+              orow[dst] = static_cast<tout>(static_cast<float>(xb[e]) + s * zval);
+            }
+          };
+          int64_t group = 0;
+#ifdef COSTSMOOTH_CPU_AVX2
+          if (use_avx2) {  // eight element groups (32 elements) per step
+            for (; group + 8 <= groups_per_row; group += 8) {
+              float z8[32];
+              noise_normals_x8(useed, static_cast<uint32_t>(stream), input, sample, static_cast<uint32_t>(group), z8);
+              for (int lane = 0; lane < 8; ++lane) {
+                for (int k = 0; k < 4; ++k) {
+                  const int64_t e = 4 * (group + lane) + k;
+                  if (e < dim) store(e, z8[8 * k + lane]);
+                }
+              }
+            }
+          }
+#endif
+          for (; group < groups_per_row; ++group) {
             float z[4];
             noise_normals(useed, static_cast<uint32_t>(stream), input, sample, static_cast<uint32_t>(group), z);
             const int64_t e0 = 4 * group;
             const int kmax = static_cast<int>(std::min<int64_t>(4, dim - e0));
-            for (int k = 0; k < kmax; ++k) {
-              const int64_t e = e0 + k;
-              int64_t dst = e;
-              if (channels_last) {
-                const int64_t c = e / spatial;
-                dst = (e - c * spatial) * channels + c;
-              }
-              if constexpr (std::is_same<tout, double>::value) {
-                orow[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(z[k]);
-              } else {
-                orow[dst] = static_cast<tout>(static_cast<float>(xb[e]) + s * z[k]);
-              }
-            }
+            for (int k = 0; k < kmax; ++k) store(e0 + k, z[k]);
           }
         }
       });
