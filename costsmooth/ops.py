@@ -15,9 +15,13 @@ from . import _C  # noqa: F401  (loading the extension registers the ops)
 from ._checks import (FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_positive_finite,
                       check_same_device, check_seed, sigma_tensor)
 
-__all__ = ["philox", "noisy_batch", "vote_count", "prob_sum", "vote_count_nan", "NaNLogitsError"]
+__all__ = ["philox", "noisy_batch", "vote_count", "prob_sum", "vote_count_nan", "raise_on_nan",
+           "NaNLogitsError"]
 
 SigmaLike = Union[float, torch.Tensor]
+
+
+UNDEFINED_SOFTMAX = "have an undefined softmax (NaN or infinite logits)"
 
 
 class NaNLogitsError(ValueError):
@@ -114,11 +118,12 @@ def vote_count_nan(logits: torch.Tensor, n: int, counts: torch.Tensor) -> torch.
     return torch.ops.costsmooth.vote_count_(logits, counts, n)
 
 
-def _raise_on_nan(nan_rows: torch.Tensor, what: str) -> None:
+def raise_on_nan(nan_rows: torch.Tensor, what: str, problem: str = "contain NaN") -> None:
+    """Raise NaNLogitsError when any input had rows that were left out (``nan_rows`` [B] from an op)."""
     if bool(nan_rows.any()):
         bad = nan_rows.nonzero().flatten()
         raise NaNLogitsError(
-            f"{int(nan_rows.sum())} rows of logits contain NaN (inputs {bad[:10].tolist()}); they were not "
+            f"{int(nan_rows.sum())} rows of logits {problem} (inputs {bad[:10].tolist()}); they were not "
             f"counted in {what}. Check the model and the inputs for NaN/inf values.")
 
 
@@ -136,7 +141,7 @@ def vote_count(logits: torch.Tensor, n: int, counts: Optional[torch.Tensor] = No
         is raised after the valid rows were added.
     """
     counts = _check_logits(logits, n, counts, torch.int64, "counts")
-    _raise_on_nan(torch.ops.costsmooth.vote_count_(logits, counts, n), "counts")
+    raise_on_nan(vote_count_nan(logits, n, counts), "counts")
     return counts
 
 
@@ -153,7 +158,7 @@ def prob_sum(logits: torch.Tensor, n: int, sums: Optional[torch.Tensor] = None,
     """
     sums = _check_logits(logits, n, sums, torch.float64, "sums")
     temperature = check_positive_finite(temperature, "temperature")
-    _raise_on_nan(torch.ops.costsmooth.prob_sum_(logits, sums, n, temperature), "sums")
+    raise_on_nan(torch.ops.costsmooth.prob_sum_(logits, sums, n, temperature), "sums", UNDEFINED_SOFTMAX)
     return sums
 
 

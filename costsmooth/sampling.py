@@ -170,6 +170,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     sig = sigma_tensor(sigma, batch, x.device)
     counts = sums = None  # allocated once the class count is known
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    bad_softmax = torch.zeros(batch, dtype=torch.int64, device=x.device)
     amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
            else contextlib.nullcontext())
     b = j = 0
@@ -219,7 +220,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             else:
                 nan_rows[b0:b1] += ops.vote_count_nan(logits, m, counts[b0:b1])
                 if prob_sums:
-                    torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
+                    bad_softmax[b0:b1] += torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
             if progress is not None:
                 progress.update(rows)
             b, j = (b1, 0) if (b1 > b0 + 1 or j0 + m == n) else (b, j0 + m)
@@ -227,7 +228,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         counts = torch.zeros(batch, num_classes or 0, dtype=torch.int64, device=x.device)
         if prob_sums:
             sums = torch.zeros(batch, num_classes or 0, dtype=torch.float64, device=x.device)
-    ops._raise_on_nan(nan_rows, "the vote counts")
+    ops.raise_on_nan(nan_rows, "the vote counts")
+    ops.raise_on_nan(bad_softmax, "the probability sums", ops.UNDEFINED_SOFTMAX)
     return SampleStatistics(counts=counts, prob_sums=sums)
 
 

@@ -173,3 +173,14 @@ def test_auto_batch_size():
         resolve_batch_size(0, "cpu")
     c = costsmooth.sample_counts(torch.nn.Linear(3, 2), torch.zeros(2, 3), 50, 0.5, batch_size="auto")
     assert c.sum() == 100
+
+
+def test_prob_sums_refuse_rows_with_undefined_softmax():
+    def model(z):  # a finite argmax for every row, but +inf logits make the softmax undefined
+        out = torch.zeros(z.shape[0], 3)
+        out[::2, 1] = float("inf")
+        return out
+
+    assert costsmooth.sample_counts(model, torch.zeros(2, 4), 10, 0.5)[:, 1].tolist() == [5, 5]
+    with pytest.raises(ops.NaNLogitsError, match="10 rows of logits have an undefined softmax"):
+        costsmooth.sample_statistics(model, torch.zeros(2, 4), 10, 0.5, prob_sums=True)
