@@ -184,3 +184,13 @@ def test_train_then_certify_by_arch_checkpoint(tmp_path, capsys):
     assert main(["train", "breast_cancer", "mlp", str(tmp_path / "x"), "--loss", "cs_rs", "--epochs", "1",
                  "--seed-classes", "3"]) == 2
     assert "seed class must be an integer in [0, 2)" in capsys.readouterr().err
+
+
+def test_analyze_reads_cohen_format_files(tmp_path, capsys):
+    path = tmp_path / "cohen.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                    "0\t3\t3\t0.5\t1\t0:00:01\n20\t1\t-1\t0.0\t0\t0:00:01\n40\t2\t2\t0.1\t1\t0:00:01\n")
+    assert main(["analyze", str(path), "--radii", "0,0.25"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if "cohen" in line]
+    assert [float(r[3]) for r in rows] == [pytest.approx(2 / 3, abs=1e-3), pytest.approx(1 / 3, abs=1e-3)]
+    assert [r[5].strip() for r in rows] == ["-", "-"]  # no cost matrix: no Rob_cs
