@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-import torch
-
 from .cost import CostMatrix
 from .data import load_dataset
 
@@ -32,7 +30,7 @@ METHODS = [("gaussian", "gaussian", {}), ("gaussian_r", "gaussian_r", {}), ("mac
 def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False, seed: int = 0, device="cpu",
              progress: bool = True) -> list:
     """Train, certify and compare; returns the summary rows. Resumable: finished pieces are reused."""
-    from .cli import analyze, certify_dataset
+    from .runs import analyze, certify_dataset
     from .models import load_model
     from .train import train
 

@@ -55,20 +55,23 @@ def rob_cs(rec: Records, r: float, where=None) -> float:
     return _mean(_cs_ok(rec, r), where)
 
 
-def _costs(rec: Records, r: float) -> np.ndarray:
+def _costs(rec: Records, r: float, reduce) -> np.ndarray:
     out = np.zeros(len(rec))
     if rec.cost is None:
         return out
     for i, (y, radii) in enumerate(zip(rec.label, rec.target_radii)):
         exposed = [rec.cost.matrix[y, j] for j in rec.cost.targets(int(y))
                    if not (radii.get(j, 0.0) > 0 and radii.get(j, 0.0) >= r)]
-        out[i] = max(exposed, default=0.0)
+        out[i] = reduce(exposed) if exposed else 0.0
     return out
 
 
-def worst_case_cost(rec: Records, r: float, where=None) -> float:
+def worst_case_cost(rec: Records, r: float, where=None, variant: str = "max") -> float:
+    """Certified worst-case cost; ``variant="sum"`` is Zhang & Evans' (ICLR 2019) summed cost."""
+    if variant not in ("max", "sum"):
+        raise ValueError(f"variant must be 'max' or 'sum' (Zhang & Evans), got {variant!r}")
     where = _seed(rec) if where is None else where & _seed(rec)
-    return _mean(_costs(rec, r), where)
+    return _mean(_costs(rec, r, max if variant == "max" else sum), where)
 
 
 def acr(rec: Records, where=None) -> float:

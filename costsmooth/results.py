@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 

@@ -194,3 +194,20 @@ def test_analyze_reads_cohen_format_files(tmp_path, capsys):
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if "cohen" in line]
     assert [float(r[3]) for r in rows] == [pytest.approx(2 / 3, abs=1e-3), pytest.approx(1 / 3, abs=1e-3)]
     assert [r[5].strip() for r in rows] == ["-", "-"]  # no cost matrix: no Rob_cs
+
+
+def test_worst_case_cost_variants():
+    from costsmooth import CostMatrix, metrics
+    from costsmooth.results import Records
+    cost = CostMatrix([[0, 2, 3], [0, 0, 0], [0, 0, 0]])
+    rows = [{"idx": "0", "label": "0", "predict": "0", "radius": "0.4", "cs_radius": "0.2",
+             "target_radii": "1:0.2;2:0.6"},
+            {"idx": "1", "label": "0", "predict": "1", "radius": "0.3", "cs_radius": "0", "target_radii": "1:0;2:0"}]
+    rec = Records(rows, cost)
+    # r = 0.5: input 0 exposes target 1 (cost 2); input 1 (top class is a target) exposes both
+    assert metrics.worst_case_cost(rec, 0.5) == pytest.approx((2 + 3) / 2)
+    assert metrics.worst_case_cost(rec, 0.5, variant="sum") == pytest.approx((2 + 5) / 2)
+    assert metrics.worst_case_cost(rec, 0.1) == pytest.approx((0 + 3) / 2)
+    assert metrics.rob_cs(rec, 0.1) == 0.5 and metrics.rob_cs(rec, 0.3) == 0.0
+    with pytest.raises(ValueError, match="variant must be"):
+        metrics.worst_case_cost(rec, 0.5, variant="mean")
