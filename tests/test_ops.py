@@ -118,6 +118,11 @@ def test_vote_count_non_contiguous_and_accumulating(device):
     assert torch.equal(ops.vote_count(t, 10), vote_reference(t.contiguous(), 10))
 
 
+def test_vote_count_more_inputs_than_one_cuda_grid_holds(device):
+    logits = torch.randn(70001, 3, device=device)  # n = 1: 70001 inputs (> 65535, the grid's y limit)
+    assert torch.equal(ops.vote_count(logits, 1), vote_reference(logits, 1))
+
+
 def test_vote_count_nan_rows_are_not_votes(device):
     logits = torch.randn(20, 5, device=device)
     logits[3, 2] = float("nan")

@@ -165,15 +165,25 @@ void noisy_batch_dispatch_out(const NoisyBatchParams& p, cudaStream_t stream, in
   }
 }
 
+constexpr int64_t kMaxGridY = 65535;  // inputs per launch (gridDim.y limit)
+
 template <typename T>
-void vote_count_dispatch(const VoteCountParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((p.n + kVoteRowsPerBlock - 1) / kVoteRowsPerBlock),
-                  static_cast<unsigned>(p.rows / p.n));
-  if (p.classes <= kMaxSharedClasses) {
-    const size_t shared = static_cast<size_t>(p.classes) * sizeof(int);
-    vote_count_kernel<T, true><<<grid, kVoteThreads, shared, stream>>>(p);
-  } else {
-    vote_count_kernel<T, false><<<grid, kVoteThreads, 0, stream>>>(p);
+void vote_count_dispatch(const VoteCountParams& all, cudaStream_t stream) {
+  const int64_t inputs = all.rows / all.n;
+  for (int64_t b0 = 0; b0 < inputs; b0 += kMaxGridY) {
+    VoteCountParams p = all;  // inputs b0 .. b0 + nb - 1
+    const int64_t nb = inputs - b0 < kMaxGridY ? inputs - b0 : kMaxGridY;
+    p.logits = static_cast<const T*>(all.logits) + b0 * all.n * all.row_stride;
+    p.rows = nb * all.n;
+    p.counts = all.counts + b0 * all.classes;
+    p.nan_rows = all.nan_rows + b0;
+    const dim3 grid(static_cast<unsigned>((p.n + kVoteRowsPerBlock - 1) / kVoteRowsPerBlock), static_cast<unsigned>(nb));
+    if (p.classes <= kMaxSharedClasses) {
+      const size_t shared = static_cast<size_t>(p.classes) * sizeof(int);
+      vote_count_kernel<T, true><<<grid, kVoteThreads, shared, stream>>>(p);
+    } else {
+      vote_count_kernel<T, false><<<grid, kVoteThreads, 0, stream>>>(p);
+    }
   }
 }
 
