@@ -146,6 +146,12 @@ def test_prob_sum_matches_reference(device, classes, dtype):
     assert ops.prob_sum(logits, 7).sum(1).cpu().tolist() == pytest.approx([7.0] * 5)
 
 
+def test_prob_sum_non_contiguous_logits(device):
+    logits = torch.randn(7, 12, device=device, dtype=torch.float64).t()  # [12, 7], column-major
+    expected, _ = reference.prob_sum(logits.contiguous(), 4)
+    torch.testing.assert_close(ops.prob_sum(logits, 4), expected, atol=1e-12, rtol=1e-12)
+
+
 def test_prob_sum_nan_rows_reported(device):
     logits = torch.randn(6, 4, device=device, dtype=torch.float64)
     logits[1, 1] = float("nan")

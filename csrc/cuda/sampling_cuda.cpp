@@ -103,8 +103,8 @@ at::Tensor prob_sum_cuda(const at::Tensor& logits, at::Tensor& sums, int64_t n, 
   const at::Tensor row_max = std::get<0>(z.max(1, true));
   const at::Tensor bad = z.isnan().any(1).logical_or(row_max.squeeze(1).isinf());  // softmax undefined
   const at::Tensor probs = at::softmax(z, 1).masked_fill(bad.unsqueeze(1), 0.0);
-  sums.add_(probs.view({batch, n, classes}).sum(1));
-  return bad.view({batch, n}).sum(1).to(at::kLong);
+  sums.add_(probs.reshape({batch, n, classes}).sum(1));
+  return bad.reshape({batch, n}).sum(1).to(at::kLong);
 }
 
 }  // namespace
