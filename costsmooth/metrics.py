@@ -86,19 +86,26 @@ def summary(rec: Records, radii: Sequence[float]) -> List[Dict[str, float]]:
 
 
 def classwise(rec: Records, r: float, class_names=None) -> Dict[str, object]:
-    """Per-class certified accuracy and Rob_cs at radius r, with worst class, max-min gap and std."""
-    classes = np.unique(rec.label)
+    """Per-class metrics at radius r: certified accuracy, ACR, and for seed classes Rob_cs and the
+    worst-case cost (a seed class's Rob_std is its certified accuracy). ``spread`` gives, for certified
+    accuracy and ACR, the worst class, its value, the max-min gap and the standard deviation over
+    classes; the top-level worst_class/worst/gap/std repeat it for certified accuracy."""
+    seeds = _seed_classes(rec)
     per = []
-    for c in classes:
+    for c in np.unique(rec.label):
         where = rec.label == c
+        is_seed = c in seeds
         per.append({"class": class_names[c] if class_names else int(c), "count": int(where.sum()),
                     "cert_acc": certified_accuracy(rec, r, where), "acr": acr(rec, where),
-                    "rob_cs": rob_cs(rec, r, where) if c in _seed_classes(rec) else float("nan")})
-    acc = np.array([p["cert_acc"] for p in per])
-    return {"radius": r, "classes": per, "worst_class": per[int(np.argmin(acc))]["class"] if per else None,
-            "worst": float(acc.min()) if per else float("nan"),
-            "gap": float(acc.max() - acc.min()) if per else float("nan"),
-            "std": float(acc.std()) if per else float("nan")}
+                    "rob_cs": rob_cs(rec, r, where) if is_seed else float("nan"),
+                    "wc_cost": worst_case_cost(rec, r, where) if is_seed else float("nan")})
+    spread = {}
+    for key in ("cert_acc", "acr"):
+        values = np.array([p[key] for p in per])
+        spread[key] = ({"worst_class": per[int(np.argmin(values))]["class"], "worst": float(values.min()),
+                        "gap": float(values.max() - values.min()), "std": float(values.std())} if per else
+                       {"worst_class": None, "worst": float("nan"), "gap": float("nan"), "std": float("nan")})
+    return {"radius": r, "classes": per, "spread": spread, **spread["cert_acc"]}
 
 
 def _seed_classes(rec: Records):

@@ -211,3 +211,19 @@ def test_worst_case_cost_variants():
     assert metrics.rob_cs(rec, 0.1) == 0.5 and metrics.rob_cs(rec, 0.3) == 0.0
     with pytest.raises(ValueError, match="variant must be"):
         metrics.worst_case_cost(rec, 0.5, variant="mean")
+
+
+def test_classwise_metrics():
+    from costsmooth import CostMatrix, metrics
+    from costsmooth.results import Records
+    rows = [{"idx": str(i), "label": str(y), "predict": str(p), "radius": str(rad), "cs_radius": cs,
+             "target_radii": tr}
+            for i, (y, p, rad, cs, tr) in enumerate([(0, 0, 0.5, "0.4", "1:0.4"), (0, 1, 0.2, "0", "1:0"),
+                                                      (1, 1, 0.3, "", ""), (1, 1, 0.1, "", "")])]
+    cw = metrics.classwise(Records(rows, CostMatrix.pairwise(2, {0: [1]})), 0.25)
+    by_class = {c["class"]: c for c in cw["classes"]}
+    assert by_class[0]["cert_acc"] == 0.5 and by_class[1]["cert_acc"] == 0.5
+    assert by_class[0]["rob_cs"] == 0.5 and by_class[0]["wc_cost"] == 0.5
+    assert by_class[0]["acr"] == pytest.approx(0.25) and by_class[1]["acr"] == pytest.approx(0.2)
+    assert cw["spread"]["acr"]["worst_class"] == 1 and cw["spread"]["acr"]["gap"] == pytest.approx(0.05)
+    assert cw["gap"] == 0.0 and cw["worst"] == 0.5
