@@ -123,11 +123,11 @@ def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, p
     if classwise_radius is not None:
         for rec in records:
             cw = metrics.classwise(rec, classwise_radius, rec.class_names)
-            print(f"\nClass-wise at radius {classwise_radius} ({rec.name}): worst class {cw['worst_class']} "
-                  f"({cw['worst']:.3f}), max-min gap {cw['gap']:.3f}, std {cw['std']:.3f}", file=out)
-            spread = cw["spread"]["acr"]
-            print(f"  ACR: worst class {spread['worst_class']} ({spread['worst']:.3f}), gap {spread['gap']:.3f}, "
-                  f"std {spread['std']:.3f}", file=out)
+            print(f"\nClass-wise at radius {classwise_radius} ({rec.name})", file=out)
+            for key, label in (("cert_acc", "certified accuracy"), ("acr", "ACR")):
+                sp = cw["spread"][key]
+                print(f"  {label}: worst class {sp['worst_class']} ({sp['worst']:.3f}), max-min gap {sp['gap']:.3f}, "
+                      f"std {sp['std']:.3f}", file=out)
             print(metrics.format_table(cw["classes"], ["class", "count", "cert_acc", "acr", "rob_cs", "wc_cost"]),
                   file=out)
     if plot:
