@@ -59,6 +59,20 @@ inline at::Tensor noisy_batch_empty(const at::Tensor& x, int64_t n, at::ScalarTy
                               channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
 }
 
+// A backend's noisy_batch_into kernel: (x, sigma, n, seed, stream, index_offset, sample_offset, out).
+using NoisyBatchInto = void (*)(const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                at::Tensor&);
+
+// noisy_batch as "check, allocate, then fill with the backend's noisy_batch_into".
+inline at::Tensor noisy_batch_via(NoisyBatchInto into, const at::Tensor& x, const at::Tensor& sigma, int64_t n,
+                                  int64_t seed, int64_t stream, int64_t index_offset, int64_t sample_offset,
+                                  at::ScalarType dtype, bool channels_last) {
+  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
+  at::Tensor out = noisy_batch_empty(x, n, dtype, channels_last);
+  into(x, sigma, n, seed, stream, index_offset, sample_offset, out);
+  return out;
+}
+
 // Checks a caller's output buffer for noisy_batch_into; returns whether it is channels-last.
 inline bool check_noisy_out(const at::Tensor& x, int64_t n, const at::Tensor& out) {
   TORCH_CHECK(out.dim() == x.dim() && out.size(0) == x.size(0) * n &&

@@ -132,10 +132,8 @@ void noisy_batch_into_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t 
 at::Tensor noisy_batch_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
                            int64_t stream, int64_t index_offset, int64_t sample_offset, at::ScalarType dtype,
                            bool channels_last) {
-  check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, dtype, channels_last);
-  at::Tensor out = noisy_batch_empty(x, n, dtype, channels_last);
-  noisy_batch_into_cpu(x, sigma, n, seed, stream, index_offset, sample_offset, out);
-  return out;
+  return noisy_batch_via(&noisy_batch_into_cpu, x, sigma, n, seed, stream, index_offset, sample_offset, dtype,
+                         channels_last);
 }
 
 // Argmax of one row in its own precision (ties to the lowest index, as torch.argmax); -1 if any NaN.
