@@ -30,16 +30,13 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
 
     from . import __version__
     from .results import ResultWriter
-    from .sampling import resolve_batch_size
+    from .sampling import eval_mode, resolve_batch_size
     from .smooth import Smooth
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     model = model.to(device)
-    with torch.inference_mode():
-        was_training = model.training
-        model.eval()
+    with eval_mode(model):
         num_classes = int(model(dataset.inputs[:1].to(device)).shape[1])
-        model.train(was_training)
     if num_classes != dataset.num_classes and dataset.num_classes:
         raise ValueError(f"the model has {num_classes} outputs but the dataset {dataset.name} has "
                          f"{dataset.num_classes} classes")

@@ -14,10 +14,10 @@ from typing import Optional, Tuple
 import torch
 
 from . import ops
-from ._checks import check_count, check_float_tensor, check_index, sigma_tensor
+from ._checks import check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
-__all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION", "STREAM_ESTIMATION",
-           "STREAM_TRAINING", "eval_mode"]
+__all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
+           "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode"]
 
 STREAM_SELECTION = 0
 STREAM_ESTIMATION = 1
@@ -160,6 +160,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     batch_size = resolve_batch_size(batch_size, x.device)
     check_index(index_offset, "index_offset", x.shape[0])
     check_index(sample_offset, "sample_offset", n)
+    seed64, stream = check_seed(seed), check_index(stream, "stream")
     if num_classes is not None:
         num_classes = check_count(num_classes, "num_classes")
     if x.numel() and bool(torch.isnan(x).any()):
@@ -169,6 +170,11 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     batch = x.shape[0]
     sig = sigma_tensor(sigma, batch, x.device)
     counts = sums = None  # allocated once the class count is known
+
+    def accumulators(classes: int):
+        return (torch.zeros(batch, classes, dtype=torch.int64, device=x.device),
+                torch.zeros(batch, classes, dtype=torch.float64, device=x.device) if prob_sums else None)
+
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
     bad_softmax = torch.zeros(batch, dtype=torch.int64, device=x.device)
     amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
@@ -190,9 +196,11 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
                 elif not use_graph and (buffer is None or buffer.shape[0] < rows):
                     buffer = None
                     buffer = _empty_rows(x, rows, dtype, fmt)
-                noisy = ops.noisy_batch(x[b0:b1], m, sig[b0:b1], seed=seed, stream=stream,
-                                        index_offset=index_offset + b0, sample_offset=sample_offset + j0,
-                                        out=graph.static_in if use_graph else buffer[:rows])
+                # Arguments were validated once above; the op is called directly so that no chunk
+                # re-validates sigma (a device synchronisation per model call).
+                noisy = graph.static_in if use_graph else buffer[:rows]
+                torch.ops.costsmooth.noisy_batch_into(x[b0:b1], sig[b0:b1], m, seed64, stream, index_offset + b0,
+                                                      sample_offset + j0, noisy)
                 if use_graph:
                     chunk_counts, chunk_nan = graph.replay()
                 else:
@@ -211,9 +219,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
                 _check_logits(logits, rows, num_classes)
             if counts is None:
                 num_classes = (logits if logits is not None else chunk_counts).shape[1]
-                counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
-                if prob_sums:
-                    sums = torch.zeros(batch, num_classes, dtype=torch.float64, device=x.device)
+                counts, sums = accumulators(num_classes)
             if use_graph:
                 counts[b0:b1] += chunk_counts
                 nan_rows[b0:b1] += chunk_nan
@@ -225,9 +231,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
                 progress.update(rows)
             b, j = (b1, 0) if (b1 > b0 + 1 or j0 + m == n) else (b, j0 + m)
     if counts is None:  # no inputs
-        counts = torch.zeros(batch, num_classes or 0, dtype=torch.int64, device=x.device)
-        if prob_sums:
-            sums = torch.zeros(batch, num_classes or 0, dtype=torch.float64, device=x.device)
+        counts, sums = accumulators(num_classes or 0)
     ops.raise_on_nan(nan_rows, "the vote counts")
     ops.raise_on_nan(bad_softmax, "the probability sums", ops.UNDEFINED_SOFTMAX)
     return SampleStatistics(counts=counts, prob_sums=sums)

@@ -19,7 +19,7 @@ from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .certify import ABSTAIN, Certificate, certify_from_counts
 from .cost import CostMatrix
-from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, sample_counts
+from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, resolve_batch_size, sample_counts
 
 __all__ = ["Smooth"]
 
@@ -33,8 +33,8 @@ class Smooth:
         model: base classifier mapping ``[B, *shape]`` to logits ``[B, num_classes]``.
         num_classes: number of classes (checked against the model's output width).
         sigma: noise level (one for all inputs; an input-dependent sigma needs its own certificate).
-        batch_size: rows per model call, or "auto" (see ``sample_statistics``); seed: 64-bit noise seed; device: where to run (default: the
-            model's parameters' device, else cpu).
+        batch_size: rows per model call, or "auto" (see ``sample_statistics``); seed: 64-bit noise
+            seed; device: where to run (default: the model's parameters' device, else cpu).
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
         autocast: run the model under torch.autocast with this dtype (a reduced-precision run
             certifies the reduced-precision model). cuda_graphs: replay the model and the vote as a
@@ -49,12 +49,12 @@ class Smooth:
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         self.sigma = check_positive_finite(sigma, "sigma")
-        self.batch_size = batch_size if batch_size == "auto" else check_count(batch_size, "batch_size")
         self.seed = seed
         if device is None:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
             device = params[0].device if params else "cpu"
         self.device = torch.device(device)
+        self.batch_size = resolve_batch_size(batch_size, self.device)
         self.dtype = dtype
         self.channels_last = channels_last
         self.autocast = autocast

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -20,21 +19,25 @@ namespace costsmooth {
 
 // The CPU noise path: "avx2" (eight Philox streams per step, SLEEF logf/sincosf) where the processor
 // has AVX2 and FMA, else "scalar" (philox.h with libm). COSTSMOOTH_SCALAR_NOISE=1 forces "scalar".
-const char* cpu_noise_path() {
+namespace {
+
+bool use_simd_noise() {
 #ifdef COSTSMOOTH_CPU_AVX2
-  static const char* path = [] {
+  static const bool simd = [] {
     const char* env = std::getenv("COSTSMOOTH_SCALAR_NOISE");
-    return (cpu_has_avx2() && !(env && env[0] == '1')) ? "avx2" : "scalar";
+    return cpu_has_avx2() && !(env && env[0] == '1');
   }();
-  return path;
+  return simd;
 #else
-  return "scalar";
+  return false;
 #endif
 }
 
-namespace {
+}  // namespace
 
-bool use_simd_noise() { return std::strcmp(cpu_noise_path(), "avx2") == 0; }
+const char* cpu_noise_path() { return use_simd_noise() ? "avx2" : "scalar"; }
+
+namespace {
 
 at::Tensor philox_cpu(const at::Tensor& counters_in, int64_t key0, int64_t key1) {
   check_philox(counters_in, key0, key1);
