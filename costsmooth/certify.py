@@ -25,7 +25,8 @@ from . import stats
 from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
 
-__all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts"]
+__all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts",
+           "conservative_sigma"]
 
 ABSTAIN = -1
 
@@ -77,6 +78,48 @@ def _counts_vector(counts, name: str) -> np.ndarray:
     return c.astype(np.int64)
 
 
+def _counts_matrix(counts, name: str) -> np.ndarray:
+    """[B, C] non-negative integer counts with at least one sample per row."""
+    c = np.asarray(counts.cpu() if hasattr(counts, "cpu") else counts)
+    if c.ndim != 2:
+        raise ValueError(f"{name} must be a [B, C] array, got shape {list(c.shape)}")
+    if c.size and (not np.issubdtype(c.dtype, np.integer) or c.dtype == np.bool_):
+        raise ValueError(f"{name} must be integers (vote counts), got dtype {c.dtype}; counts are never fractional")
+    if c.size and c.min() < 0:
+        rows = np.nonzero((c < 0).any(axis=1))[0]
+        raise ValueError(f"{name} must be non-negative; rows {rows[:5].tolist()} have negative entries")
+    empty = np.nonzero(c.sum(axis=1) < 1)[0] if c.size else np.arange(c.shape[0])
+    if c.shape[0] and empty.size:
+        raise ValueError(f"{name} must hold at least one sample per input; rows {empty[:5].tolist()} are all zero")
+    return c.astype(np.int64)
+
+
+def _labels(labels, batch: int, num_classes: int) -> List[int]:
+    """Labels as Python ints, refusing floats, booleans and out-of-range values (never coerced)."""
+    labels = list(labels.tolist() if hasattr(labels, "tolist") else labels)
+    if len(labels) != batch:
+        raise ValueError(f"{len(labels)} labels for {batch} inputs")
+    out = []
+    for y in labels:
+        if isinstance(y, (bool, np.bool_)) or not isinstance(y, (int, np.integer)):
+            raise ValueError(f"labels must be integer class indices, got {y!r} ({type(y).__name__})")
+        if not 0 <= int(y) < num_classes:
+            raise ValueError(f"label {int(y)} out of range for a {num_classes}-class model: labels lie in "
+                             f"[0, {num_classes})")
+        out.append(int(y))
+    return out
+
+
+def conservative_sigma(sigma: float) -> float:
+    """The noise level a certificate may use for a requested ``sigma``.
+
+    The kernels draw noise with sigma rounded to float32 (0.12 becomes 0.1199999973); radii are
+    proportional to sigma, so certificates use the smaller of the float64 value and its float32
+    rounding: never more than the noise that was actually drawn (SPEC 0: stay conservative).
+    """
+    return min(float(sigma), float(np.float32(sigma)))
+
+
 def _phi_inv(p) -> np.ndarray:
     return norm.ppf(np.clip(p, 0.0, 1.0))
 
@@ -88,6 +131,7 @@ def standard_certificate(top_class: int, counts, alpha: float, sigma: float):
     else ``radius = sigma * Phi^-1(pA_lower)``, pA_lower at level alpha.
     """
     counts = _counts_vector(counts, "counts")
+    sigma = conservative_sigma(sigma)
     n = int(counts.sum())
     p_low = float(stats.cp_lower(counts[top_class], n, alpha))
     if p_low < 0.5:
@@ -107,6 +151,7 @@ def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMat
     if not targets:
         raise ValueError(f"label {label} is not a seed class of {cost}; it has no cost-sensitive certificate")
     n, k = int(counts.sum()), len(targets)
+    sigma = conservative_sigma(sigma)
     p_low = float(stats.cp_lower(counts[top_class], n, alpha / 2))
     p_up = np.atleast_1d(stats.cp_upper(counts[targets], n, stats.bonferroni(alpha / 2, k)))
     cap = 1.0 - p_low
@@ -132,22 +177,21 @@ def certify_from_counts(selection_counts, counts, alpha: float, sigma: float, la
     computed for every input; the cost-sensitive one for inputs whose label is a seed class of ``cost``.
     """
     alpha = check_alpha(alpha)
-    sigma = check_positive_finite(sigma, "sigma")
-    sel = np.asarray(selection_counts)
-    est = np.asarray(counts)
-    if sel.ndim != 2 or est.shape != sel.shape:
-        raise ValueError(f"selection counts {sel.shape} and estimation counts {est.shape} must both be [B, C]")
+    sigma = conservative_sigma(check_positive_finite(sigma, "sigma"))
+    sel = _counts_matrix(selection_counts, "selection counts")
+    est = _counts_matrix(counts, "estimation counts")
+    if est.shape != sel.shape:
+        raise ValueError(f"selection counts {list(sel.shape)} and estimation counts {list(est.shape)} must both be "
+                         f"[B, C] with the same B and C")
     if cost is not None:
         cost.check_num_classes(sel.shape[1])
-    if labels is not None and len(labels) != sel.shape[0]:
-        raise ValueError(f"{len(labels)} labels for {sel.shape[0]} inputs")
+    if labels is not None:
+        labels = _labels(labels, sel.shape[0], sel.shape[1])
     out = []
     for b in range(sel.shape[0]):
         top = int(np.argmax(sel[b]))
         pred, radius, p_low = standard_certificate(top, est[b], alpha, sigma)
-        label = None if labels is None else int(labels[b])
-        if label is not None and not 0 <= label < sel.shape[1]:
-            raise ValueError(f"label {label} out of range for a {sel.shape[1]}-class model")
+        label = None if labels is None else labels[b]
         cert = Certificate(prediction=pred, radius=radius, top_class=top, pA_lower=p_low,
                            counts=est[b].astype(np.int64), selection_counts=sel[b].astype(np.int64), label=label)
         if cost is not None and label is not None and cost.is_seed(label):

@@ -8,61 +8,10 @@ from typing import List, Optional
 
 import torch
 
-from .cost import CostMatrix
+from .args import UsageError, add_cost_args, batch_arg, float_list, parse_cost, resolve_device
 from .runs import analyze, certify_dataset, recertify
 
-__all__ = ["main", "parse_cost"]
-
-
-def _ham10000_cost():
-    from .data import ham10000_cost_matrix
-    return ham10000_cost_matrix()
-
-
-COST_PRESETS = {"ham10000": _ham10000_cost}  # malignant lesion predicted benign is harmful
-
-
-def add_cost_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cost matrix (cost-sensitive certificates)")
-    g.add_argument("--cost", help="cost matrix file (CSV, JSON or .npy), or a preset: " + ", ".join(COST_PRESETS))
-    g.add_argument("--seed-classes", help="comma-separated seed classes (with --targets: pairwise, else seedwise)")
-    g.add_argument("--targets", help="comma-separated target classes of every seed class")
-
-
-def _int_list(text: str, what: str) -> List[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"error: {what} must be comma-separated class indices, got {text!r}")
-
-
-def parse_cost(args, num_classes: int) -> Optional[CostMatrix]:
-    """The cost matrix named by --cost or --seed-classes/--targets, checked against num_classes."""
-    if args.cost and args.seed_classes:
-        raise SystemExit("error: give either --cost or --seed-classes, not both")
-    if args.cost in COST_PRESETS and not os.path.exists(args.cost):
-        cost = COST_PRESETS[args.cost]()
-        cost.check_num_classes(num_classes)
-        return cost
-    if args.cost:
-        return CostMatrix.from_file(args.cost, num_classes)
-    if args.seed_classes:
-        seeds = _int_list(args.seed_classes, "--seed-classes")
-        if args.targets:
-            targets = _int_list(args.targets, "--targets")
-            return CostMatrix.pairwise(num_classes, {s: [t for t in targets if t != s] for s in seeds})
-        return CostMatrix.seedwise(num_classes, seeds)
-    if args.targets:
-        raise SystemExit("error: --targets needs --seed-classes")
-    return None
-
-
-def resolve_device(name: Optional[str]) -> torch.device:
-    if name:
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise SystemExit(f"error: --device {name} requested but no CUDA device is available")
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+__all__ = ["main", "build_parser"]
 
 
 def cmd_certify(args) -> None:
@@ -90,24 +39,8 @@ def cmd_recertify(args) -> None:
     print(f"wrote {args.outfile}")
 
 
-def _batch_arg(text: str):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch must be an integer or 'auto', got {text!r}")
-
-
-def _radii(text: str) -> List[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise SystemExit(f"error: --radii must be comma-separated numbers, got {text!r}")
-
-
 def cmd_analyze(args) -> None:
-    analyze(args.tsv, _radii(args.radii), args.classwise, args.plot)
+    analyze(args.tsv, float_list(args.radii, "--radii"), args.classwise, args.plot)
 
 
 def cmd_info(args) -> None:
@@ -132,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--N0", type=int, default=100, help="selection samples")
     p.add_argument("--N", type=int, default=100000, help="estimation samples")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=_batch_arg, default=1000,
+    p.add_argument("--batch", type=batch_arg, default=1000,
                    help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
     p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
     p.add_argument("--max", type=int, default=-1, help="stop before this dataset index")

@@ -69,7 +69,7 @@ def register_cli(sub) -> None:
     p.add_argument("--device")
 
     def run(args):
-        from .cli import resolve_device
+        from .args import resolve_device
         run_demo(args.dataset, args.out, args.quick, args.seed, resolve_device(args.device))
 
     p.set_defaults(func=run)

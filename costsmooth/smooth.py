@@ -17,7 +17,7 @@ import torch
 
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
-from .certify import ABSTAIN, Certificate, certify_from_counts
+from .certify import ABSTAIN, Certificate, _labels, certify_from_counts
 from .cost import CostMatrix
 from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, resolve_batch_size, sample_counts
 
@@ -142,10 +142,7 @@ class Smooth:
         if cost is not None:
             cost.check_num_classes(self.num_classes)
         if labels is not None:
-            labels = [int(y) for y in labels]
-            bad = [y for y in labels if not 0 <= y < self.num_classes]
-            if bad:
-                raise ValueError(f"label {bad[0]} out of range: labels must lie in [0, {self.num_classes})")
+            labels = _labels(labels, X.shape[0], self.num_classes)
         selection, estimation = [], []
         for start, stop in _consecutive_runs(indices):
             xs = X[start:stop]

@@ -110,7 +110,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
 
 def register_cli(sub) -> None:
-    from .cli import add_cost_args, parse_cost, resolve_device
+    from .args import add_cost_args, parse_cost, resolve_device
     from .data import load_dataset
     from .losses import LOSSES
     from .models import ARCHS

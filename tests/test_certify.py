@@ -162,7 +162,7 @@ def test_bad_input_to_certification():
         smooth.certify(x, 0, 10, 0.01)
     with pytest.raises(ValueError, match="n must be an integer >= 1"):
         smooth.certify(x, 10, 0, 0.01)
-    with pytest.raises(ValueError, match=r"label 2 out of range: labels must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"label 2 out of range for a 2-class model: labels lie in \[0, 2\)"):
         smooth.certify_cost_sensitive(x, 2, CostMatrix.seedwise(2, [0]), 10, 10, 0.01)
     with pytest.raises(ValueError, match="returns 2 logits per input but num_classes=3"):
         Smooth(model, 3, 0.5).certify(x, 10, 10, 0.01)

@@ -1,0 +1,128 @@
+"""Argument helpers shared by every command (certify, recertify, analyze, train, demo and the rest).
+
+This module sits below all commands: command modules import from here, never from each other, so
+imports run one way (engine -> certificates -> runs -> commands -> ``cli``).
+
+Errors meant for the user are raised as ``UsageError``: ``cli.main`` prints them as one line,
+``error: ...``, and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+import torch
+
+from .cost import CostMatrix
+
+__all__ = ["UsageError", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
+           "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
+           "probability"]
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or its files; printed as one line naming the flag or file."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults in --help and keeps the description's line breaks."""
+
+
+def _ham10000_cost():
+    from .data import ham10000_cost_matrix
+    return ham10000_cost_matrix()
+
+
+COST_PRESETS = {"ham10000": _ham10000_cost}  # malignant lesion predicted benign is harmful
+
+
+def add_cost_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cost matrix (cost-sensitive certificates)")
+    g.add_argument("--cost", help="cost matrix file (CSV, JSON or .npy), or a preset: " + ", ".join(COST_PRESETS))
+    g.add_argument("--seed-classes", help="comma-separated seed classes (with --targets: pairwise, else seedwise)")
+    g.add_argument("--targets", help="comma-separated target classes of every seed class")
+
+
+def int_list(text: str, what: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated class indices, got {text!r}") from None
+
+
+def float_list(text: str, what: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{what} needs at least one number")
+    return values
+
+
+def parse_cost(args, num_classes: int) -> Optional[CostMatrix]:
+    """The cost matrix named by --cost or --seed-classes/--targets, checked against num_classes."""
+    if args.cost and args.seed_classes:
+        raise UsageError("give either --cost or --seed-classes, not both")
+    if args.cost in COST_PRESETS and not os.path.exists(args.cost):
+        cost = COST_PRESETS[args.cost]()
+        cost.check_num_classes(num_classes)
+        return cost
+    if args.cost:
+        if not os.path.exists(args.cost):
+            raise UsageError(f"--cost {args.cost}: file not found (or use a preset: {', '.join(COST_PRESETS)})")
+        return CostMatrix.from_file(args.cost, num_classes)
+    if args.seed_classes:
+        seeds = int_list(args.seed_classes, "--seed-classes")
+        if args.targets:
+            targets = int_list(args.targets, "--targets")
+            return CostMatrix.pairwise(num_classes, {s: [t for t in targets if t != s] for s in seeds})
+        return CostMatrix.seedwise(num_classes, seeds)
+    if args.targets:
+        raise UsageError("--targets needs --seed-classes")
+    return None
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    """The device named by --device (checked to exist), else cuda when available, else cpu."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"--device {name}: unknown device; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise UsageError(f"--device {name}: costsmooth runs on cpu or cuda devices")
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UsageError(f"--device {name} requested but no CUDA device is available; use --device cpu")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _typed(convert, check, describe: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {describe}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {describe}, got {text!r}")
+        return value
+    parse.__name__ = describe
+    return parse
+
+
+positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _typed(float, lambda v: v > 0 and v != float("inf"), "a positive finite number")
+probability = _typed(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def batch_arg(text: str):
+    """--batch: an integer >= 1 or 'auto'."""
+    if text == "auto":
+        return text
+    return _typed(int, lambda v: v >= 1, "an integer >= 1 or 'auto'")(text)
