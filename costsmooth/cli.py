@@ -107,10 +107,27 @@ def _extra_commands():
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (0 done, 2 a usage or input error, 130 interrupted).
+
+    Errors a user can fix are printed as one line, ``error: ...``, without a traceback.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # argparse: --help, or a malformed command line (already printed)
+        return int(stop.code or 0) if not isinstance(stop.code, str) else 2
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished results are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, TypeError, OSError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return " ".join(text.split())

@@ -132,15 +132,25 @@ def _smoothed_probs(model, noise: NoiseSource, x, k: int, sigma: float, beta: fl
 
 
 def _margin(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Phi^-1(first) - Phi^-1(second), in float64."""
+    """Phi^-1(first) - Phi^-1(second), in float64 (for selecting inputs; no gradient needed)."""
     return torch.special.ndtri(first.double()) - torch.special.ndtri(second.double())
+
+
+def _clamped_margin(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Phi^-1(first) - Phi^-1(second) with both probabilities clamped to [eps, 1 - eps] in their own dtype
+    (eps its machine epsilon) before the float64 Phi^-1: the derivative of Phi^-1 is then at most
+    ~1/phi(Phi^-1(eps)) (about 1e6 in float32), so the gradient stays finite for any finite logits.
+    A probability outside the band (a float32 denormal, say) gets no gradient through this term."""
+    eps = torch.finfo(first.dtype).eps
+    return _margin(first.clamp(eps, 1 - eps), second.clamp(eps, 1 - eps))
 
 
 def _hinge(gamma: float, first: torch.Tensor, second: torch.Tensor, select) -> Tuple[torch.Tensor, int, torch.Tensor]:
     """sum of (gamma - xi) over inputs where ``select(xi)`` holds and xi is finite, xi = _margin(first, second).
 
-    The selection is made without gradient and xi is recomputed on the selected inputs only, so the
-    unbounded derivative of Phi^-1 near 0 and 1 never meets the excluded inputs (0 * inf = NaN).
+    The selection is made without gradient on the exact xi; the value (and gradient) is computed on
+    the selected inputs only, with the probabilities clamped away from 0 and 1 (``_clamped_margin``),
+    so neither 0 * inf nor an overflowing derivative of Phi^-1 can make the loss or its gradient NaN.
     Returns (sum, inputs used, xi of all inputs without gradient).
     """
     with torch.no_grad():
@@ -148,7 +158,7 @@ def _hinge(gamma: float, first: torch.Tensor, second: torch.Tensor, select) -> T
         use = select(xi_all) & torch.isfinite(xi_all)
     if not bool(use.any()):
         return first.sum() * 0.0, 0, xi_all
-    return (gamma - _margin(first[use], second[use])).sum().to(first.dtype), int(use.sum()), xi_all
+    return (gamma - _clamped_margin(first[use], second[use])).sum().to(first.dtype), int(use.sum()), xi_all
 
 
 def _mean_finite(xi: torch.Tensor) -> float:

@@ -8,13 +8,14 @@ certify.py, then ``cs_radius`` (empty for inputs of non-seed classes or without 
 certificates can be recomputed at another alpha or cost matrix (``costsmooth recertify``).
 
 Writes are append-only, one flushed line per input; a line cut short by a kill is dropped when the
-file is reopened, so a re-run resumes without losing or duplicating rows.
+file is reopened, so a re-run resumes without losing or duplicating rows. Radii and bounds are
+written exactly (``repr``), so a value read back is never larger than the one computed.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -22,106 +23,219 @@ import numpy as np
 from .certify import Certificate
 from .cost import CostMatrix
 
-__all__ = ["COLUMNS", "ResultWriter", "read_tsv", "read_meta", "read_counts", "Records", "load_records"]
+__all__ = ["COLUMNS", "ResultWriter", "ResultFileError", "read_tsv", "read_tsv_checked", "read_meta", "read_counts",
+           "settings_mismatch", "format_row", "Records", "load_records"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
            "pA_lower", "target_radii"]
 
 
-def _repair_tail(path: str) -> None:
-    """Drop a last line that a kill cut short (no trailing newline)."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        f.truncate(data.rfind(b"\n") + 1)
+# Settings that do not change any certificate: a resumed run may differ in these. Everything else in
+# the metadata (model and dataset fingerprints, sigma, n0, n, alpha, seed, precision, cost, ...) must
+# match, since noise is keyed by dataset index and which indices are certified changes nothing.
+RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset"}
+
+
+class ResultFileError(ValueError):
+    """A result file is malformed or belongs to another run; the message names the file and line."""
 
 
 def read_meta(tsv_path: str) -> dict:
+    """The run's settings from ``OUTFILE.meta.json`` ({} when the file does not exist)."""
     path = tsv_path + ".meta.json"
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultFileError(f"{path} is not valid JSON ({err}); it is truncated or corrupt: restore it, or "
+                              f"delete {tsv_path} and its .meta.json/.counts.jsonl to start over") from None
+    if not isinstance(meta, dict):
+        raise ResultFileError(f"{path} must hold a JSON object of run settings")
+    return meta
+
+
+def _row_problem(parts: List[str], header: List[str]) -> Optional[str]:
+    """Why a TSV line is not a complete row (None when it is)."""
+    if len(parts) != len(header):
+        return f"{len(parts)} fields instead of {len(header)}"
+    row = dict(zip(header, parts))
+    try:
+        int(row["idx"])
+        for key in ("radius", "cs_radius", "pA_lower"):
+            if row.get(key):
+                float(row[key])
+        int(row["predict"])
+        if row.get("label"):
+            int(row["label"])
+    except ValueError as err:
+        return f"a field is not a number ({err})"
+    return None
+
+
+def read_tsv_checked(path: str):
+    """(rows, problems): complete rows of a certification TSV as dicts of strings, and one
+    ``(line number, reason)`` per line that is not a complete row (a torn or garbled line)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"certification file not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if not lines or not lines[0].startswith("idx\t"):
+        raise ResultFileError(f"{path} is not a certification TSV (its header must start with 'idx')")
+    header = lines[0].split("\t")
+    rows, problems = [], []
+    last = len(lines) - 1  # the text after the final newline ('' for a complete file)
+    for number, line in enumerate(lines[1:], start=2):
+        if line == "" and number - 1 == last:
+            continue
+        if number - 1 == last:
+            problems.append((number, "last line cut short (no newline)"))
+            continue
+        problem = _row_problem(line.split("\t"), header)
+        if problem:
+            problems.append((number, problem))
+        else:
+            rows.append(dict(zip(header, line.split("\t"))))
+    return rows, problems
 
 
 def read_tsv(path: str) -> List[Dict[str, str]]:
-    """Rows of a certification TSV as dicts of strings (complete lines only)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"certification file not found: {path}")
-    with open(path) as f:
-        lines = f.read().split("\n")
-    if not lines or not lines[0].startswith("idx\t"):
-        raise ValueError(f"{path} is not a certification TSV (its header must start with 'idx')")
-    header = lines[0].split("\t")
-    rows = []
-    for line in lines[1:]:
-        parts = line.split("\t")
-        if len(parts) == len(header):
-            rows.append(dict(zip(header, parts)))
-    return rows
+    """Complete rows of a certification TSV as dicts of strings; malformed lines are left out
+    (``read_tsv_checked`` reports them)."""
+    return read_tsv_checked(path)[0]
 
 
 def read_counts(tsv_path: str) -> Dict[int, dict]:
-    """Saved counts by dataset index: {idx: {"label", "selection", "estimation"}} (last line wins)."""
+    """Saved counts by dataset index: {idx: {"label", "selection", "estimation"}} (last line wins).
+
+    A line cut short at the end of the file (a kill mid-write) is ignored; any other malformed line
+    raises ``ResultFileError`` naming the file and its line number.
+    """
     path = tsv_path + ".counts.jsonl"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no saved counts for {tsv_path} (expected {path})")
     out = {}
     with open(path) as f:
-        for line in f:
-            if line.endswith("\n"):
-                rec = json.loads(line)
-                out[int(rec["idx"])] = rec
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, start=1):
+        if number == len(lines):  # text after the last newline: '' or a torn line
+            break
+        try:
+            rec = json.loads(line)
+            idx = int(rec["idx"])
+            sel, est = rec["selection"], rec["estimation"]
+            if not (isinstance(sel, list) and isinstance(est, list) and len(sel) == len(est) and sel
+                    and all(isinstance(v, int) and v >= 0 for v in sel + est)):
+                raise ValueError("selection and estimation must be equal-length lists of non-negative integers")
+        except (ValueError, KeyError, TypeError) as err:
+            raise ResultFileError(f"{path}, line {number}: not a counts record ({err}); fix or delete that line "
+                                  f"(certify recomputes the input's row when its counts are missing)") from None
+        out[idx] = rec
     return out
 
 
+def _exact(value: float) -> str:
+    """A float as the shortest text that reads back as exactly the same number (never rounded up)."""
+    return repr(float(value))
+
+
 def format_row(idx: int, cert: Certificate, seconds: float) -> str:
-    cs = "" if cert.cs_radius is None else f"{cert.cs_radius:.6g}"
-    radii = ";".join(f"{j}:{r:.6g}" for j, r in cert.target_radii.items())
+    """One TSV line. Radii and bounds are written exactly (``repr``): reading a file back never gives a
+    larger radius or a looser bound than was computed."""
+    cs = "" if cert.cs_radius is None else _exact(cert.cs_radius)
+    radii = ";".join(f"{j}:{_exact(r)}" for j, r in cert.target_radii.items())
     label = "" if cert.label is None else str(cert.label)
     correct = "" if cert.label is None else str(int(bool(cert.correct)))
-    fields = [str(idx), label, str(cert.prediction), f"{cert.radius:.6g}", correct, f"{seconds:.4f}", cs,
-              str(cert.top_class), str(int(cert.top_is_target)), f"{cert.pA_lower:.8g}", radii]
+    fields = [str(idx), label, str(cert.prediction), _exact(cert.radius), correct, f"{seconds:.4f}", cs,
+              str(cert.top_class), str(int(cert.top_is_target)), _exact(cert.pA_lower), radii]
     return "\t".join(fields) + "\n"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def settings_mismatch(old: dict, new: dict) -> List[str]:
+    """Names of the settings that differ between two runs' metadata and change certificates."""
+    keys = (set(old) | set(new)) - RESUMABLE_KEYS
+    return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 class ResultWriter:
     """Appends certificates to OUTFILE and OUTFILE.counts.jsonl; resumes an existing run.
 
-    Opening checks that an existing run used the same settings (``meta``), else refuses.
+    Opening an existing run checks that it used the same settings (``meta``, except
+    ``RESUMABLE_KEYS``), else refuses naming them. Rows that are garbled or whose counts are missing
+    are dropped (with a warning) so they are certified again; ``close`` leaves the TSV sorted by index.
+    One writer per OUTFILE: ``OUTFILE.lock`` is held (filelock) while the writer is open.
     """
 
     def __init__(self, path: str, meta: dict):
+        from filelock import FileLock, Timeout
+
         self.path = path
         self.meta_path = path + ".meta.json"
         self.counts_path = path + ".counts.jsonl"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # One writer per OUTFILE: a second concurrent run would interleave rows.
-        self._lock = open(path + ".lock", "w")
+        self._lock = FileLock(path + ".lock", timeout=0)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            raise ValueError(f"another costsmooth run is writing {path}; wait for it or choose another OUTFILE")
-        if os.path.isfile(path):
-            old = read_meta(path)
-            changed = {k for k in meta if k not in ("version",) and old.get(k) != meta[k]}
-            if changed:
-                raise ValueError(f"{path} exists from a run with different settings ({', '.join(sorted(changed))}); "
-                                 f"use another OUTFILE or delete it to start over")
-            _repair_tail(path)
-            _repair_tail(self.counts_path)
-        else:
-            tmp = self.meta_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(meta, f, indent=1)
-            os.replace(tmp, self.meta_path)
-            with open(path, "w") as f:
-                f.write("\t".join(COLUMNS) + "\n")
-        self.done = {int(r["idx"]) for r in read_tsv(path)}
+            self._lock.acquire()
+        except Timeout:
+            raise ResultFileError(f"another costsmooth run is writing {path}; wait for it or choose another "
+                                  f"OUTFILE") from None
+        try:
+            self.done = self._open(meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, meta: dict) -> set:
+        if not os.path.isfile(self.path):
+            _write_atomic(self.meta_path, json.dumps(meta, indent=1))
+            _write_atomic(self.path, "\t".join(COLUMNS) + "\n")
+            if os.path.exists(self.counts_path):
+                os.remove(self.counts_path)  # counts of an earlier run whose TSV was deleted
+            return set()
+        old = read_meta(self.path)
+        if not old:
+            raise ResultFileError(f"{self.path} exists but {self.meta_path} does not: it was not written by "
+                                  f"costsmooth certify, or its metadata was deleted; choose another OUTFILE")
+        changed = settings_mismatch(old, meta)
+        if changed:
+            details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
+            raise ResultFileError(f"{self.path} exists from a run with different settings ({details}); use another "
+                                  f"OUTFILE or delete it to start over")
+        rows, problems = read_tsv_checked(self.path)
+        counts = read_counts(self.path) if os.path.isfile(self.counts_path) else {}
+        keep = [r for r in rows if int(r["idx"]) in counts]
+        lost = sorted({int(r["idx"]) for r in rows} - set(counts))
+        if problems or lost or len({r["idx"] for r in keep}) != len(keep):
+            if problems:
+                lines = ", ".join(str(n) for n, _ in problems[:5])
+                warnings.warn(f"{self.path}: dropped {len(problems)} malformed line(s) (line {lines}: "
+                              f"{problems[0][1]}); those inputs are certified again")
+            if lost:
+                warnings.warn(f"{self.path}: {len(lost)} row(s) have no saved counts in {self.counts_path} "
+                              f"(indices {lost[:5]}{' ...' if len(lost) > 5 else ''}); those inputs are certified again")
+            by_idx = {int(r["idx"]): r for r in keep}  # a duplicated index keeps its last row
+            self._rewrite_rows([by_idx[i] for i in sorted(by_idx)])
+            keep = list(by_idx.values())
+        _truncate_torn_tail(self.counts_path)
+        return {int(r["idx"]) for r in keep}
+
+    def _rewrite_rows(self, rows: List[Dict[str, str]]) -> None:
+        with open(self.path) as f:
+            header = f.readline()
+        cols = header.rstrip("\n").split("\t")
+        _write_atomic(self.path, header + "".join("\t".join(r[c] for c in cols) + "\n" for r in rows))
 
     def write(self, idx: int, cert: Certificate, seconds: float) -> None:
         # Counts first: a row in the TSV always has its counts saved.
@@ -134,11 +248,41 @@ class ResultWriter:
                 os.fsync(f.fileno())
         self.done.add(idx)
 
+    def sort(self) -> None:
+        """Rewrite the TSV in index order when rows were appended out of order (a run was extended)."""
+        rows = read_tsv(self.path)
+        order = [int(r["idx"]) for r in rows]
+        if order != sorted(order):
+            self._rewrite_rows(sorted(rows, key=lambda r: int(r["idx"])))
+
     def close(self) -> None:
-        """Release the OUTFILE lock (also released when the process ends)."""
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        """Leave the TSV sorted by index and release the OUTFILE lock (its file is removed)."""
+        if self._lock.is_locked:
+            try:
+                if getattr(self, "done", None) is not None and os.path.isfile(self.path):
+                    self.sort()
+            finally:
+                try:
+                    os.remove(self._lock.lock_file)  # removed while held, so no other run holds it
+                except OSError:
+                    pass
+                self._lock.release()
+
+
+def _short(value, limit: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _truncate_torn_tail(path: str) -> None:
+    """Drop a last line that a kill cut short (no trailing newline)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 class Records:

@@ -2,6 +2,7 @@
 commands do, callable from Python (the demo uses them too)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -12,7 +13,48 @@ import torch
 
 from .cost import CostMatrix
 
-__all__ = ["certify_dataset", "recertify", "analyze", "plot_curves"]
+__all__ = ["certify_dataset", "recertify", "analyze", "plot_curves", "fingerprint_model", "fingerprint_dataset",
+           "select_indices", "probe_num_classes"]
+
+
+def fingerprint_model(model) -> str:
+    """sha256 of a model's class name and every parameter and buffer (names, dtypes, shapes, values).
+
+    Recorded in a run's metadata so that a resumed run refuses to mix certificates of two models,
+    wherever the model file lives.
+    """
+    h = hashlib.sha256(type(model).__name__.encode())
+    state = model.state_dict() if hasattr(model, "state_dict") else {}
+    for name, tensor in state.items():
+        if not torch.is_tensor(tensor):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint_dataset(dataset) -> str:
+    """sha256 of a dataset's inputs and labels (dtypes, shapes, values): which data were certified."""
+    h = hashlib.sha256()
+    for t in (dataset.inputs, dataset.labels):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def select_indices(size: int, skip: int, max_index: int) -> List[int]:
+    """Dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (all when max_index < 0), as in
+    Cohen et al.'s certify.py; refuses settings that select nothing."""
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+        raise ValueError(f"--skip must be an integer >= 1 (1 certifies every input), got {skip!r}")
+    if isinstance(max_index, bool) or not isinstance(max_index, int) or max_index == 0 or max_index < -1:
+        raise ValueError(f"--max must be a positive dataset index to stop before (or -1 for all), got {max_index!r}")
+    if size == 0:
+        raise ValueError("the dataset is empty: there is nothing to certify")
+    stop = size if max_index < 0 else min(max_index, size)
+    return list(range(0, stop, skip))
 
 
 def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100, n: int = 100000,
@@ -23,81 +65,143 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
-    Cohen et al.'s certify.py. Each input's noise depends on (seed, i) only. autocast, channels_last
-    and cuda_graphs are passed to ``Smooth`` (the precision is recorded in the metadata).
+    Cohen et al.'s certify.py. Each input's noise depends on (seed, i) only, so a run can be resumed
+    or extended (another skip/max) and keeps the rows it has. autocast, channels_last and
+    cuda_graphs are passed to ``Smooth`` (the precision is recorded in the metadata).
+
+    Every argument is checked before any file is created. The metadata records fingerprints of the
+    model's weights and of the dataset; resuming with another model, dataset or setting that changes
+    certificates is refused (``results.RESUMABLE_KEYS`` lists the settings that may change).
     """
     from tqdm import tqdm
 
     from . import __version__
+    from ._checks import check_alpha, check_count, check_positive_finite
     from .results import ResultWriter
     from .sampling import eval_mode, resolve_batch_size
     from .smooth import Smooth
 
+    sigma = check_positive_finite(sigma, "sigma")
+    n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
     device = torch.device(device) if device is not None else torch.device("cpu")
+    batch_rows = resolve_batch_size(batch, device)
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError("--cuda-graphs needs a CUDA device (--device cuda); drop it on the CPU")
+    if channels_last and dataset.inputs.dim() != 4:
+        raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
+                         f"{list(dataset.inputs.shape)}")
+    indices = select_indices(len(dataset), skip, max_index)
     model = model.to(device)
-    with eval_mode(model):
-        num_classes = int(model(dataset.inputs[:1].to(device)).shape[1])
-    if num_classes != dataset.num_classes and dataset.num_classes:
-        raise ValueError(f"the model has {num_classes} outputs but the dataset {dataset.name} has "
-                         f"{dataset.num_classes} classes")
+    num_classes = probe_num_classes(model, dataset, device)
     if cost is not None:
         cost.check_num_classes(num_classes)
     meta = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
             "class_names": dataset.class_names, "version": __version__,
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
+            "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
             **(meta_extra or {})}
     writer = ResultWriter(outfile, meta)
-    indices = [i for i in range(len(dataset)) if i % skip == 0 and (max_index < 0 or i < max_index)]
-    todo = [i for i in indices if i not in writer.done]
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
-                    channels_last=channels_last, cuda_graphs=cuda_graphs)
-    chunk = max(1, resolve_batch_size(batch, device) // max(n, 1))
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="input", disable=not progress,
-               desc=os.path.basename(outfile), dynamic_ncols=True)
-    for start in range(0, len(todo), chunk):
-        ids = todo[start:start + chunk]
-        t0 = time.perf_counter()
-        certs = smooth.certify_batch(dataset.inputs[ids], dataset.labels[ids].tolist(), cost, n0=n0, n=n, alpha=alpha,
-                                     indices=ids)
-        seconds = (time.perf_counter() - t0) / len(ids)
-        for i, cert in zip(ids, certs):
-            writer.write(i, cert, seconds)
-        bar.update(len(ids))
-    bar.close()
-    writer.close()
+    try:
+        todo = [i for i in indices if i not in writer.done]
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
+                        channels_last=channels_last, cuda_graphs=cuda_graphs)
+        chunk = max(1, batch_rows // max(n, 1))
+        bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="input", disable=not progress,
+                   desc=os.path.basename(outfile), dynamic_ncols=True)
+        for start in range(0, len(todo), chunk):
+            ids = todo[start:start + chunk]
+            t0 = time.perf_counter()
+            certs = smooth.certify_batch(dataset.inputs[ids], dataset.labels[ids].tolist(), cost, n0=n0, n=n,
+                                         alpha=alpha, indices=ids)
+            seconds = (time.perf_counter() - t0) / len(ids)
+            for i, cert in zip(ids, certs):
+                writer.write(i, cert, seconds)
+            bar.update(len(ids))
+        bar.close()
+    finally:
+        writer.close()
     return outfile
 
 
+def probe_num_classes(model, dataset, device) -> int:
+    """The model's output width on one input of ``dataset``, checked against the dataset's classes."""
+    from .sampling import eval_mode
+
+    x = dataset.inputs[:1].to(device)
+    try:
+        with eval_mode(model):
+            out = model(x)
+    except RuntimeError as err:
+        raise ValueError(f"the model cannot take {dataset.name}'s inputs of shape {list(dataset.inputs.shape[1:])} "
+                         f"({str(err).splitlines()[0]}); use a model trained on this dataset") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the model must return logits [batch, num_classes]; on one input it returned {shape}")
+    if not torch.is_floating_point(out):
+        raise ValueError(f"the model returned {out.dtype} values; it must return float logits [batch, num_classes], "
+                         f"not class indices")
+    num_classes = int(out.shape[1])
+    if num_classes < 2:
+        raise ValueError(f"the model returns {num_classes} logit per input; a classifier needs at least 2")
+    if dataset.num_classes and num_classes != dataset.num_classes:
+        raise ValueError(f"the model has {num_classes} outputs but the dataset {dataset.name} has "
+                         f"{dataset.num_classes} classes")
+    return num_classes
+
+
 def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optional[CostMatrix] = None,
-              keep_cost: bool = True) -> str:
-    """Recompute certificates from the counts saved beside ``tsv`` at another alpha and/or cost matrix."""
+              keep_cost: bool = True, available_only: bool = False) -> str:
+    """Recompute certificates from the counts saved beside ``tsv`` at another alpha and/or cost matrix.
+
+    Every row of ``tsv`` needs its saved counts; if some are missing this refuses, naming them, unless
+    ``available_only`` (then only the rows with counts are written, and the metadata says so).
+    """
+    from ._checks import check_alpha
     from .certify import certify_from_counts
     from .results import ResultWriter, read_counts, read_meta, read_tsv
 
+    if os.path.exists(outfile):
+        raise ValueError(f"{outfile} exists; choose a new output file")
+    if alpha is not None:
+        alpha = check_alpha(alpha)
     meta = read_meta(tsv)
     if not meta:
         raise ValueError(f"{tsv}.meta.json not found: recertify needs a run written by costsmooth certify")
     counts = read_counts(tsv)
     times = {int(r["idx"]): float(r["time"]) for r in read_tsv(tsv)}
+    num_classes = meta.get("num_classes")
+    wrong = [i for i, rec in counts.items() if num_classes and len(rec["estimation"]) != num_classes]
+    if wrong:
+        raise ValueError(f"{tsv}.counts.jsonl: the counts of index {wrong[0]} have {len(counts[wrong[0]]['estimation'])} "
+                         f"classes but the run has {num_classes}; the file mixes runs")
+    missing = sorted(set(times) - set(counts))
+    if missing and not available_only:
+        raise ValueError(f"{len(missing)} of {len(times)} rows of {tsv} have no saved counts (indices "
+                         f"{missing[:10]}{' ...' if len(missing) > 10 else ''}); re-run certify on {tsv} to restore "
+                         f"them, or pass --available-only to recertify the {len(times) - len(missing)} rows that have")
     if cost is None and keep_cost and meta.get("cost"):
         cost = CostMatrix.from_json(meta["cost"])
+    if cost is not None and num_classes:
+        cost.check_num_classes(num_classes)
     alpha = meta["alpha"] if alpha is None else alpha
     ids = sorted(i for i in counts if i in times)
-    if os.path.exists(outfile):
-        raise ValueError(f"{outfile} exists; choose a new output file")
     new_meta = dict(meta, alpha=alpha, cost=cost.to_json() if cost is not None else None, recertified_from=tsv)
+    if missing:
+        new_meta["missing_indices"] = missing
     writer = ResultWriter(outfile, new_meta)
-    if ids:
-        labels = [counts[i]["label"] for i in ids]
-        certs = certify_from_counts(np.array([counts[i]["selection"] for i in ids]),
-                                    np.array([counts[i]["estimation"] for i in ids]), alpha, meta["sigma"],
-                                    None if any(y is None for y in labels) else labels, cost)
-        for i, cert in zip(ids, certs):
-            writer.write(i, cert, times[i])
-    writer.close()
+    try:
+        if ids:
+            labels = [counts[i]["label"] for i in ids]
+            certs = certify_from_counts(np.array([counts[i]["selection"] for i in ids]),
+                                        np.array([counts[i]["estimation"] for i in ids]), alpha, meta["sigma"],
+                                        None if any(y is None for y in labels) else labels, cost)
+            for i, cert in zip(ids, certs):
+                writer.write(i, cert, times[i])
+    finally:
+        writer.close()
     return outfile
 
 

@@ -8,6 +8,7 @@ weights as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -18,7 +19,7 @@ from .data import Dataset
 from .losses import make_loss
 from .models import build_model, save_checkpoint
 
-__all__ = ["train", "register_cli"]
+__all__ = ["train", "register_cli", "TrainingDiverged"]
 
 
 def _optimizer(model, lr: float, momentum: float, weight_decay: float, optimizer: str):
@@ -39,39 +40,77 @@ def _scheduler(opt, schedule: str, epochs: int):
     raise ValueError(f"unknown lr schedule {schedule!r}; choose cosine, step or constant")
 
 
+class TrainingDiverged(ValueError):
+    """The loss or a gradient stopped being finite; the last finite checkpoint is kept."""
+
+
+def _finite_record(record: dict) -> dict:
+    """A log record with non-finite numbers as None, so that log.jsonl stays valid JSON (null, not NaN)."""
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+
+
 def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *, cost: Optional[CostMatrix] = None,
           epochs: int = 30, lr: float = 0.01, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
-          stop_after: Optional[int] = None) -> str:
+          stop_after: Optional[int] = None, log=None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
-    optimizer, scheduler, loss state and epoch) and ``out_dir/log.jsonl`` (one line per epoch).
-    For SmoothAdv, eps ramps linearly over the first ``eps_warmup`` epochs. ``stop_after`` ends this
-    call after that epoch (the schedule still targets ``epochs``): a run can be split into pieces,
-    e.g. to fit time-limited job slots, and continued with ``resume=True``.
+    optimizer, scheduler, loss state, epoch and the run's settings) and ``out_dir/log.jsonl`` (one JSON
+    line per epoch; non-finite values as null). For SmoothAdv, eps ramps linearly over the first
+    ``eps_warmup`` epochs. ``stop_after`` ends this call after that epoch (the schedule still targets
+    ``epochs``): a run can be split into pieces, e.g. to fit time-limited job slots, and continued
+    with ``resume=True``.
+
+    ``out_dir`` holding a checkpoint is refused unless ``resume``; resuming refuses a checkpoint
+    written with other settings (arch, loss, sigma, lr, epochs, schedule, cost, data, ...), naming
+    them. When the loss or a gradient is not finite, training stops with ``TrainingDiverged`` naming
+    the epoch and step; the checkpoint of the last finished epoch is kept. ``log`` (a callable taking
+    a string) receives one line per epoch.
     """
     from tqdm import tqdm
 
+    from ._checks import check_count, check_positive_finite
+    from .runs import fingerprint_dataset
+
+    epochs = check_count(epochs, "epochs")
+    batch_size = check_count(batch_size, "batch_size")
+    sigma = check_positive_finite(sigma, "sigma")
+    lr = check_positive_finite(lr, "lr")
     if cost is not None:
         cost.check_num_classes(dataset.num_classes, f"the dataset {dataset.name}")
+    if len(dataset) == 0:
+        raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to train on")
     if dataset.labels.numel() and (int(dataset.labels.min()) < 0 or int(dataset.labels.max()) >= dataset.num_classes):
         raise ValueError(f"labels of {dataset.name} must lie in [0, {dataset.num_classes})")
     device = torch.device(device)
-    os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+    settings = {"arch": arch, "loss": loss, "sigma": sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+                "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
+                "seed": seed, "eps_warmup": eps_warmup, "loss_kwargs": dict(sorted((loss_kwargs or {}).items())),
+                "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
+    state = None
+    if os.path.isfile(ckpt_path):
+        if not resume:
+            raise ValueError(f"{out_dir} already holds a training run ({ckpt_path}); pass --resume to continue it "
+                             f"or choose another output directory")
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        old = state.get("settings") or {"arch": state.get("arch"), "loss": state.get("loss")}
+        changed = sorted(k for k in old if old.get(k) != settings.get(k))
+        if changed:
+            details = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {settings.get(k)!r} now" if k != "data_sha256"
+                                else "the training data differ" for k in changed)
+            raise ValueError(f"{ckpt_path} was written with other settings ({details}); resume with the same "
+                             f"settings or choose another output directory")
+    os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(arch, dataset.num_classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
     objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))
     opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
     sched = _scheduler(opt, schedule, epochs)
     start = 0
-    if resume and os.path.isfile(ckpt_path):
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("arch") != arch or state.get("loss") != loss:
-            raise ValueError(f"{ckpt_path} is a {state.get('arch')}/{state.get('loss')} run, not {arch}/{loss}; "
-                             f"use another --out")
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -89,11 +128,16 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         totals, batches = {}, 0
         bar = tqdm(range(0, len(order), batch_size), desc=f"{loss} epoch {epoch + 1}/{epochs}", leave=False,
                    disable=not progress, dynamic_ncols=True)
-        for b0 in bar:
+        for step, b0 in enumerate(bar, start=1):
             idx = order[b0:b0 + batch_size]
             value, diag = objective(model, x_all[idx].to(device), y_all[idx].to(device))
             opt.zero_grad(set_to_none=True)
+            if not bool(torch.isfinite(value.detach())):
+                _diverged(f"the {loss} loss is {float(value)}", epoch, epochs, step, ckpt_path, start)
             value.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+                _diverged(f"a gradient of the {loss} loss is not finite", epoch, epochs, step, ckpt_path, start)
             opt.step()
             diag["loss"] = float(value.detach())
             for k, v in diag.items():
@@ -103,47 +147,71 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
         save_checkpoint(ckpt_path, model, arch, dataset.num_classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
-                        sigma=sigma, seed=seed, cost=cost.to_json() if cost is not None else None)
+                        sigma=sigma, seed=seed, cost=settings["cost"], settings=settings)
         with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(_finite_record(record), allow_nan=False) + "\n")
+        if log is not None:
+            log(f"epoch {epoch + 1}/{epochs}  loss {record.get('loss', float('nan')):.4f}  "
+                + "".join(f"{k} {record[k]:.4g}  " for k in ("acc", "ce") if k in record)
+                + f"lr {record['lr']:.3g}")
     return ckpt_path
 
 
+def _diverged(what: str, epoch: int, epochs: int, step: int, ckpt_path: str, start: int):
+    kept = (f"the checkpoint of epoch {epoch} ({ckpt_path}) is kept" if epoch > 0
+            else "no epoch finished, so no checkpoint was written")
+    raise TrainingDiverged(f"training stopped: {what} at epoch {epoch + 1}/{epochs}, step {step}; {kept}. "
+                           f"Lower --lr, or change the loss's hyper-parameters (--loss-arg)")
+
+
 def register_cli(sub) -> None:
-    from .args import add_cost_args, parse_cost, resolve_device
+    from .args import (HelpFormatter, UsageError, add_cost_args, non_negative_int, parse_cost, positive_float,
+                       positive_int, resolve_device)
     from .data import load_dataset
     from .losses import LOSSES
     from .models import ARCHS
 
-    p = sub.add_parser("train", help="train a base classifier for randomized smoothing")
-    p.add_argument("dataset", help="digits, breast_cancer, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT or .pt")
-    p.add_argument("arch", help=f"one of {', '.join(sorted(ARCHS))}")
+    p = sub.add_parser("train", help="train a base classifier for randomized smoothing", formatter_class=HelpFormatter,
+                       description="Train a base classifier under Gaussian noise (or a smoothing-aware loss). Writes "
+                                   "OUT/checkpoint.pt after every epoch and OUT/log.jsonl; --resume continues.")
+    p.add_argument("dataset", help="digits, breast_cancer, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT or "
+                                   "a .pt file (its train split)")
+    p.add_argument("arch", help=f"architecture: one of {', '.join(sorted(ARCHS))}")
     p.add_argument("out", help="output directory (checkpoint.pt, log.jsonl)")
-    p.add_argument("--loss", default="gaussian", help=f"one of {', '.join(LOSSES)}")
-    p.add_argument("--sigma", type=float, default=0.25)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--loss", default="gaussian", choices=list(LOSSES), help="training objective")
+    p.add_argument("--sigma", type=positive_float, default=0.25, help="training noise level")
+    p.add_argument("--epochs", type=positive_int, default=30, help="number of epochs")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="learning rate")
+    p.add_argument("--batch", type=positive_int, default=64, help="inputs per optimisation step")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimiser (sgd with momentum 0.9)")
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
+                   help="learning-rate schedule (step: x0.1 every third of the run)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation, shuffling and noise")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="loss hyper-parameter, e.g. k=16, gamma=8, lam=12, eps=0.5 (repeatable)")
     add_cost_args(p)
 
     def run(args):
-        dataset = load_dataset(args.dataset, split="train")
         kwargs = {}
         for item in args.loss_arg:
-            key, _, value = item.partition("=")
-            kwargs[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+            key, sep, value = item.partition("=")
+            try:
+                kwargs[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+            except ValueError:
+                raise UsageError(f"--loss-arg {item!r}: expected KEY=NUMBER, e.g. lam=12") from None
+            if not sep or not key:
+                raise UsageError(f"--loss-arg {item!r}: expected KEY=NUMBER, e.g. lam=12")
+        device = resolve_device(args.device)
+        dataset = load_dataset(args.dataset, split="train")
         path = train(dataset, args.arch, args.loss, args.sigma, args.out, cost=parse_cost(args, dataset.num_classes),
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,
-                     weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-                     device=resolve_device(args.device), resume=args.resume, loss_kwargs=kwargs)
+                     weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
+                     resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
+                     log=None if args.quiet else print)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)

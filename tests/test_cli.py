@@ -101,7 +101,7 @@ def test_resume_refuses_different_settings(files, capsys):
     out = files / "out.tsv"
     main(certify_args(files, out, "--max", "2"))
     assert main(certify_args(files, out, "--max", "2", "--alpha", "0.01")) == 2
-    assert "different settings (alpha)" in capsys.readouterr().err
+    assert "different settings (alpha: 0.001 in the file, 0.01 now)" in capsys.readouterr().err
 
 
 def test_one_writer_per_outfile(files):
@@ -111,6 +111,7 @@ def test_one_writer_per_outfile(files):
         ResultWriter(str(files / "locked.tsv"), {"n": 1})
     first.close()
     ResultWriter(str(files / "locked.tsv"), {"n": 1}).close()
+    assert not (files / "locked.tsv.lock").exists()  # no lock file is left behind
 
 
 def test_recertify_from_saved_counts(files):
@@ -167,10 +168,16 @@ def test_train_then_certify_by_arch_checkpoint(tmp_path, capsys):
                  "--targets", "1", "--epochs", "2", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
                  "--lr", "0.001"]) == 0
     assert len(open(run / "log.jsonl").readlines()) == 2
+    capsys.readouterr()
     assert main(["train", "breast_cancer", "mlp", str(run), "--loss", "cs_rs", "--seed-classes", "0",
                  "--targets", "1", "--epochs", "3", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
-                 "--lr", "0.001", "--resume"]) == 0
-    assert len(open(run / "log.jsonl").readlines()) == 3  # resumed: one more epoch, not three
+                 "--lr", "0.001", "--resume"]) == 2  # another schedule length: refused
+    assert "other settings (epochs: 2 in the checkpoint, 3 now)" in capsys.readouterr().err
+    assert main(["train", "breast_cancer", "mlp", str(run), "--loss", "cs_rs", "--seed-classes", "0",
+                 "--targets", "1", "--epochs", "2", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
+                 "--lr", "0.001"]) == 2  # an existing run is not overwritten without --resume
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert len(open(run / "log.jsonl").readlines()) == 2
     out = tmp_path / "bc.tsv"
     assert main(["certify", "breast_cancer", str(run / "checkpoint.pt"), "0.25", str(out), "--N0", "20", "--N", "200",
                  "--max", "10", "--seed-classes", "0", "--targets", "1"]) == 0
@@ -180,7 +187,7 @@ def test_train_then_certify_by_arch_checkpoint(tmp_path, capsys):
     assert main(["train", "breast_cancer", "vgg", str(tmp_path / "x"), "--epochs", "1"]) == 2
     assert "unknown arch 'vgg'" in capsys.readouterr().err
     assert main(["train", "breast_cancer", "mlp", str(tmp_path / "x"), "--loss", "hinge", "--epochs", "1"]) == 2
-    assert "unknown loss 'hinge'" in capsys.readouterr().err
+    assert "invalid choice: 'hinge'" in capsys.readouterr().err
     assert main(["train", "breast_cancer", "mlp", str(tmp_path / "x"), "--loss", "cs_rs", "--epochs", "1",
                  "--seed-classes", "3"]) == 2
     assert "seed class must be an integer in [0, 2)" in capsys.readouterr().err
