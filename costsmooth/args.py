@@ -18,7 +18,7 @@ from .cost import CostMatrix
 
 __all__ = ["UsageError", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
-           "probability"]
+           "probability", "max_arg"]
 
 
 class UsageError(ValueError):
@@ -119,6 +119,9 @@ positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _typed(float, lambda v: v > 0 and v != float("inf"), "a positive finite number")
 probability = _typed(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+max_arg = _typed(int, lambda v: v >= 1 or v == -1, "a dataset index >= 1, or -1 for all")
 
 
 def batch_arg(text: str):

@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+import warnings
 from typing import List, Optional
 
 import torch
 
-from .args import UsageError, add_cost_args, batch_arg, float_list, parse_cost, resolve_device
-from .runs import analyze, certify_dataset, recertify
+from .args import (HelpFormatter, UsageError, add_cost_args, batch_arg, float_list, max_arg, non_negative_int,
+                   parse_cost, positive_float, positive_int, probability, resolve_device)
+from .runs import analyze, probe_num_classes, recertify
 
 __all__ = ["main", "build_parser"]
 
@@ -17,18 +20,28 @@ __all__ = ["main", "build_parser"]
 def cmd_certify(args) -> None:
     from .data import load_dataset
     from .models import load_model
+    from .runs import certify_dataset, summarize_run
 
+    if args.N0 > args.N:
+        warnings.warn(f"--N0 {args.N0} > --N {args.N}: the selection draw is larger than the estimation draw; "
+                      f"usually N0 is about 100 and N is 10^4-10^5")
+    if args.cuda_graphs and not (args.device or "cuda").startswith("cuda"):
+        raise UsageError("--cuda-graphs needs a CUDA device; drop it with --device cpu")
+    device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split)
     model = load_model(args.model)
-    device = resolve_device(args.device)
-    num_classes = dataset.num_classes
+    num_classes = probe_num_classes(model.to(device), dataset, device)
     cost = parse_cost(args, num_classes)
-    certify_dataset(model, dataset, args.sigma, args.outfile, n0=args.N0, n=args.N, alpha=args.alpha,
-                    batch=args.batch, skip=args.skip, max_index=args.max, cost=cost, seed=args.seed, device=device,
-                    meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
-                    autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
-                    channels_last=args.channels_last, cuda_graphs=args.cuda_graphs)
-    print(f"wrote {args.outfile}")
+    t0 = time.perf_counter()
+    stats = certify_dataset(model, dataset, args.sigma, args.outfile, n0=args.N0, n=args.N, alpha=args.alpha,
+                            batch=args.batch, skip=args.skip, max_index=args.max, cost=cost, seed=args.seed,
+                            device=device,
+                            meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
+                                        "split": args.split},
+                            autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
+                            channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
+                            skip_invalid=args.skip_invalid, progress=not args.quiet, return_stats=True)
+    print(summarize_run(args.outfile, stats, time.perf_counter() - t0))
 
 
 def cmd_recertify(args) -> None:
@@ -56,26 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costsmooth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("certify", help="certify a dataset with a smoothed classifier (Cohen et al.'s CLI)")
+    p = sub.add_parser("certify", help="certify a dataset with a smoothed classifier (Cohen et al.'s CLI)",
+                       formatter_class=HelpFormatter,
+                       description="Certify every --skip-th input of DATASET with the smoothed MODEL (Cohen et al.'s "
+                                   "certify.py, plus cost-sensitive certificates). Writes OUTFILE (TSV), "
+                                   "OUTFILE.meta.json and OUTFILE.counts.jsonl; re-running the command resumes, and "
+                                   "another --skip/--max extends the run.")
     p.add_argument("dataset", help="digits, breast_cancer, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, "
-                                   "or a .pt file {'inputs', 'labels'}")
+                                   "or a .pt file (see the README for its keys)")
     p.add_argument("base_classifier", metavar="MODEL", help="TorchScript, torch.save'd module, or checkpoint")
-    p.add_argument("sigma", type=float, help="noise level")
+    p.add_argument("sigma", type=positive_float, help="noise level")
     p.add_argument("outfile", help="output TSV (re-running the same command resumes it)")
-    p.add_argument("--N0", type=int, default=100, help="selection samples")
-    p.add_argument("--N", type=int, default=100000, help="estimation samples")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    p.add_argument("--N0", type=positive_int, default=100, help="selection samples")
+    p.add_argument("--N", type=positive_int, default=100000, help="estimation samples")
+    p.add_argument("--alpha", type=probability, default=0.001, help="failure probability")
     p.add_argument("--batch", type=batch_arg, default=1000,
                    help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
-    p.add_argument("--skip", type=int, default=1, help="certify every skip-th input")
-    p.add_argument("--max", type=int, default=-1, help="stop before this dataset index")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--skip", type=positive_int, default=1, help="certify every skip-th input")
+    p.add_argument("--max", type=max_arg, default=-1, help="stop before this dataset index (-1: all)")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"],
+                   help="dataset split ('all' for folder:/.pt datasets without one)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the model (a reduced-precision run certifies that model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay model + vote as a CUDA graph (CUDA only)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="record inputs with NaN or infinite values as not certified (predict -1) and go on, "
+                        "instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cost_args(p)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 

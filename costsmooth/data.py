@@ -7,8 +7,8 @@ Embedded (shipped with scikit-learn):
   split's mean and std; classes 0 = malignant, 1 = benign (malignant -> benign is the harmful error).
   Fixed stratified split: 30% test (171), ``random_state=0``.
 Loaders of files the user has: CIFAR-10 (python pickle batches), MNIST (IDX files, optionally .gz),
-HAM10000 (images + ``HAM10000_metadata.csv``), and a generic image folder ``root/<class>/<image>``.
-``load_dataset`` also reads a ``.pt`` file holding ``{"inputs", "labels"}`` tensors.
+HAM10000 (images + ``HAM10000_metadata.csv``), and a generic image folder ``root/{train,test}/<class>/<image>``
+(or ``root/<class>/<image>``, split "all"). ``load_dataset`` also reads a ``.pt`` file (``PT_LAYOUT``).
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        """len(class_names); 0 when unknown (a .pt file without class_names: the model decides)."""
         return len(self.class_names)
 
     @property
@@ -215,11 +216,16 @@ def load_ham10000(root: str, split: str = "test", size: int = 64) -> Dataset:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
-def load_image_folder(root: str, size: int = 32) -> Dataset:
-    """Images under ``root/<class name>/``; classes sorted by name; RGB, resized to ``size`` x ``size``."""
-    layout = "an image folder: ROOT/<class name>/<image>.png|jpg (one subfolder per class)"
-    if not os.path.isdir(root):
-        raise DatasetError(f"image folder {root} not found. Expected {layout}")
+SPLITS = ("train", "test", "all")
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return split
+
+
+def _image_folder(root: str, size: int, layout: str) -> Tuple[torch.Tensor, List[int], List[str]]:
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     files, labels = [], []
     for c, name in enumerate(classes):
@@ -229,32 +235,104 @@ def load_image_folder(root: str, size: int = 32) -> Dataset:
                 labels.append(c)
     if not files:
         raise DatasetError(f"no images found in {root}. Expected {layout}")
-    x = torch.from_numpy(np.stack([_load_image(p, size) for p in files])).float() / 255.0
-    mean, std = _channel_stats(x)
+    return torch.from_numpy(np.stack([_load_image(p, size) for p in files])).float() / 255.0, labels, classes
+
+
+def load_image_folder(root: str, split: str = "test", size: int = 32) -> Dataset:
+    """Images under ``root/<split>/<class name>/`` (``split`` = train or test) or, for ``split="all"``,
+    ``root/<class name>/``; classes sorted by name; RGB, resized to ``size`` x ``size``.
+
+    Normalisation statistics come from the train folder when there is one. A folder without
+    ``train``/``test`` subfolders has no split: asking for one is refused (``split="all"`` uses every
+    image, e.g. for a held-out folder that was never trained on).
+    """
+    layout = ("ROOT/train/<class name>/<image> and ROOT/test/<class name>/<image> (png, jpg, ...), or "
+              "ROOT/<class name>/<image> with --split all")
+    _check_split(split)
+    if not os.path.isdir(root):
+        raise DatasetError(f"image folder {root} not found. Expected {layout}")
+    has_split = all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
+    if split == "all":
+        folder = root
+    elif has_split:
+        folder = os.path.join(root, split)
+    else:
+        raise DatasetError(f"image folder {root} has no {split} split (no {root}/train and {root}/test folders): "
+                           f"add them, or pass --split all to use every image in {root}")
+    x, labels, classes = _image_folder(folder, size, layout)
+    stats_x = _image_folder(os.path.join(root, "train"), size, layout)[0] if (has_split and split != "train") else x
+    mean, std = _channel_stats(stats_x)
+    if has_split:
+        other = os.path.join(root, "test" if split == "train" else "train")
+        other_classes = sorted(d for d in os.listdir(other) if os.path.isdir(os.path.join(other, d)))
+        if split != "all" and other_classes != classes:
+            raise DatasetError(f"{root}/train and {root}/test must hold the same class folders; got "
+                               f"{classes} and {other_classes}")
     return Dataset(os.path.basename(os.path.normpath(root)), x, torch.tensor(labels), classes, mean, std)
 
 
-def _load_pt(path: str) -> Dataset:
+PT_LAYOUT = ("a torch.save'd dict {'inputs': float tensor [N, ...], 'labels': int tensor [N], optional "
+             "'class_names': list of names, optional 'split': one 'train'/'test' string per input (or a bool/int "
+             "tensor [N], 1 = test)}")
+
+
+def _load_pt(path: str, split: str = "all") -> Dataset:
+    _check_split(split)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise DatasetError(f"cannot read dataset file {path} ({err}). Expected a torch.save'd dict "
-                           f"{{'inputs': float tensor [N, ...], 'labels': int tensor [N]}}") from err
+        raise DatasetError(f"cannot read dataset file {path} ({' '.join(str(err).split())[:200]}). Expected "
+                           f"{PT_LAYOUT}") from None
     if not isinstance(obj, dict) or "inputs" not in obj or "labels" not in obj:
-        raise DatasetError(f"{path} must hold a dict with 'inputs' [N, ...] and 'labels' [N] tensors")
+        raise DatasetError(f"{path} must hold {PT_LAYOUT}")
     inputs, labels = obj["inputs"], obj["labels"]
     if not torch.is_tensor(inputs) or not torch.is_floating_point(inputs):
         raise DatasetError(f"{path}: 'inputs' must be a float tensor")
-    labels = torch.as_tensor(labels).long()
-    names = obj.get("class_names") or [str(i) for i in range(int(labels.max()) + 1 if labels.numel() else 0)]
-    return Dataset(os.path.basename(path), inputs.float(), labels, list(names))
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.shape[0] != inputs.shape[0] or torch.is_floating_point(labels):
+        raise DatasetError(f"{path}: 'labels' must be an integer tensor [N] with N = {inputs.shape[0]} (one per input), "
+                           f"got {labels.dtype} {list(labels.shape)}")
+    labels = labels.long()
+    if labels.numel() and int(labels.min()) < 0:
+        raise DatasetError(f"{path}: labels must be class indices >= 0, got {int(labels.min())}")
+    names = obj.get("class_names")
+    if names is not None and labels.numel() and int(labels.max()) >= len(names):
+        raise DatasetError(f"{path}: label {int(labels.max())} but only {len(names)} class_names")
+    if split != "all":
+        if "split" not in obj:
+            raise DatasetError(f"{path} has no 'split' entry, so it has no {split} split: add one (see the README), "
+                               f"or pass --split all to use every input")
+        marks = obj["split"]
+        if torch.is_tensor(marks):
+            test = marks.reshape(-1).bool()
+        else:
+            marks = list(marks)
+            if not set(marks) <= {"train", "test"}:
+                raise DatasetError(f"{path}: 'split' must hold 'train' or 'test' per input, got {sorted(set(marks))[:5]}")
+            test = torch.tensor([m == "test" for m in marks], dtype=torch.bool)
+        if test.shape[0] != inputs.shape[0]:
+            raise DatasetError(f"{path}: 'split' has {test.shape[0]} entries for {inputs.shape[0]} inputs")
+        keep = test if split == "test" else ~test
+        inputs, labels = inputs[keep], labels[keep]
+    # Without class_names the class count is unknown (it comes from the model): a file may hold a
+    # subset of the classes.
+    return Dataset(os.path.basename(path), inputs.float(), labels, list(names) if names is not None else [])
 
 
 def load_dataset(spec: str, split: str = "test") -> Dataset:
-    """``digits``, ``breast_cancer``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``, ``folder:ROOT`` or a .pt file."""
+    """``digits``, ``breast_cancer``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``, ``folder:ROOT`` or a .pt file.
+
+    ``split``: train, test, or all (every input; only for ``folder:`` and ``.pt`` datasets, whose split
+    is optional — asking a split of one that has none is refused).
+    """
     name, _, root = spec.partition(":")
-    if spec.endswith(".pt") and os.path.isfile(spec):
-        return _load_pt(spec)
+    _check_split(split)
+    if spec.endswith(".pt"):
+        if not os.path.isfile(spec):
+            raise DatasetError(f"dataset file not found: {spec}")
+        return _load_pt(spec, split)
+    if split == "all" and name not in ("folder",):
+        raise DatasetError(f"--split all is for folder: and .pt datasets; {name} has fixed train and test splits")
     if name == "digits":
         return load_digits(split)
     if name == "breast_cancer":
@@ -263,6 +341,6 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
     if name in loaders and root:
         return loaders[name](root, split)
     if name == "folder" and root:
-        return load_image_folder(root)
+        return load_image_folder(root, split)
     raise DatasetError(f"unknown dataset {spec!r}: use digits, breast_cancer, cifar10:ROOT, mnist:ROOT, "
                        f"ham10000:ROOT, folder:ROOT, or a .pt file with {{'inputs', 'labels'}}")

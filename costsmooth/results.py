@@ -237,10 +237,14 @@ class ResultWriter:
         cols = header.rstrip("\n").split("\t")
         _write_atomic(self.path, header + "".join("\t".join(r[c] for c in cols) + "\n" for r in rows))
 
-    def write(self, idx: int, cert: Certificate, seconds: float) -> None:
+    def write(self, idx: int, cert: Certificate, seconds: float, invalid: Optional[str] = None) -> None:
+        """Append one input's counts, then its row. ``invalid`` (e.g. "NaN") marks an input that was
+        not sampled (zero counts) and is recorded as not certified."""
         # Counts first: a row in the TSV always has its counts saved.
         rec = {"idx": idx, "label": cert.label, "selection": cert.selection_counts.tolist(),
                "estimation": cert.counts.tolist()}
+        if invalid:
+            rec["invalid"] = invalid
         for path, line in ((self.counts_path, json.dumps(rec) + "\n"), (self.path, format_row(idx, cert, seconds))):
             with open(path, "a") as f:
                 f.write(line)

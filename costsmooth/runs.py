@@ -61,7 +61,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                     alpha: float = 0.001, batch: int = 1000, skip: int = 1, max_index: int = -1,
                     cost: Optional[CostMatrix] = None, seed: int = 0, device=None, meta_extra=None,
                     progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
-                    cuda_graphs: bool = False) -> str:
+                    cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False):
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
@@ -72,6 +72,11 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     Every argument is checked before any file is created. The metadata records fingerprints of the
     model's weights and of the dataset; resuming with another model, dataset or setting that changes
     certificates is refused (``results.RESUMABLE_KEYS`` lists the settings that may change).
+
+    An input with NaN or infinite values stops the run with an error naming its index, unless
+    ``skip_invalid``: then its row records "not certified" (predict -1, radius 0) and the run goes on.
+    Returns ``outfile``, or with ``return_stats`` a dict (inputs certified now, samples drawn, invalid
+    indices). Progress is shown in samples (with samples/s and the time left).
     """
     from tqdm import tqdm
 
@@ -101,7 +106,15 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
             **(meta_extra or {})}
+    invalid = _invalid_inputs(dataset, indices)
+    if invalid and not skip_invalid:
+        i, what = invalid[0]
+        raise ValueError(f"input {i} of {dataset.name} contains {what} values"
+                         f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data, or "
+                         f"pass --skip-invalid to record such inputs as not certified and go on")
+    invalid = dict(invalid)
     writer = ResultWriter(outfile, meta)
+    done_now, samples = 0, 0
     try:
         todo = [i for i in indices if i not in writer.done]
         if channels_last:
@@ -109,21 +122,74 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
                         channels_last=channels_last, cuda_graphs=cuda_graphs)
         chunk = max(1, batch_rows // max(n, 1))
-        bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="input", disable=not progress,
+        bar = tqdm(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not progress,
                    desc=os.path.basename(outfile), dynamic_ncols=True)
+        bar.set_postfix_str(f"inputs {len(indices) - len(todo)}/{len(indices)}")
+        for i in [i for i in todo if i in invalid]:
+            writer.write(i, _not_certified(num_classes, int(dataset.labels[i]), cost), 0.0, invalid=invalid[i])
+            bar.update(n0 + n)
+        todo = [i for i in todo if i not in invalid]
         for start in range(0, len(todo), chunk):
             ids = todo[start:start + chunk]
             t0 = time.perf_counter()
             certs = smooth.certify_batch(dataset.inputs[ids], dataset.labels[ids].tolist(), cost, n0=n0, n=n,
-                                         alpha=alpha, indices=ids)
+                                         alpha=alpha, indices=ids, progress=bar)
             seconds = (time.perf_counter() - t0) / len(ids)
             for i, cert in zip(ids, certs):
                 writer.write(i, cert, seconds)
-            bar.update(len(ids))
+            done_now += len(ids)
+            samples += len(ids) * (n0 + n)
+            bar.update(len(ids) * n0)  # the estimation samples were counted as they were drawn
+            bar.set_postfix_str(f"inputs {len(writer.done & set(indices))}/{len(indices)}")
         bar.close()
     finally:
         writer.close()
+    if return_stats:
+        return {"outfile": outfile, "certified_now": done_now, "samples": samples, "invalid": sorted(invalid),
+                "selected": len(indices)}
     return outfile
+
+
+def _invalid_inputs(dataset, indices) -> List:
+    """(index, "NaN"/"infinite") for each selected input with non-finite values."""
+    x = dataset.inputs[indices].flatten(1) if indices else dataset.inputs[:0]
+    bad = ~torch.isfinite(x).all(dim=1)
+    out = []
+    for k in bad.nonzero().flatten().tolist():
+        out.append((indices[k], "NaN" if bool(torch.isnan(x[k]).any()) else "infinite"))
+    return out
+
+
+def _not_certified(num_classes: int, label: int, cost):
+    """The certificate recorded for an invalid input: abstain, radius 0, nothing cost-sensitive."""
+    from .certify import ABSTAIN, Certificate
+
+    zeros = np.zeros(num_classes, dtype=np.int64)
+    cert = Certificate(prediction=ABSTAIN, radius=0.0, top_class=ABSTAIN, pA_lower=0.0, counts=zeros,
+                       selection_counts=zeros, label=label)
+    if cost is not None and cost.is_seed(label):
+        cert.cs_radius = 0.0
+        cert.target_radii = {j: 0.0 for j in cost.targets(label)}
+    return cert
+
+
+def summarize_run(outfile: str, stats: dict, seconds: float, radii=(0.0, 0.25, 0.5)) -> str:
+    """A few lines for the end of a certify run: inputs, certified accuracy at the first radii,
+    abstentions, time and samples/s."""
+    from . import metrics
+    from .results import load_records
+
+    rec = load_records(outfile)
+    abstain = int((rec.predict == -1).sum())
+    parts = [f"wrote {outfile}: {len(rec)} inputs ({stats['certified_now']} certified now"
+             + (f", {len(stats['invalid'])} invalid recorded as not certified" if stats["invalid"] else "") + ")"]
+    if len(rec):
+        parts.append("certified accuracy " + ", ".join(f"{metrics.certified_accuracy(rec, r):.3f} at r={r:g}"
+                                                       for r in radii)
+                     + f"; abstained on {abstain} ({abstain / len(rec):.1%})")
+    rate = stats["samples"] / seconds if seconds > 0 else float("nan")
+    parts.append(f"{seconds:.1f} s, {stats['samples']:,} samples ({rate:,.0f} samples/s)")
+    return "\n".join(parts)
 
 
 def probe_num_classes(model, dataset, device) -> int:
@@ -193,6 +259,10 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
         new_meta["missing_indices"] = missing
     writer = ResultWriter(outfile, new_meta)
     try:
+        for i in [i for i in ids if counts[i].get("invalid")]:  # inputs that were never sampled
+            writer.write(i, _not_certified(num_classes, counts[i]["label"], cost), times[i],
+                         invalid=counts[i]["invalid"])
+        ids = [i for i in ids if not counts[i].get("invalid")]
         if ids:
             labels = [counts[i]["label"] for i in ids]
             certs = certify_from_counts(np.array([counts[i]["selection"] for i in ids]),

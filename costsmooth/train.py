@@ -53,7 +53,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
           epochs: int = 30, lr: float = 0.01, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
-          stop_after: Optional[int] = None, log=None) -> str:
+          stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -67,7 +67,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     written with other settings (arch, loss, sigma, lr, epochs, schedule, cost, data, ...), naming
     them. When the loss or a gradient is not finite, training stops with ``TrainingDiverged`` naming
     the epoch and step; the checkpoint of the last finished epoch is kept. ``log`` (a callable taking
-    a string) receives one line per epoch.
+    a string) receives one line per epoch. ``num_classes`` defaults to the dataset's class count (or,
+    for a dataset without class names, the largest label + 1).
     """
     from tqdm import tqdm
 
@@ -78,18 +79,20 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     batch_size = check_count(batch_size, "batch_size")
     sigma = check_positive_finite(sigma, "sigma")
     lr = check_positive_finite(lr, "lr")
-    if cost is not None:
-        cost.check_num_classes(dataset.num_classes, f"the dataset {dataset.name}")
     if len(dataset) == 0:
         raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to train on")
-    if dataset.labels.numel() and (int(dataset.labels.min()) < 0 or int(dataset.labels.max()) >= dataset.num_classes):
-        raise ValueError(f"labels of {dataset.name} must lie in [0, {dataset.num_classes})")
+    classes = check_count(num_classes or dataset.num_classes or int(dataset.labels.max()) + 1, "num_classes", 2)
+    if cost is not None:
+        cost.check_num_classes(classes, f"the dataset {dataset.name}")
+    if int(dataset.labels.min()) < 0 or int(dataset.labels.max()) >= classes:
+        raise ValueError(f"labels of {dataset.name} must lie in [0, {classes}), got {int(dataset.labels.min())}.."
+                         f"{int(dataset.labels.max())}")
     device = torch.device(device)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     settings = {"arch": arch, "loss": loss, "sigma": sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
                 "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
                 "seed": seed, "eps_warmup": eps_warmup, "loss_kwargs": dict(sorted((loss_kwargs or {}).items())),
-                "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
+                "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
     state = None
     if os.path.isfile(ckpt_path):
         if not resume:
@@ -105,7 +108,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                              f"settings or choose another output directory")
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    model = build_model(arch, dataset.num_classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
+    model = build_model(arch, classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
     objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))
     opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
     sched = _scheduler(opt, schedule, epochs)
@@ -145,7 +148,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
             batches += 1
         sched.step()
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
-        save_checkpoint(ckpt_path, model, arch, dataset.num_classes, dataset.input_shape, optimizer=opt.state_dict(),
+        save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
                         sigma=sigma, seed=seed, cost=settings["cost"], settings=settings)
         with open(log_path, "a") as f:
@@ -189,6 +192,9 @@ def register_cli(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation, shuffling and noise")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--num-classes", type=positive_int,
+                   help="model outputs (default: the dataset's classes; for a .pt file without class_names, the "
+                        "largest label + 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -207,11 +213,12 @@ def register_cli(sub) -> None:
                 raise UsageError(f"--loss-arg {item!r}: expected KEY=NUMBER, e.g. lam=12")
         device = resolve_device(args.device)
         dataset = load_dataset(args.dataset, split="train")
-        path = train(dataset, args.arch, args.loss, args.sigma, args.out, cost=parse_cost(args, dataset.num_classes),
+        classes = args.num_classes or dataset.num_classes or int(dataset.labels.max()) + 1
+        path = train(dataset, args.arch, args.loss, args.sigma, args.out, cost=parse_cost(args, classes),
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,
                      weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
                      resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
-                     log=None if args.quiet else print)
+                     log=None if args.quiet else print, num_classes=classes)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)

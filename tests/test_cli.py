@@ -26,7 +26,7 @@ def files(tmp_path):
         y = model(x).argmax(1)
     y[::7] = (y[::7] + 1) % 3  # a few wrong labels
     torch.save(model, tmp_path / "model.pt")
-    torch.save({"inputs": x, "labels": y}, tmp_path / "data.pt")
+    torch.save({"inputs": x, "labels": y, "split": ["test"] * 40}, tmp_path / "data.pt")
     return tmp_path
 
 
@@ -153,7 +153,7 @@ def test_bad_files_and_options(files, capsys):
     assert main(certify_args(files, files / "o.tsv")[:2] + [str(files / "junk.pt"), "0.5", str(files / "o.tsv")]) == 2
     assert "cannot read model file" in capsys.readouterr().err
     assert main(["certify", str(files / "missing.pt"), str(files / "model.pt"), "0.5", str(files / "o.tsv")]) == 2
-    assert "unknown dataset" in capsys.readouterr().err
+    assert "dataset file not found" in capsys.readouterr().err
     assert main(certify_args(files, files / "o.tsv", "--seed-classes", "5")) == 2
     assert "seed class must be an integer in [0, 3)" in capsys.readouterr().err
     bad_cost = files / "cost.csv"

@@ -90,16 +90,50 @@ def test_image_folder_layout(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(2):
             save_image(tmp_path / cls / f"{i}.png", color)
-    d = data.load_dataset(f"folder:{tmp_path}")
+    d = data.load_dataset(f"folder:{tmp_path}", "all")
     assert d.class_names == ["benign", "malignant"] and d.labels.tolist() == [0, 0, 1, 1]
     assert d.inputs.shape == (4, 3, 32, 32) and float(d.inputs[2, 0].mean()) == 1.0
-    with pytest.raises(data.DatasetError, match="Expected an image folder"):
-        data.load_image_folder(str(tmp_path / "benign"))
+    with pytest.raises(data.DatasetError, match="has no test split .* pass --split all"):
+        data.load_dataset(f"folder:{tmp_path}")  # no train/test folders: no split to certify
+    with pytest.raises(data.DatasetError, match="No images found|no images found"):
+        data.load_image_folder(str(tmp_path / "benign"), "all")
+
+
+def test_image_folder_with_train_and_test_splits(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        for cls, color in (("a", (0, 0, 255)), ("b", (255, 0, 0))):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                save_image(tmp_path / split / cls / f"{i}.png", color)
+    train, test = (data.load_dataset(f"folder:{tmp_path}", s) for s in ("train", "test"))
+    assert len(train) == 6 and len(test) == 4 and test.class_names == ["a", "b"]
+    assert train.mean == test.mean  # normalisation from the train images
+
+
+def test_pt_dataset_split_and_class_count(tmp_path):
+    x, y = torch.randn(5, 3), torch.tensor([0, 2, 2, 0, 2])
+    torch.save({"inputs": x, "labels": y, "split": ["train", "test", "train", "test", "test"]}, tmp_path / "s.pt")
+    test = data.load_dataset(str(tmp_path / "s.pt"), "test")
+    assert test.labels.tolist() == [2, 0, 2] and torch.equal(test.inputs, x[[1, 3, 4]])
+    assert data.load_dataset(str(tmp_path / "s.pt"), "train").labels.tolist() == [0, 2]
+    assert test.num_classes == 0  # no class_names: the model decides (a subset of classes may be present)
+    torch.save({"inputs": x, "labels": y, "split": torch.tensor([0, 1, 0, 1, 1])}, tmp_path / "t.pt")
+    assert data.load_dataset(str(tmp_path / "t.pt"), "test").labels.tolist() == [2, 0, 2]
+    torch.save({"inputs": x, "labels": y}, tmp_path / "n.pt")
+    with pytest.raises(data.DatasetError, match="no 'split' entry, so it has no test split"):
+        data.load_dataset(str(tmp_path / "n.pt"))
+    with pytest.raises(data.DatasetError, match="dataset file not found"):
+        data.load_dataset(str(tmp_path / "missing.pt"))
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(data.DatasetError, match="cannot read dataset file"):
+        data.load_dataset(str(tmp_path / "junk.pt"), "all")
+    with pytest.raises(data.DatasetError, match="--split all is for folder: and .pt datasets"):
+        data.load_dataset("digits", "all")
 
 
 def test_pt_dataset_and_unknown_names(tmp_path):
     torch.save({"inputs": torch.zeros(2, 3), "labels": torch.tensor([0, 1])}, tmp_path / "d.pt")
-    assert len(data.load_dataset(str(tmp_path / "d.pt"))) == 2
+    assert len(data.load_dataset(str(tmp_path / "d.pt"), "all")) == 2
     torch.save({"x": torch.zeros(2)}, tmp_path / "bad.pt")
     with pytest.raises(data.DatasetError, match="'inputs'"):
         data.load_dataset(str(tmp_path / "bad.pt"))
