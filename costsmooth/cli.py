@@ -47,13 +47,16 @@ def cmd_certify(args) -> None:
 def cmd_recertify(args) -> None:
     from .results import read_meta
     meta = read_meta(args.tsv)
+    if not meta:
+        raise UsageError(f"{args.tsv}.meta.json not found: recertify needs a run written by costsmooth certify")
     cost = parse_cost(args, meta.get("num_classes", 0)) if (args.cost or args.seed_classes) else None
-    recertify(args.tsv, args.outfile, args.alpha, cost)
+    recertify(args.tsv, args.outfile, args.alpha, cost, available_only=args.available_only)
     print(f"wrote {args.outfile}")
 
 
 def cmd_analyze(args) -> None:
-    analyze(args.tsv, float_list(args.radii, "--radii"), args.classwise, args.plot)
+    analyze(args.tsv, float_list(args.radii, "--radii"), args.classwise, args.plot, json_path=args.json,
+            csv_path=args.csv)
 
 
 def cmd_info(args) -> None:
@@ -66,7 +69,9 @@ def cmd_info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="costsmooth", description=__doc__)
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="costsmooth", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"costsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("certify", help="certify a dataset with a smoothed classifier (Cohen et al.'s CLI)",
@@ -102,21 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_cost_args(p)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 
-    p = sub.add_parser("recertify", help="recompute certificates from saved counts at another alpha or cost")
-    p.add_argument("tsv")
-    p.add_argument("outfile")
-    p.add_argument("--alpha", type=float)
+    p = sub.add_parser("recertify", help="recompute certificates from saved counts at another alpha or cost",
+                       formatter_class=HelpFormatter,
+                       description="Recompute the certificates of a certify run from its saved counts "
+                                   "(TSV.counts.jsonl) at another alpha and/or cost matrix, without sampling again.")
+    p.add_argument("tsv", help="a TSV written by costsmooth certify (with its .meta.json and .counts.jsonl)")
+    p.add_argument("outfile", help="new output TSV (must not exist)")
+    p.add_argument("--alpha", type=probability, help="failure probability (default: the run's)")
+    p.add_argument("--available-only", action="store_true",
+                   help="recertify only the rows whose counts were saved when some are missing (else refused)")
     add_cost_args(p)
     p.set_defaults(func=cmd_recertify)
 
-    p = sub.add_parser("analyze", help="metric tables and plots of certification TSVs")
-    p.add_argument("tsv", nargs="+")
+    p = sub.add_parser("analyze", help="metric tables and plots of certification TSVs", formatter_class=HelpFormatter,
+                       description="Certified accuracy, Rob_std, Rob_cs, worst-case cost and ACR of one or more "
+                                   "certification TSVs side by side, optionally class-wise, as plots, JSON or CSV.")
+    p.add_argument("tsv", nargs="+", help="certification TSVs (costsmooth's or Cohen et al.'s format)")
     p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="comma-separated radii")
     p.add_argument("--classwise", type=float, metavar="R", help="also print class-wise metrics at radius R")
     p.add_argument("--plot", help="save the curves to this PNG")
+    p.add_argument("--json", metavar="PATH", help="also write every table as JSON")
+    p.add_argument("--csv", metavar="PATH", help="also write the metric table as CSV")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("info", help="how costsmooth was built")
+    p = sub.add_parser("info", help="how costsmooth was built", formatter_class=HelpFormatter)
     p.set_defaults(func=cmd_info)
 
     for register in _extra_commands():

@@ -69,6 +69,7 @@ def _row_problem(parts: List[str], header: List[str]) -> Optional[str]:
         int(row["predict"])
         if row.get("label"):
             int(row["label"])
+        _parse_radii(row.get("target_radii", ""))
     except ValueError as err:
         return f"a field is not a number ({err})"
     return None
@@ -315,9 +316,9 @@ def _parse_radii(text: str) -> Dict[int, float]:
     return out
 
 
-def load_records(path: str, cost: Optional[CostMatrix] = None) -> Records:
-    """A TSV with its cost matrix (from ``cost`` or the run's metadata)."""
-    rows = read_tsv(path)
+def load_records(path: str, cost: Optional[CostMatrix] = None, rows=None) -> Records:
+    """A TSV with its cost matrix (from ``cost`` or the run's metadata); ``rows`` if already read."""
+    rows = read_tsv(path) if rows is None else rows
     if any(not r["label"] for r in rows):
         raise ValueError(f"{path} has rows without labels; metrics need labelled inputs")
     if cost is None:

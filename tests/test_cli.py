@@ -143,7 +143,8 @@ def test_analyze_tables_and_plot(files, capsys):
     assert "rob_cs" in text and "wc_cost" in text and "Class-wise at radius 0.25" in text
     assert plot.stat().st_size > 1000
     table = [line for line in text.splitlines() if line.startswith("|") and "out" in line]
-    acc0 = float(table[0].split("|")[3])
+    assert table[0].split("|")[1].strip() == "out#1" and table[0].split("|")[2].strip() == "40"  # name, inputs
+    acc0 = float(table[0].split("|")[4])
     rows = read_tsv(str(out))
     assert acc0 == pytest.approx(np.mean([r["correct"] == "1" for r in rows]), abs=1e-3)
 
@@ -198,8 +199,8 @@ def test_analyze_reads_cohen_format_files(tmp_path, capsys):
     path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
                     "0\t3\t3\t0.5\t1\t0:00:01\n20\t1\t-1\t0.0\t0\t0:00:01\n40\t2\t2\t0.1\t1\t0:00:01\n")
     assert main(["analyze", str(path), "--radii", "0,0.25"]) == 0
-    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if "cohen" in line]
-    assert [float(r[3]) for r in rows] == [pytest.approx(2 / 3, abs=1e-3), pytest.approx(1 / 3, abs=1e-3)]
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("|") and "cohen" in line]
+    assert [float(r[4]) for r in rows] == [pytest.approx(2 / 3, abs=1e-3), pytest.approx(1 / 3, abs=1e-3)]
     assert [r[5].strip() for r in rows] == ["-", "-"]  # no cost matrix: no Rob_cs
 
 
