@@ -16,13 +16,20 @@ import torch
 
 from .cost import CostMatrix
 
-__all__ = ["UsageError", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
+__all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
            "probability", "max_arg"]
 
 
 class UsageError(ValueError):
     """A mistake in the command line or its files; printed as one line naming the flag or file."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``costsmooth certify: error: argument --skip: ... (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import torch
 
-from .args import (HelpFormatter, UsageError, add_cost_args, batch_arg, float_list, max_arg, non_negative_int,
+from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, batch_arg, float_list, max_arg, non_negative_int,
                    parse_cost, positive_float, positive_int, probability, resolve_device)
 from .runs import analyze, probe_num_classes, recertify
 
@@ -70,7 +70,7 @@ def cmd_info(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(prog="costsmooth", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="costsmooth", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"costsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
