@@ -9,37 +9,46 @@
 # Python: ./.venv if it exists; else $PYTHON (default python3) when it already has torch (a GPU
 # machine's CUDA build is used as it is, offline, and never reinstalled); else a new ./.venv with
 # the CPU build of torch ($COSTSMOOTH_TORCH, default torch==2.13.0).
+#
+# Relative paths in the arguments resolve against the directory run.sh is called from.
+# Offline machines: packages that are already installed are used as they are; a package that is
+# missing and cannot be installed stops the run with a message naming it.
 set -euo pipefail
+CALLER=$(pwd)
 cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT=$(pwd)
 
 if [ -x .venv/bin/python ]; then
-  PY=.venv/bin/python
+  PY="$ROOT/.venv/bin/python"
 elif "${PYTHON:-python3}" -c "import torch" 2>/dev/null; then
   PY=${PYTHON:-python3}
 else
   echo "costsmooth: creating .venv with ${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2
   "${PYTHON:-python3}" -m venv .venv
-  PY=.venv/bin/python
+  PY="$ROOT/.venv/bin/python"
   "$PY" -m pip install -q --upgrade pip setuptools wheel >&2
   "$PY" -m pip install -q "${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2
 fi
 
-# Install only the packages that are missing (import name -> package name).
-missing=$("$PY" - <<'PYEOF'
-import importlib.util
+# Install only the packages that are missing (import name -> package name); test tools only for
+# the commands that need them.
+cmd=${1:-demo}
+missing=$("$PY" - "$cmd" <<'PYEOF'
+import importlib.util, sys
 need = {"numpy": "numpy", "scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib",
-        "sklearn": "scikit-learn", "pytest": "pytest", "pytest_benchmark": "pytest-benchmark",
-        "setuptools": "setuptools"}
+        "sklearn": "scikit-learn", "setuptools": "setuptools", "filelock": "filelock"}
+if sys.argv[1] in ("test", "bench"):
+    need.update({"pytest": "pytest", "pytest_benchmark": "pytest-benchmark"})
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 PYEOF
 )
-if [ -n "$missing" ]; then
-  echo "costsmooth: installing $missing" >&2
-  "$PY" -m pip install -q $missing >&2
-fi
-"$PY" -c "import ninja" 2>/dev/null || "$PY" -m pip install -q ninja >&2 || echo "costsmooth: ninja unavailable, building without it" >&2
-
+for pkg in $missing; do
+  echo "costsmooth: installing $pkg" >&2
+  if ! "$PY" -m pip install -q "$pkg" >&2; then
+    echo "costsmooth: $pkg is missing and could not be installed (offline?); install it into $PY's environment" >&2
+    exit 1
+  fi
+done
 # Build the extension in place (a no-op when it is up to date); the compiler log is shown on failure.
 mkdir -p build
 if ! MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace \
@@ -51,10 +60,10 @@ fi
 grep -m1 "^costsmooth build:" build/costsmooth-build.log >&2 || true
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-cmd=${1:-demo}
 [ $# -gt 0 ] && shift
+cd "$CALLER"
 case "$cmd" in
-  test)  exec "$PY" -m pytest tests "$@" ;;
-  bench) exec "$PY" -m pytest benchmarks --benchmark-only "$@" ;;
+  test)  exec "$PY" -m pytest "$ROOT/tests" --rootdir "$ROOT" "$@" ;;
+  bench) exec "$PY" -m pytest "$ROOT/benchmarks" --rootdir "$ROOT" --benchmark-only "$@" ;;
   *)     exec "$PY" -m costsmooth "$cmd" "$@" ;;
 esac

@@ -1,21 +1,35 @@
 """Build of costsmooth and its compiled extension costsmooth._C.
 
 The C++ CPU kernels are always built. The CUDA kernels are built when torch has CUDA and a CUDA
-toolkit is found, or when FORCE_CUDA=1 (FORCE_CUDA=0 forces a CPU-only build). TORCH_CUDA_ARCH_LIST
-selects the GPU architectures (default "8.0;9.0": A100 and H100/H200). The resolved configuration
-is printed so that a silent CPU-only build is visible.
+toolkit is found, or when FORCE_CUDA=1 (FORCE_CUDA=0 forces a CPU-only build).
+
+GPU architectures: TORCH_CUDA_ARCH_LIST when set; else the visible GPUs' architectures; else a
+portable list for the toolkit's CUDA version that ends in +PTX, so that newer GPUs JIT-compile the
+PTX (see ``default_arch_list``). The resolved configuration is printed, so a silent CPU-only build
+is visible, and ``build_info()`` reports the architecture list.
+
+Install with the torch that is already there: ``pip install --no-build-isolation .`` (build isolation
+would fetch and build against another torch from the index, or fail offline).
+
+``python setup.py --nvcc-flags`` prints the exact nvcc command-line flags a CUDA build of this
+extension uses (torch's own flags, the architecture flags, -std, defines and includes) and exits; CI
+compiles every .cu file with them, so a kernel that breaks the real build cannot pass CI.
 """
 import glob
 import os
+import re
+import shlex
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 import torch
+from torch.utils import cpp_extension
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;9.0"
+NVCC_EXTRA = ["-O3", "--expt-relaxed-constexpr"]
 
 
 def resolve_cuda():
@@ -31,37 +45,106 @@ def resolve_cuda():
     return True, "torch %s has CUDA %s" % (torch.__version__, torch.version.cuda)
 
 
+def toolkit_version():
+    """(major, minor) of the nvcc in CUDA_HOME (or on PATH), else of torch's CUDA, else None."""
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else "nvcc"
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+        match = re.search(r"release (\d+)\.(\d+)", out)
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if torch.version.cuda:
+        major, minor = torch.version.cuda.split(".")[:2]
+        return int(major), int(minor)
+    return None
+
+
+def default_arch_list(version):
+    """Turing to Hopper, plus Blackwell (10.0, 12.0) where the toolkit supports it; the last entry
+    carries +PTX so that any newer GPU can JIT-compile the kernels. CUDA 13 dropped Volta and older."""
+    arches = ["7.5", "8.0", "8.6", "8.9", "9.0"]
+    if version is not None and version < (13, 0):
+        arches = ["7.0"] + arches
+    if version is not None and version >= (12, 8):
+        arches += ["10.0", "12.0"]
+    arches[-1] += "+PTX"
+    return ";".join(arches)
+
+
+def resolve_arch_list():
+    """(arch list, where it came from): TORCH_CUDA_ARCH_LIST, the visible GPUs, or the default."""
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return env, "TORCH_CUDA_ARCH_LIST"
+    if torch.version.cuda is not None and torch.cuda.is_available():
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join("%d.%d" % c for c in caps), "visible GPUs"
+    return default_arch_list(toolkit_version()), "default (no GPU visible)"
+
+
 def openmp_flags():
     if sys.platform == "darwin":  # Apple clang has no -fopenmp without extra setup
         return [], []
     return ["-fopenmp"], ["-fopenmp"]
 
 
+def define_macros(with_cuda, arch_list):
+    macros = [("COSTSMOOTH_VERSION", '"%s"' % VERSION)]
+    if with_cuda:
+        macros += [("COSTSMOOTH_WITH_CUDA", None), ("COSTSMOOTH_CUDA_ARCH_LIST", '"%s"' % arch_list)]
+    return macros
+
+
+def nvcc_flags(arch_list):
+    """The nvcc flags of a CUDA build of this extension, as torch's BuildExtension composes them:
+    torch's COMMON_NVCC_FLAGS, -fPIC, this project's extra flags, -std=c++20, the -gencode flags of
+    ``arch_list``, the defines and the include directories."""
+    previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    try:
+        arch_flags = cpp_extension._get_cuda_arch_flags(list(NVCC_EXTRA))
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = previous
+    defines = ["-D%s" % k if v is None else "-D%s=%s" % (k, v) for k, v in define_macros(True, arch_list)]
+    defines += ["-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"]
+    includes = ["-I" + p for p in cpp_extension.include_paths()]
+    return (list(cpp_extension.COMMON_NVCC_FLAGS) + ["--compiler-options", "-fPIC"] + NVCC_EXTRA
+            + ["-std=c++20"] + arch_flags + defines + includes)
+
+
 def extension():
     with_cuda, reason = resolve_cuda()
     omp_compile, omp_link = openmp_flags()
     sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    define_macros = [("COSTSMOOTH_VERSION", '"%s"' % VERSION)]
     cxx_flags = ["-O3"] + omp_compile
-    arch_list = ""
+    arch_list, arch_source = "", ""
     if with_cuda:
-        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or DEFAULT_ARCH_LIST
+        arch_list, arch_source = resolve_arch_list()
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        define_macros += [("COSTSMOOTH_WITH_CUDA", None), ("COSTSMOOTH_CUDA_ARCH_LIST", '"%s"' % arch_list)]
-    print("costsmooth build: version=%s cuda=%s (%s) arch_list=%s openmp=%s torch=%s"
-          % (VERSION, with_cuda, reason, arch_list or "-", bool(omp_compile), torch.__version__), flush=True)
+    print("costsmooth build: version=%s cuda=%s (%s) arch_list=%s%s openmp=%s torch=%s"
+          % (VERSION, with_cuda, reason, arch_list or "-", " (%s)" % arch_source if arch_source else "",
+             bool(omp_compile), torch.__version__), flush=True)
     kwargs = dict(
         name="costsmooth._C",
         sources=sources,
-        define_macros=define_macros,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        define_macros=define_macros(with_cuda, arch_list),
+        extra_compile_args={"cxx": cxx_flags, "nvcc": list(NVCC_EXTRA)},
         extra_link_args=omp_link,
         depends=sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)),
     )
     return CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs)
 
+
+if "--nvcc-flags" in sys.argv:
+    print(" ".join(shlex.quote(f) for f in nvcc_flags(resolve_arch_list()[0])))
+    sys.exit(0)
 
 setup(
     version=VERSION,

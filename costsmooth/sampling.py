@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import ops
-from ._checks import check_count, check_float_tensor, check_index, check_seed, sigma_tensor
+from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
 __all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
            "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode"]
@@ -75,6 +75,14 @@ def _check_logits(logits, rows: int, num_classes: Optional[int]) -> None:
 
 AUTO_BATCH_CUDA = 16384
 
+# Batch sizes found to fit after an out-of-memory error, per (model, input shape, dtype, device,
+# autocast): a later call with batch_size="auto" starts there instead of at AUTO_BATCH_CUDA again.
+_FITTING_BATCH = {}
+
+
+def _fit_key(model, x: torch.Tensor, dtype, autocast):
+    return (id(model), tuple(x.shape[1:]), str(dtype or x.dtype), str(x.device), str(autocast))
+
 
 def resolve_batch_size(batch_size, device) -> int:
     """An integer batch size >= 1, or "auto": AUTO_BATCH_CUDA on CUDA devices, 1000 elsewhere."""
@@ -121,12 +129,23 @@ class _GraphedVotes:
         return self.counts, self.nan_rows
 
 
+GRAPH_MIN_REPLAYS = 3  # a CUDA graph is captured only for a chunk shape replayed at least this often
+
+
+def _replays(batch: int, n: int, batch_size: int) -> int:
+    """How many model calls of the common chunk shape one sampling call makes."""
+    if n <= batch_size:
+        return -(-batch // max(batch_size // n, 1))
+    return batch * (n // batch_size)
+
+
 def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0,
                       batch_size: int = 1000, stream: int = STREAM_ESTIMATION, index_offset: int = 0,
                       sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
                       temperature: float = 1.0, dtype: Optional[torch.dtype] = None,
                       channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                      cuda_graphs: bool = False, progress=None) -> SampleStatistics:
+                      cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None
+                      ) -> SampleStatistics:
     """Votes (and optionally softmax sums) of ``model`` on ``n`` noisy copies of each input.
 
     Args:
@@ -137,7 +156,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         batch_size: rows per model call, or ``"auto"``: start at ``AUTO_BATCH_CUDA`` rows on a GPU
             (1000 on a CPU) and let out-of-memory recovery find what fits. When a call runs out of
             device memory, the batch size is halved and the call retried (the counts do not change:
-            the noise depends on indices only).
+            the noise depends on indices only); with "auto", the size that fitted is remembered for
+            later calls with the same model and input shape.
         num_classes: checked against the model's output width.
         prob_sums: also accumulate ``sum_j softmax(logits_j / temperature)`` in float64.
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
@@ -146,7 +166,10 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         cuda_graphs: capture model -> vote as a CUDA graph for the common chunk shape and replay it
             (CUDA inputs only; the model must be capturable: fixed shapes, no host synchronisation).
             The noise is written into the graph's input buffer before each replay; counts are the
-            same as without graphs.
+            same as without graphs. A chunk shape replayed fewer than ``GRAPH_MIN_REPLAYS`` times
+            (e.g. the selection draw) runs eagerly. ``graph_cache``: a dict in which captured graphs
+            are kept across calls (``Smooth`` passes its own), keyed by model, chunk shape, dtype,
+            memory format and autocast.
         progress: an optional tqdm-like object whose ``update(rows)`` is called after each chunk.
 
     Returns:
@@ -156,8 +179,17 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     check_float_tensor(x, "x")
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of float32, float64, float16, bfloat16 (or None for x's dtype), got {dtype}")
+    if channels_last and x.dim() != 4:
+        raise ValueError(f"channels_last needs image inputs [B, C, H, W], got x of shape {list(x.shape)}; "
+                         f"drop channels_last for other inputs")
     n = check_count(n, "n")
+    auto = batch_size == "auto"
     batch_size = resolve_batch_size(batch_size, x.device)
+    fit_key = _fit_key(model, x, dtype, autocast)
+    if auto and fit_key in _FITTING_BATCH:
+        batch_size = min(batch_size, _FITTING_BATCH[fit_key])
     check_index(index_offset, "index_offset", x.shape[0])
     check_index(sample_offset, "sample_offset", n)
     seed64, stream = check_seed(seed), check_index(stream, "stream")
@@ -181,21 +213,26 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
            else contextlib.nullcontext())
     b = j = 0
     buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
-    graph, graph_key = None, None  # the captured chunk shape (inputs, samples), when cuda_graphs
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    graphs = graph_cache if graph_cache is not None else {}
     with eval_mode(model):
         while b < batch:
             b0, b1, j0, m = _next_chunk(b, j, batch, n, batch_size)
             rows = (b1 - b0) * m
-            use_graph = cuda_graphs and graph_key in (None, (b1 - b0, m))
+            graph_key = (id(model), b1 - b0, m, str(dtype or x.dtype), str(fmt), str(autocast), str(x.device),
+                         num_classes)
+            _, first_b1, _, first_m = _next_chunk(0, 0, batch, n, batch_size)  # the common chunk shape
+            use_graph = (cuda_graphs and (b1 - b0, m) == (first_b1, first_m)
+                         and (graph_key in graphs or _replays(batch, n, batch_size) >= GRAPH_MIN_REPLAYS))
             logits = None
+            out_of_memory = False
             try:
-                if use_graph and graph is None:
-                    graph_key = (b1 - b0, m)
-                    graph = _GraphedVotes(model, _empty_rows(x, rows, dtype, fmt), m, amp, num_classes)
+                if use_graph and graph_key not in graphs:
+                    graphs[graph_key] = _GraphedVotes(model, _empty_rows(x, rows, dtype, fmt), m, amp, num_classes)
                 elif not use_graph and (buffer is None or buffer.shape[0] < rows):
                     buffer = None
                     buffer = _empty_rows(x, rows, dtype, fmt)
+                graph = graphs.get(graph_key) if use_graph else None
                 # Arguments were validated once above; the op is called directly so that no chunk
                 # re-validates sigma (a device synchronisation per model call).
                 noisy = graph.static_in if use_graph else buffer[:rows]
@@ -209,11 +246,16 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             except torch.OutOfMemoryError:
                 if batch_size == 1:
                     raise
-                noisy = logits = buffer = graph = graph_key = None  # free what the failed call held
+                out_of_memory = True
+            if out_of_memory:  # outside the except block: the traceback no longer holds the activations
+                noisy = logits = buffer = graph = None
+                graphs.pop(graph_key, None)
                 if x.is_cuda:
                     torch.cuda.empty_cache()
                 warnings.warn(f"out of memory at batch size {batch_size}; continuing at {batch_size // 2}")
                 batch_size //= 2
+                if auto:
+                    _FITTING_BATCH[fit_key] = batch_size
                 continue
             if logits is not None:
                 _check_logits(logits, rows, num_classes)
@@ -241,7 +283,7 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
                   stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
                   num_classes: Optional[int] = None, dtype: Optional[torch.dtype] = None,
                   channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                  cuda_graphs: bool = False, progress=None) -> torch.Tensor:
+                  cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None) -> torch.Tensor:
     """int64 ``[B, C]``: how often ``model`` votes for each class on ``n`` noisy copies of each input.
 
     ``counts[b, c] = #{j < n : argmax model(x[b] + sigma_b * noise(seed, stream, index_offset + b,
@@ -250,4 +292,4 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
     return sample_statistics(model, x, n, sigma, seed=seed, batch_size=batch_size, stream=stream,
                              index_offset=index_offset, sample_offset=sample_offset, num_classes=num_classes,
                              dtype=dtype, channels_last=channels_last, autocast=autocast,
-                             cuda_graphs=cuda_graphs, progress=progress).counts
+                             cuda_graphs=cuda_graphs, progress=progress, graph_cache=graph_cache).counts

@@ -59,6 +59,7 @@ class Smooth:
         self.channels_last = channels_last
         self.autocast = autocast
         self.cuda_graphs = cuda_graphs
+        self._graphs = {}  # captured CUDA graphs, reused across calls (see sample_statistics)
         self._calls = 0
 
     # -- sampling -------------------------------------------------------------------------------
@@ -72,7 +73,8 @@ class Smooth:
         return sample_counts(self.model, x, n, self.sigma, seed=self.seed, stream=stream,
                              batch_size=batch_size or self.batch_size, index_offset=index_offset,
                              num_classes=self.num_classes, dtype=self.dtype, channels_last=self.channels_last,
-                             autocast=self.autocast, cuda_graphs=self.cuda_graphs, progress=progress).cpu()
+                             autocast=self.autocast, cuda_graphs=self.cuda_graphs, progress=progress,
+                             graph_cache=self._graphs).cpu()
 
     def _single(self, x) -> torch.Tensor:
         check_float_tensor(x, "x")

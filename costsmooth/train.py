@@ -136,7 +136,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
             value, diag = objective(model, x_all[idx].to(device), y_all[idx].to(device))
             opt.zero_grad(set_to_none=True)
             if not bool(torch.isfinite(value.detach())):
-                _diverged(f"the {loss} loss is {float(value)}", epoch, epochs, step, ckpt_path, start)
+                _diverged(f"the {loss} loss is {float(value.detach())}", epoch, epochs, step, ckpt_path, start)
             value.backward()
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):

@@ -3,12 +3,29 @@ import torch
 
 import costsmooth
 
-HAS_CUDA = torch.cuda.is_available() and costsmooth.build_info()["cuda"]
-CUDA_REASON = ("no CUDA device" if not torch.cuda.is_available()
-               else "costsmooth was built without CUDA (rebuild with FORCE_CUDA=1)")
+# CUDA tests are skipped only when no GPU is visible. A GPU with an extension built without CUDA is
+# an error, not a skip: those tests then fail, so a CPU-only build can never pass as GPU-tested.
+GPU_VISIBLE = torch.cuda.is_available()
+HAS_CUDA = GPU_VISIBLE and costsmooth.build_info()["cuda"]
+CUDA_REASON = "no CUDA device"
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=CUDA_REASON))]
-cuda_only = pytest.mark.skipif(not HAS_CUDA, reason=CUDA_REASON)
+_skip_without_gpu = pytest.mark.skipif(not GPU_VISIBLE, reason=CUDA_REASON)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, _skip_without_gpu])]
+
+
+def cuda_only(test):
+    """Mark a test as needing the CUDA build (skipped without a GPU, failed with a CPU-only build)."""
+    return pytest.mark.cuda(_skip_without_gpu(test))
+
+
+def _require_cuda_build(item):
+    if GPU_VISIBLE and not HAS_CUDA and item.get_closest_marker("cuda"):
+        pytest.fail("a GPU is visible but costsmooth was built without CUDA: rebuild with a CUDA torch "
+                    "(or FORCE_CUDA=1) so that the CUDA kernels are tested")
+
+
+def pytest_runtest_setup(item):
+    _require_cuda_build(item)
 
 
 @pytest.fixture(params=DEVICES)

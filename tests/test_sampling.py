@@ -184,3 +184,31 @@ def test_prob_sums_refuse_rows_with_undefined_softmax():
     assert costsmooth.sample_counts(model, torch.zeros(2, 4), 10, 0.5)[:, 1].tolist() == [5, 5]
     with pytest.raises(ops.NaNLogitsError, match="10 rows of logits have an undefined softmax"):
         costsmooth.sample_statistics(model, torch.zeros(2, 4), 10, 0.5, prob_sums=True)
+
+
+def test_auto_batch_size_remembers_what_fitted_after_out_of_memory(monkeypatch):
+    from costsmooth import sampling
+    linear = LinearF64(18, 5)
+    calls = []
+
+    def fragile(z):  # runs out of memory above 300 rows
+        calls.append(z.shape[0])
+        if z.shape[0] > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return linear(z)
+
+    monkeypatch.setattr(sampling, "_FITTING_BATCH", {})
+    x = torch.rand(2, 18)
+    with pytest.warns(UserWarning, match="out of memory at batch size 1000"):
+        first = costsmooth.sample_counts(fragile, x, 700, 0.7, seed=3, batch_size="auto")
+    calls.clear()
+    second = costsmooth.sample_counts(fragile, x, 700, 0.7, seed=3, batch_size="auto")  # no warning now
+    assert torch.equal(first, second) and max(calls) <= 300
+
+
+def test_sample_statistics_validates_dtype_and_channels_last():
+    lin = torch.nn.Linear(6, 3)
+    with pytest.raises(ValueError, match="channels_last needs image inputs"):
+        costsmooth.sample_counts(lin, torch.rand(2, 6), 10, 0.5, channels_last=True)
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        costsmooth.sample_counts(lin, torch.rand(2, 6), 10, 0.5, dtype=torch.int32)

@@ -18,6 +18,17 @@ template <> __device__ __forceinline__ float load_float<__nv_bfloat16>(const __n
   return __bfloat162float(*p);
 }
 
+// A double from any input type. half and bfloat16 have no implicit conversions under torch's nvcc
+// flags (-D__CUDA_NO_HALF_CONVERSIONS__, -D__CUDA_NO_BFLOAT16_CONVERSIONS__): go through float, which
+// holds both exactly; float and double convert directly (no precision lost for double).
+template <typename T> __device__ __forceinline__ double load_double(const T* p) { return static_cast<double>(*p); }
+template <> __device__ __forceinline__ double load_double<__half>(const __half* p) {
+  return static_cast<double>(__half2float(*p));
+}
+template <> __device__ __forceinline__ double load_double<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return static_cast<double>(__bfloat162float(*p));
+}
+
 template <typename T> __device__ __forceinline__ T store_cast(float v) { return static_cast<T>(v); }
 template <> __device__ __forceinline__ __half store_cast<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 store_cast<__nv_bfloat16>(float v) {
@@ -63,7 +74,7 @@ __global__ void noisy_batch_kernel(NoisyBatchParams p) {
         dst = row * p.dim + (e - c * p.spatial) * p.channels + c;
       }
       if constexpr (std::is_same<Tout, double>::value) {
-        out[dst] = static_cast<double>(xb[e]) + static_cast<double>(s) * static_cast<double>(z[k]);
+        out[dst] = load_double(xb + e) + static_cast<double>(s) * static_cast<double>(z[k]);
       } else {
         out[dst] = store_cast<Tout>(load_float(xb + e) + s * z[k]);
       }

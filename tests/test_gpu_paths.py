@@ -1,0 +1,97 @@
+"""Frozen noise values (the reproducibility promise), and the GPU cases that run the first time a GPU
+is visible: half-precision inputs and outputs, the multi-block vote path, the global-atomic path for
+many classes and its shared-memory boundary, a non-default stream, CPU-vs-CUDA noise values, autocast."""
+import pytest
+import torch
+
+from costsmooth import ops, reference, sample_counts
+
+from .conftest import cuda_only
+
+# Noise for x = 0 (so the values are the unit normals), seed 20261124, stream 1, inputs 7 and 8,
+# samples 3 and 4, six elements each, in float64 output. Frozen: a change of the Philox counter
+# layout, of Box-Muller or of the stream/index mapping changes them, and with them every
+# certificate that users reproduce from a seed. The kernel and the reference must both match.
+GOLDEN = [-0.7043657302856445, -1.477515459060669, -0.7788588404655457, 0.4203437566757202, 0.10429011285305023,
+          0.4513363838195801, -0.7913781404495239, 1.5576837062835693, 0.7781506776809692, -0.1696224957704544,
+          -2.271268844604492, 0.09479676932096481, -1.9929137229919434, 0.050637226551771164, 1.0966275930404663,
+          -1.3180817365646362, 1.6395736932754517, 0.9549729824066162, 1.1537257432937622, 0.3404723107814789,
+          -1.0871291160583496, -0.5925644040107727, -0.8838202953338623, -0.6236244440078735]
+GOLDEN_ARGS = dict(seed=20261124, stream=1, index_offset=7, sample_offset=3)
+
+
+def test_golden_noise_values_of_the_kernel(device):
+    x = torch.zeros(2, 6, dtype=torch.float64, device=device)
+    out = ops.noisy_batch(x, 2, 1.0, **GOLDEN_ARGS).reshape(-1).cpu()
+    torch.testing.assert_close(out, torch.tensor(GOLDEN, dtype=torch.float64), atol=2e-6, rtol=2e-6)
+
+
+def test_golden_noise_values_of_the_reference():
+    x = torch.zeros(2, 6, dtype=torch.float64)
+    out = reference.noisy_batch(x, 2, 1.0, **GOLDEN_ARGS).reshape(-1)
+    torch.testing.assert_close(out, torch.tensor(GOLDEN, dtype=torch.float64), atol=2e-6, rtol=2e-6)
+
+
+@cuda_only
+@pytest.mark.parametrize("in_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_cuda_noise_equals_cpu_noise_for_every_dtype(in_dtype, out_dtype):
+    x = torch.rand(3, 3, 7, 5).to(in_dtype)
+    cpu = ops.noisy_batch(x, 5, 0.3, seed=4, dtype=out_dtype)
+    gpu = ops.noisy_batch(x.cuda(), 5, 0.3, seed=4, dtype=out_dtype).cpu()
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(out_dtype, 2e-5)
+    torch.testing.assert_close(gpu.double(), cpu.double(), atol=tol, rtol=tol)
+
+
+@cuda_only
+@pytest.mark.parametrize("rows", [1023, 1024, 1025, 4097])
+def test_cuda_vote_count_with_more_than_one_block_of_rows(rows):
+    logits = torch.randn(2 * rows, 10, device="cuda")
+    counts = torch.zeros(2, 10, dtype=torch.int64, device="cuda")
+    ops.vote_count(logits, rows, counts)
+    expected = torch.stack([torch.bincount(logits[b * rows:(b + 1) * rows].argmax(1).cpu(), minlength=10)
+                            for b in range(2)])
+    assert torch.equal(counts.cpu(), expected)
+
+
+@cuda_only
+@pytest.mark.parametrize("classes", [12284, 12285, 12287, 12288, 12289, 20000])
+def test_cuda_vote_count_around_the_shared_memory_limit(classes):
+    logits = torch.randn(300, classes, device="cuda")
+    counts = torch.zeros(3, classes, dtype=torch.int64, device="cuda")
+    ops.vote_count(logits, 100, counts)
+    expected = torch.stack([torch.bincount(logits[b * 100:(b + 1) * 100].argmax(1).cpu(), minlength=classes)
+                            for b in range(3)])
+    assert torch.equal(counts.cpu(), expected)
+
+
+@cuda_only
+def test_cuda_ops_on_a_non_default_stream():
+    x = torch.rand(4, 3, 8, 8, device="cuda")
+    expected = ops.noisy_batch(x, 50, 0.5, seed=1)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = ops.noisy_batch(x, 50, 0.5, seed=1)
+        logits = out.flatten(1)[:, :10]
+        counts = torch.zeros(4, 10, dtype=torch.int64, device="cuda")
+        ops.vote_count(logits, 50, counts)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected)
+    ref = torch.stack([torch.bincount(expected.flatten(1)[b * 50:(b + 1) * 50, :10].argmax(1), minlength=10)
+                       for b in range(4)])
+    assert torch.equal(counts, ref)
+
+
+@cuda_only
+def test_cuda_counts_under_autocast_equal_counts_of_the_half_precision_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5)).cuda()
+    x = torch.rand(3, 3, 4, 4, device="cuda")
+    amp = sample_counts(model, x, 500, 0.5, seed=2, autocast=torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        noisy = ops.noisy_batch(x, 500, 0.5, seed=2, stream=1)
+        votes = model(noisy).argmax(1).view(3, 500)
+    manual = torch.stack([torch.bincount(v, minlength=5) for v in votes])
+    assert torch.equal(amp, manual)
