@@ -66,14 +66,20 @@ def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False
 
 
 def register_cli(sub) -> None:
-    p = sub.add_parser("demo", help="train and certify four methods on an embedded dataset and compare them")
-    p.add_argument("--dataset", default="digits", choices=sorted(DEMO_SETTINGS))
+    from .args import HelpFormatter
+
+    p = sub.add_parser("demo", help="train and certify four methods on an embedded dataset and compare them",
+                       formatter_class=HelpFormatter,
+                       description="Train Gaussian, Gaussian-R, MACER and CS-RS models on an embedded dataset, certify "
+                                   "the test set with the standard and the cost-sensitive certificate, and compare.")
+    p.add_argument("--dataset", default="digits", choices=sorted(DEMO_SETTINGS),
+                   help="embedded dataset (digits: seed class 8; breast_cancer: malignant -> benign is harmful)")
     p.add_argument("--out", default="demo_out", help="output directory (re-running reuses finished results)")
     p.add_argument("--quick", action="store_true",
                    help="about half a minute: 5 epochs and 256 samples, written under OUT/quick (a smoke test: MACER "
                         "and CS-RS have not converged after 5 epochs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0, help="seed of training and noise")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
     def run(args):
         from .args import resolve_device

@@ -54,6 +54,10 @@ def select_indices(size: int, skip: int, max_index: int) -> List[int]:
     if size == 0:
         raise ValueError("the dataset is empty: there is nothing to certify")
     stop = size if max_index < 0 else min(max_index, size)
+    if 0 < max_index <= skip and skip > 1:
+        import warnings
+        warnings.warn(f"--skip {skip} with --max {max_index} selects only input 0; --max is a dataset index to stop "
+                      f"before, not a number of inputs")
     return list(range(0, stop, skip))
 
 
@@ -201,6 +205,8 @@ def probe_num_classes(model, dataset, device) -> int:
     """The model's output width on one input of ``dataset``, checked against the dataset's classes."""
     from .sampling import eval_mode
 
+    if len(dataset) == 0:
+        raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to certify")
     x = dataset.inputs[:1].to(device)
     try:
         with eval_mode(model):

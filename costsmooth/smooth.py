@@ -55,7 +55,10 @@ class Smooth:
             device = params[0].device if params else "cpu"
         self.device = torch.device(device)
         self.batch_size = resolve_batch_size(batch_size, self.device)
-        self.dtype = dtype
+        # Noisy inputs are written in the model's parameter dtype unless ``dtype`` says otherwise, so
+        # x.double() with a float32 model (or x.float() with a float64 one) just works.
+        params = [p for p in model.parameters() if p.is_floating_point()] if isinstance(model, torch.nn.Module) else []
+        self.dtype = dtype if dtype is not None else (params[0].dtype if params else None)
         self.channels_last = channels_last
         self.autocast = autocast
         self.cuda_graphs = cuda_graphs

@@ -1,0 +1,201 @@
+"""The command line explains itself: each mistake or fault ends in one line naming the flag or file
+(exit status 2, no traceback), or in a warning, and never loses a finished row."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from costsmooth.cli import build_parser, main
+from costsmooth.models import build_model, save_checkpoint
+from costsmooth.results import read_tsv
+
+from .test_cli import ROOT, certify_args, files  # noqa: F401  (fixture)
+
+
+def one_line_error(capsys, *parts):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    last = err[-1]
+    assert last.startswith(("error:", "costsmooth")) and "Traceback" not in "\n".join(err), err
+    for part in parts:
+        assert part in last, (part, last)
+    return last
+
+
+def test_model_that_cannot_take_the_inputs(tmp_path, capsys):
+    model = build_model("digits_cnn", 10, (1, 8, 8))
+    save_checkpoint(str(tmp_path / "cnn.pt"), model, "digits_cnn", 10, (1, 8, 8))
+    assert main(["certify", "breast_cancer", str(tmp_path / "cnn.pt"), "0.25", str(tmp_path / "o.tsv"),
+                 "--N", "10", "--N0", "5", "--quiet"]) == 2
+    one_line_error(capsys, "the model cannot take breast_cancer's inputs of shape [30]")
+    assert not (tmp_path / "o.tsv").exists()
+
+
+class ClassIndices(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(1, keepdim=True).long().expand(-1, 3)
+
+
+def test_model_returning_class_indices_instead_of_logits(files, capsys):
+    torch.save(ClassIndices(), files / "idx.pt")
+    args = certify_args(files, files / "o.tsv")
+    args[2] = str(files / "idx.pt")
+    assert main(args) == 2
+    one_line_error(capsys, "not class indices")
+
+
+def test_missing_and_corrupt_model_files(files, capsys):
+    args = certify_args(files, files / "o.tsv")
+    args[2] = str(files / "nope.pt")
+    assert main(args) == 2
+    one_line_error(capsys, "model file not found", "nope.pt")
+    (files / "bad.pt").write_bytes(b"PK\x03\x04garbage")
+    args[2] = str(files / "bad.pt")
+    assert main(args) == 2
+    one_line_error(capsys, "bad.pt")
+
+
+def test_inf_and_nan_inputs_name_the_index_and_skip_invalid_goes_on(files, capsys):
+    data = torch.load(files / "data.pt")
+    data["inputs"][2, 1] = float("inf")
+    data["inputs"][5, 0] = float("nan")
+    torch.save(data, files / "data.pt")
+    out = files / "o.tsv"
+    assert main(certify_args(files, out, "--max", "8", "--quiet")) == 2
+    one_line_error(capsys, "input 2 of data.pt contains infinite values", "--skip-invalid")
+    assert main(certify_args(files, out, "--max", "8", "--quiet", "--skip-invalid")) == 0
+    rows = {int(r["idx"]): r for r in read_tsv(str(out))}
+    assert sorted(rows) == list(range(8))
+    assert rows[2]["predict"] == "-1" and float(rows[2]["radius"]) == 0.0 and rows[2]["correct"] == "0"
+    assert rows[5]["predict"] == "-1" and rows[3]["predict"] != "-1"
+    assert "2 invalid recorded as not certified" in capsys.readouterr().out
+    assert main(["recertify", str(out), str(files / "re.tsv"), "--alpha", "0.01"]) == 0
+    assert {int(r["idx"]): r["predict"] for r in read_tsv(str(files / "re.tsv"))}[5] == "-1"
+
+
+def test_truncated_meta_and_bad_counts_lines_name_the_file_and_line(files, capsys):
+    out = files / "o.tsv"
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 0
+    meta_text = open(str(out) + ".meta.json").read()
+    open(str(out) + ".meta.json", "w").write(meta_text[:20])
+    capsys.readouterr()
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 2
+    one_line_error(capsys, "o.tsv.meta.json is not valid JSON")
+    open(str(out) + ".meta.json", "w").write(meta_text)
+    counts = open(str(out) + ".counts.jsonl").read().split("\n")
+    counts[1] = counts[1][:-5] + "oops"
+    open(str(out) + ".counts.jsonl", "w").write("\n".join(counts))
+    assert main(["recertify", str(out), str(files / "re.tsv")]) == 2
+    one_line_error(capsys, "o.tsv.counts.jsonl, line 2")
+    counts[1] = json.dumps({"idx": 1, "label": 0, "selection": [1, 2], "estimation": [3, 4]})
+    open(str(out) + ".counts.jsonl", "w").write("\n".join(counts))
+    assert main(["recertify", str(out), str(files / "re.tsv")]) == 2
+    one_line_error(capsys, "the counts of index 1 have 2 classes but the run has 3")
+
+
+def test_analyze_reports_skipped_rows_and_refuses_an_empty_plot(files, capsys):
+    out = files / "o.tsv"
+    assert main(certify_args(files, out, "--max", "5", "--quiet")) == 0
+    lines = open(out).read().split("\n")
+    parts = lines[2].split("\t")
+    parts[3] = "abc"  # a non-numeric radius
+    lines[2] = "\t".join(parts)
+    open(out, "w").write("\n".join(lines))
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "read 4 rows" in text and "skipped 1 malformed line(s): line 3" in text
+    empty = files / "empty.tsv"
+    empty.write_text(lines[0] + "\n")
+    assert main(["analyze", str(empty), "--plot", str(files / "p.png")]) == 2
+    one_line_error(capsys, "nothing to plot")
+
+
+def test_selections_that_make_no_sense_are_refused_or_warned(files, capsys):
+    for extra, message in ((["--skip", "-1"], "argument --skip: must be an integer >= 1"),
+                           (["--max", "0"], "argument --max"),
+                           (["--N", "0"], "argument --N"),
+                           (["--alpha", "0"], "argument --alpha: must be a number in (0, 1)"),
+                           (["--device", "tpu"], "--device tpu")):
+        assert main(certify_args(files, files / "o.tsv", *extra)) == 2
+        one_line_error(capsys, message)
+    with pytest.warns(UserWarning, match="selects only input 0"):
+        assert main(certify_args(files, files / "a.tsv", "--skip", "10", "--max", "5", "--quiet")) == 0
+    with pytest.warns(UserWarning, match="--N0 5000 > --N 2000"):
+        assert main(certify_args(files, files / "b.tsv", "--N0", "5000", "--max", "2", "--quiet")) == 0
+    torch.save({"inputs": torch.zeros(0, 5), "labels": torch.zeros(0, dtype=torch.long), "split": []},
+               files / "empty.pt")
+    args = certify_args(files, files / "c.tsv")
+    args[1] = str(files / "empty.pt")
+    assert main(args) == 2
+    one_line_error(capsys, "empty")
+    assert main(["train", "digits", "mlp", str(files / "run"), "--epochs", "0"]) == 2
+    one_line_error(capsys, "argument --epochs: must be an integer >= 1")
+
+
+def test_pt_subset_of_classes_takes_the_class_count_from_the_model(files, capsys):
+    data = torch.load(files / "data.pt")
+    keep = data["labels"] < 2  # classes 0 and 1 only; the model has 3 outputs
+    torch.save({"inputs": data["inputs"][keep], "labels": data["labels"][keep], "split": ["test"] * int(keep.sum())},
+               files / "sub.pt")
+    args = certify_args(files, files / "o.tsv", "--quiet")
+    args[1] = str(files / "sub.pt")
+    assert main(args) == 0
+    assert len(read_tsv(str(files / "o.tsv"))) == int(keep.sum())
+
+
+def test_smooth_casts_inputs_to_the_model_dtype():
+    from costsmooth import Smooth
+    torch.manual_seed(0)
+    smooth = Smooth(torch.nn.Linear(4, 3), 3, 0.5)
+    pred, radius = smooth.certify(torch.randn(4).double(), 20, 200, 0.01)
+    assert pred in (-1, 0, 1, 2) and radius >= 0.0
+
+
+def test_help_describes_every_option_without_markup():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"
+        text = p.format_help()
+        assert "``" not in text and ":func:" not in text, name
+        if name in ("certify", "train", "analyze"):
+            assert "(default:" in text, name
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("costsmooth ")
+
+
+def test_ctrl_c_keeps_finished_rows_and_says_how_to_resume(files):
+    out = files / "int.tsv"
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "costsmooth"] + certify_args(files, out, "--N", "400000", "--batch", "100000",
+                                                               "--quiet")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out.exists() and len(read_tsv(str(out))) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted: finished results are kept; run the same command again to resume" in err
+    assert "Traceback" not in err
+    done = len(read_tsv(str(out)))
+    assert done >= 2 and not (files / "int.tsv.lock").exists()
+
+
+def test_run_sh_resolves_relative_paths_against_the_callers_directory(files):
+    assert main(certify_args(files, files / "rel.tsv", "--max", "3", "--quiet")) == 0
+    res = subprocess.run([os.path.join(ROOT, "run.sh"), "analyze", "rel.tsv", "--radii", "0"], cwd=files,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "read 3 rows from rel.tsv" in res.stdout
