@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 
 def cmd_certify(args) -> None:
     from .data import load_dataset
+    from .distributed import certify_distributed, init_from_env, parse_shard
     from .models import load_model
     from .runs import certify_dataset, summarize_run
 
@@ -27,21 +28,37 @@ def cmd_certify(args) -> None:
                       f"usually N0 is about 100 and N is 10^4-10^5")
     if args.cuda_graphs and not (args.device or "cuda").startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device; drop it with --device cpu")
+    shard = parse_shard(args.shard) if args.shard else None
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.split_samples and not distributed:
+        raise UsageError("--split-samples splits each input's samples across torchrun processes: start the command "
+                         "with torchrun --nproc-per-node K -m costsmooth certify ...")
+    if distributed and shard is not None:
+        raise UsageError("--shard is for separate jobs (SLURM arrays); under torchrun the inputs are sharded across "
+                         "ranks already: drop --shard")
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split)
     model = load_model(args.model)
+    ctx = init_from_env() if distributed else None
+    if ctx is not None and device.type == "cuda":
+        device = ctx["device"]  # each rank on its local GPU
     num_classes = probe_num_classes(model.to(device), dataset, device)
     cost = parse_cost(args, num_classes)
     t0 = time.perf_counter()
-    stats = certify_dataset(model, dataset, args.sigma, args.outfile, n0=args.N0, n=args.N, alpha=args.alpha,
-                            batch=args.batch, skip=args.skip, max_index=args.max, cost=cost, seed=args.seed,
-                            device=device,
-                            meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
-                                        "split": args.split},
-                            autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
-                            channels_last=args.channels_last, cuda_graphs=args.cuda_graphs,
-                            skip_invalid=args.skip_invalid, progress=not args.quiet, return_stats=True)
-    print(summarize_run(args.outfile, stats, time.perf_counter() - t0))
+    kwargs = dict(n0=args.N0, n=args.N, alpha=args.alpha, batch=args.batch, skip=args.skip, max_index=args.max,
+                  cost=cost, seed=args.seed, device=device,
+                  meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
+                  autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
+                  channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
+                  progress=not args.quiet, return_stats=True)
+    if ctx is not None:
+        stats = certify_distributed(model, dataset, args.sigma, args.outfile, split_samples=args.split_samples,
+                                    ctx=ctx, **kwargs)
+        if ctx["rank"] != 0:
+            return
+    else:
+        stats = certify_dataset(model, dataset, args.sigma, args.outfile, shard=shard, **kwargs)
+    print(summarize_run(stats["outfile"] if shard is not None else args.outfile, stats, time.perf_counter() - t0))
 
 
 def cmd_recertify(args) -> None:
@@ -104,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record inputs with NaN or infinite values as not certified (predict -1) and go on, "
                         "instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("scale-out (see the README: several GPUs, machines, SLURM arrays)")
+    g.add_argument("--shard", metavar="I/K",
+                   help="certify only part I of K (every K-th selected input from the I-th); join the parts with "
+                        "costsmooth merge")
+    g.add_argument("--split-samples", action="store_true",
+                   help="under torchrun: split each input's samples across the processes (counts summed exactly) "
+                        "instead of sharding the inputs")
     add_cost_args(p)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 
@@ -139,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import demo, train
-    return [train.register_cli, demo.register_cli]
+    from . import demo, distributed, train
+    return [train.register_cli, demo.register_cli, distributed.register_cli]
 
 
 def main(argv=None) -> int:

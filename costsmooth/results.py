@@ -33,7 +33,7 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", 
 # Settings that do not change any certificate: a resumed run may differ in these. Everything else in
 # the metadata (model and dataset fingerprints, sigma, n0, n, alpha, seed, precision, cost, ...) must
 # match, since noise is keyed by dataset index and which indices are certified changes nothing.
-RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset"}
+RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_inputs", "sample_split"}
 
 
 class ResultFileError(ValueError):

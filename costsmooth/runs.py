@@ -6,7 +6,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -65,7 +65,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                     alpha: float = 0.001, batch: int = 1000, skip: int = 1, max_index: int = -1,
                     cost: Optional[CostMatrix] = None, seed: int = 0, device=None, meta_extra=None,
                     progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
-                    cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False):
+                    cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False,
+                    shard: Optional[Tuple[int, int]] = None, sample_split=None):
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
@@ -100,6 +101,11 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
                          f"{list(dataset.inputs.shape)}")
     indices = select_indices(len(dataset), skip, max_index)
+    if shard is not None:
+        part, parts = shard
+        if not (isinstance(part, int) and isinstance(parts, int) and 0 <= part < parts):
+            raise ValueError(f"--shard must be I/K with 0 <= I < K, got {part}/{parts}")
+        indices = indices[part::parts]
     model = model.to(device)
     num_classes = probe_num_classes(model, dataset, device)
     if cost is not None:
@@ -109,6 +115,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "class_names": dataset.class_names, "version": __version__,
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
+            "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
             **(meta_extra or {})}
     invalid = _invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
@@ -117,10 +124,13 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                          f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data, or "
                          f"pass --skip-invalid to record such inputs as not certified and go on")
     invalid = dict(invalid)
-    writer = ResultWriter(outfile, meta)
+    writes = sample_split is None or sample_split.rank == 0
+    writer = ResultWriter(outfile, meta) if writes else None
     done_now, samples = 0, 0
     try:
-        todo = [i for i in indices if i not in writer.done]
+        todo = [i for i in indices if i not in writer.done] if writes else None
+        if sample_split is not None:  # every process samples the same inputs; rank 0 knows which
+            todo = sample_split.broadcast(todo)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
@@ -129,13 +139,15 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         # model's first layer would round them to it anyway): half the bytes written and read.
         noise_dtype = autocast if (autocast is not None and device.type == "cuda") else None
         smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
-                        channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype)
+                        channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype,
+                        sample_split=sample_split)
         chunk = max(1, batch_rows // max(n, 1))
-        bar = tqdm(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not progress,
+        bar = tqdm(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
                    desc=os.path.basename(outfile), dynamic_ncols=True)
         bar.set_postfix_str(f"inputs {len(indices) - len(todo)}/{len(indices)}")
         for i in [i for i in todo if i in invalid]:
-            writer.write(i, _not_certified(num_classes, int(dataset.labels[i]), cost), 0.0, invalid=invalid[i])
+            if writes:
+                writer.write(i, _not_certified(num_classes, int(dataset.labels[i]), cost), 0.0, invalid=invalid[i])
             bar.update(n0 + n)
         todo = [i for i in todo if i not in invalid]
         for start in range(0, len(todo), chunk):
@@ -144,15 +156,17 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             certs = smooth.certify_batch(dataset.inputs[ids], dataset.labels[ids].tolist(), cost, n0=n0, n=n,
                                          alpha=alpha, indices=ids, progress=bar)
             seconds = (time.perf_counter() - t0) / len(ids)
-            for i, cert in zip(ids, certs):
-                writer.write(i, cert, seconds)
+            if writes:
+                for i, cert in zip(ids, certs):
+                    writer.write(i, cert, seconds)
             done_now += len(ids)
             samples += len(ids) * (n0 + n)
             bar.update(len(ids) * n0)  # the estimation samples were counted as they were drawn
-            bar.set_postfix_str(f"inputs {len(writer.done & set(indices))}/{len(indices)}")
+            bar.set_postfix_str(f"inputs {len(indices) - len(todo) + done_now}/{len(indices)}")
         bar.close()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     if return_stats:
         return {"outfile": outfile, "certified_now": done_now, "samples": samples, "invalid": sorted(invalid),
                 "selected": len(indices)}

@@ -39,13 +39,16 @@ class Smooth:
         autocast: run the model under torch.autocast with this dtype (a reduced-precision run
             certifies the reduced-precision model). cuda_graphs: replay the model and the vote as a
             CUDA graph (CUDA only; see ``sample_statistics``).
+        sample_split: a ``costsmooth.distributed.SampleSplit``: each process draws its own range of
+            sample indices of every input and the counts are summed across processes (exact int64),
+            so the certificates equal those of one process drawing all samples.
     """
 
     ABSTAIN = ABSTAIN
 
     def __init__(self, model: torch.nn.Module, num_classes: int, sigma: float, *, batch_size: int = 1000,
                  seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False):
+                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False, sample_split=None):
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         self.sigma = check_positive_finite(sigma, "sigma")
@@ -62,6 +65,7 @@ class Smooth:
         self.channels_last = channels_last
         self.autocast = autocast
         self.cuda_graphs = cuda_graphs
+        self.sample_split = sample_split
         self._graphs = {}  # captured CUDA graphs, reused across calls (see sample_statistics)
         self._calls = 0
 
@@ -73,11 +77,18 @@ class Smooth:
 
     def _counts(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
                 progress=None) -> torch.Tensor:
-        return sample_counts(self.model, x, n, self.sigma, seed=self.seed, stream=stream,
-                             batch_size=batch_size or self.batch_size, index_offset=index_offset,
-                             num_classes=self.num_classes, dtype=self.dtype, channels_last=self.channels_last,
-                             autocast=self.autocast, cuda_graphs=self.cuda_graphs, progress=progress,
-                             graph_cache=self._graphs).cpu()
+        offset, m = (0, n) if self.sample_split is None else self.sample_split.piece(n)
+        if m == 0:
+            counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.int64, device=x.device)
+        else:
+            counts = sample_counts(self.model, x, m, self.sigma, seed=self.seed, stream=stream,
+                                   batch_size=batch_size or self.batch_size, index_offset=index_offset,
+                                   sample_offset=offset, num_classes=self.num_classes, dtype=self.dtype,
+                                   channels_last=self.channels_last, autocast=self.autocast,
+                                   cuda_graphs=self.cuda_graphs, progress=progress, graph_cache=self._graphs)
+        if self.sample_split is not None:
+            counts = self.sample_split.reduce(counts)
+        return counts.cpu()
 
     def _single(self, x) -> torch.Tensor:
         check_float_tensor(x, "x")

@@ -1,0 +1,227 @@
+"""Scale-out: one certification run across processes, GPUs and machines.
+
+Noise is keyed by (seed, stream, dataset index, sample index), so splitting a run changes nothing in
+its certificates:
+
+- **Input sharding**: shard i of k certifies every k-th selected input from the i-th. Under torchrun
+  each rank writes its own resumable part ``OUTFILE.part{i}-of-{k}`` and rank 0 merges the parts into
+  OUTFILE; without torch.distributed (SLURM arrays, several machines with a shared disk) run
+  ``certify --shard i/k`` per job and ``costsmooth merge OUTFILE PART...`` at the end.
+- **Sample splitting** (``--split-samples``, torchrun only): every rank draws its own range of sample
+  indices of each input (selection and estimation draws alike) and the int64 counts are summed with
+  an all-reduce, which is exact; rank 0 writes OUTFILE. For very large n on few inputs.
+
+Both give TSV rows (all but the time column) and counts files identical to one process. torchrun
+starts the processes (``torchrun --nproc-per-node K -m costsmooth certify ...``); the backend is NCCL
+when CUDA is available (each rank on its local GPU), else gloo.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ["SampleSplit", "init_from_env", "part_path", "certify_distributed", "merge_parts", "parse_shard"]
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """``"i/k"`` -> (i, k) with 0 <= i < k."""
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be I/K (e.g. 0/4: the first of four parts), got {text!r}") from None
+    if not 0 <= i < k:
+        raise ValueError(f"--shard {text}: need 0 <= I < K (parts are numbered from 0)")
+    return i, k
+
+
+def part_path(outfile: str, rank: int, world: int) -> str:
+    """Where rank ``rank`` of ``world`` writes its part of OUTFILE."""
+    return f"{outfile}.part{rank}-of-{world}"
+
+
+class SampleSplit:
+    """Each process draws samples ``[n*rank/world, n*(rank+1)/world)`` of every input; counts are summed
+    across processes with an exact int64 all-reduce (``torch.distributed``, already initialised)."""
+
+    def __init__(self, rank: int, world: int, comm_device: torch.device):
+        self.rank, self.world, self.comm_device = rank, world, torch.device(comm_device)
+
+    def piece(self, n: int) -> Tuple[int, int]:
+        """(first sample index, number of samples) of this process for ``n`` samples per input."""
+        start = n * self.rank // self.world
+        return start, n * (self.rank + 1) // self.world - start
+
+    def reduce(self, counts: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        total = counts.to(self.comm_device, dtype=torch.int64).contiguous()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def broadcast(self, obj):
+        import torch.distributed as dist
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.comm_device if self.comm_device.type == "cuda" else None)
+        return box[0]
+
+
+def init_from_env() -> Optional[dict]:
+    """Initialise torch.distributed from torchrun's environment (WORLD_SIZE > 1); None otherwise.
+
+    Returns {"rank", "world", "local_rank", "device"}: NCCL and the local GPU when CUDA is available,
+    else gloo on the CPU. The timeout is long: ranks wait for each other only at the end of a run.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    import torch.distributed as dist
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(days=7))
+    return {"rank": dist.get_rank(), "world": dist.get_world_size(), "local_rank": local_rank, "device": device}
+
+
+def certify_distributed(model, dataset, sigma: float, outfile: str, *, split_samples: bool = False,
+                        ctx: Optional[dict] = None, **kwargs):
+    """``runs.certify_dataset`` across the processes of an initialised process group (``init_from_env``).
+
+    Input sharding (default): each rank certifies its shard into ``part_path(outfile, rank, world)``
+    (resumable as any run), then rank 0 merges the parts into ``outfile``. ``split_samples``: each
+    input's samples are split across ranks and rank 0 writes ``outfile``. Returns what
+    ``certify_dataset`` returns on this rank (rank 0's stats describe the whole run for sample splits).
+    """
+    import torch.distributed as dist
+
+    from .runs import certify_dataset
+
+    ctx = ctx or init_from_env()
+    if ctx is None:
+        raise ValueError("certify_distributed needs several processes: start it with torchrun --nproc-per-node K")
+    rank, world = ctx["rank"], ctx["world"]
+    meta_extra = dict(kwargs.pop("meta_extra", None) or {})
+    if split_samples:
+        split = SampleSplit(rank, world, ctx["device"] if ctx["device"].type == "cuda" else torch.device("cpu"))
+        meta_extra["sample_split"] = world
+        result = certify_dataset(model, dataset, sigma, outfile, sample_split=split, meta_extra=meta_extra, **kwargs)
+        dist.barrier()
+        return result
+    result = certify_dataset(model, dataset, sigma, part_path(outfile, rank, world), shard=(rank, world),
+                             meta_extra=meta_extra, **kwargs)
+    dist.barrier()
+    if rank == 0:
+        merge_parts(outfile, [part_path(outfile, r, world) for r in range(world)], replace=True)
+    dist.barrier()
+    return result
+
+
+def _rows_by_index(path: str):
+    from .results import read_tsv_checked
+    rows, problems = read_tsv_checked(path)
+    if problems:
+        n, why = problems[0]
+        raise ValueError(f"{path}, line {n}: {why}; re-run the part's certify command to repair it before merging")
+    return rows
+
+
+def merge_parts(outfile: str, parts: Sequence[str], *, allow_missing: bool = False, replace: bool = False) -> dict:
+    """Join certification parts (``certify --shard i/k`` or torchrun parts) into ``outfile``.
+
+    Refuses parts written with different settings (anything that changes a certificate, and the
+    selection ``skip``/``max``), an index whose rows differ between parts, and, unless
+    ``allow_missing``, selected indices that no part holds. Indices held by several parts with the
+    same row are kept once and reported. ``outfile`` (TSV, counts, metadata) is sorted by index.
+    An existing ``outfile`` is refused unless ``replace`` and it was itself written by a merge.
+    Returns {"rows", "missing", "duplicated"}.
+    """
+    from filelock import FileLock
+
+    from .results import _write_atomic, read_counts, read_meta, settings_mismatch
+    from .runs import select_indices
+
+    if not parts:
+        raise ValueError("merge needs at least one part")
+    metas = []
+    for part in parts:
+        meta = read_meta(part)
+        if not meta:
+            raise ValueError(f"{part}.meta.json not found: {part} is not a costsmooth certify output")
+        metas.append(meta)
+    first = metas[0]
+    for part, meta in zip(parts[1:], metas[1:]):
+        changed = settings_mismatch(first, meta) + [k for k in ("skip", "max", "num_inputs")
+                                                     if first.get(k) != meta.get(k)]
+        if changed:
+            raise ValueError(f"{part} was written with other settings than {parts[0]} ({', '.join(sorted(changed))}); "
+                             f"parts of one run must share them")
+    if os.path.exists(outfile) and not (replace and read_meta(outfile).get("merged_from")):
+        raise ValueError(f"{outfile} exists; choose a new output file (or delete it to merge again)")
+    rows: Dict[int, dict] = {}
+    counts: Dict[int, dict] = {}
+    duplicated: List[int] = []
+    for part in parts:
+        part_counts = read_counts(part)
+        for row in _rows_by_index(part):
+            i = int(row["idx"])
+            if i not in part_counts:
+                raise ValueError(f"{part}: index {i} has no saved counts; re-run the part's certify command first")
+            if i in rows:
+                same = {k: v for k, v in row.items() if k != "time"} == {k: v for k, v in rows[i].items() if k != "time"}
+                if not same or part_counts[i] != counts[i]:
+                    raise ValueError(f"index {i} has different certificates in two parts ({part}); the parts do not "
+                                     f"belong to one run")
+                duplicated.append(i)
+                continue
+            rows[i], counts[i] = row, part_counts[i]
+    expected = select_indices(first["num_inputs"], first["skip"], first["max"]) if first.get("num_inputs") else []
+    missing = sorted(set(expected) - set(rows))
+    if missing and not allow_missing:
+        raise ValueError(f"{len(missing)} selected indices are in no part (e.g. {missing[:10]}); finish those parts "
+                         f"(re-run their certify commands), or pass --allow-missing")
+    if duplicated:
+        warnings.warn(f"{len(duplicated)} indices were in several parts with identical rows (e.g. "
+                      f"{sorted(duplicated)[:10]}); kept once")
+    with open(parts[0]) as f:
+        header = f.readline().rstrip("\n").split("\t")
+    meta = dict(first, shard=None, merged_from=[os.path.abspath(p) for p in parts],
+                **({"missing_indices": missing} if missing else {}))
+    with FileLock(outfile + ".lock", timeout=0):
+        _write_atomic(outfile + ".meta.json", json.dumps(meta, indent=1))
+        _write_atomic(outfile + ".counts.jsonl", "".join(json.dumps(counts[i]) + "\n" for i in sorted(rows)))
+        _write_atomic(outfile, "\t".join(header) + "\n"
+                      + "".join("\t".join(rows[i].get(c, "") for c in header) + "\n" for i in sorted(rows)))
+        try:
+            os.remove(outfile + ".lock")
+        except OSError:
+            pass
+    return {"rows": len(rows), "missing": missing, "duplicated": sorted(duplicated)}
+
+
+def register_cli(sub) -> None:
+    from .args import HelpFormatter
+
+    p = sub.add_parser("merge", help="join certification parts (certify --shard i/k) into one result file",
+                       formatter_class=HelpFormatter,
+                       description="Join the parts of one certification run (certify --shard I/K, e.g. the jobs of "
+                                   "a SLURM array) into OUT: TSV, counts and metadata, sorted by index. Parts with "
+                                   "different settings are refused; missing and duplicated indices are reported.")
+    p.add_argument("out", help="merged output TSV (must not exist)")
+    p.add_argument("parts", nargs="+", help="the parts' TSVs")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="merge even when some selected indices are in no part (listed in the metadata)")
+
+    def run(args):
+        info = merge_parts(args.out, args.parts, allow_missing=args.allow_missing)
+        extra = f"; missing {len(info['missing'])} indices" if info["missing"] else ""
+        print(f"wrote {args.out}: {info['rows']} rows from {len(args.parts)} parts{extra}")
+
+    p.set_defaults(func=run)
