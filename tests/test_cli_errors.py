@@ -199,3 +199,17 @@ def test_run_sh_resolves_relative_paths_against_the_callers_directory(files):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "read 3 rows from rel.tsv" in res.stdout
+
+
+def test_analyze_writes_json_and_csv_for_notebooks(files, capsys):
+    import csv
+    out = files / "o.tsv"
+    assert main(certify_args(files, out, "--max", "6", "--quiet", "--seed-classes", "1")) == 0
+    assert main(["analyze", str(out), "--radii", "0,0.5", "--classwise", "0.25", "--json", str(files / "m.json"),
+                 "--csv", str(files / "m.csv"), "--plot", str(files / "p.png")]) == 0
+    report = json.load(open(files / "m.json"))  # valid JSON: NaN written as null
+    assert report["files"][0]["rows"] == 6 and report["files"][0]["sigma"] == 0.5
+    assert [r["radius"] for r in report["metrics"]] == [0.0, 0.5] and report["classwise"][0]["radius"] == 0.25
+    rows = list(csv.DictReader(open(files / "m.csv")))
+    assert [r["n"] for r in rows] == ["6", "6"] and rows[0]["file"] == "o"
+    assert os.path.getsize(files / "p.png") > 1000
