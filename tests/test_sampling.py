@@ -113,16 +113,20 @@ def test_noise_uncorrelated_between_inputs_samples_streams_and_neighbours(device
     assert bound(z[:, :-1], z[:, 1:])                           # neighbouring elements
 
 
+def out_of_memory_above(rows: int, model, calls: list):
+    """``model`` that raises an out-of-memory error on calls of more than ``rows`` rows (sizes in ``calls``)."""
+    def fragile(z):
+        calls.append(z.shape[0])
+        if z.shape[0] > rows:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return model(z)
+    return fragile
+
+
 def test_out_of_memory_halves_the_batch_and_keeps_the_counts():
     linear = LinearF64(18, 5)
     calls = []
-
-    def fragile(z):  # runs out of memory above 300 rows
-        calls.append(z.shape[0])
-        if z.shape[0] > 300:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return linear(z)
-
+    fragile = out_of_memory_above(300, linear, calls)
     x = torch.rand(3, 18)
     expected = costsmooth.sample_counts(linear, x, 1000, 0.7, seed=3, batch_size=250)
     with pytest.warns(UserWarning) as record:
@@ -190,13 +194,7 @@ def test_auto_batch_size_remembers_what_fitted_after_out_of_memory(monkeypatch):
     from costsmooth import sampling
     linear = LinearF64(18, 5)
     calls = []
-
-    def fragile(z):  # runs out of memory above 300 rows
-        calls.append(z.shape[0])
-        if z.shape[0] > 300:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return linear(z)
-
+    fragile = out_of_memory_above(300, linear, calls)
     monkeypatch.setattr(sampling, "_FITTING_BATCH", {})
     x = torch.rand(2, 18)
     with pytest.warns(UserWarning, match="out of memory at batch size 1000"):
