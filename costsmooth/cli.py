@@ -9,6 +9,7 @@ from typing import List, Optional
 import torch
 
 from .args import UsageError, add_cost_args, batch_arg, float_list, parse_cost, resolve_device
+from .input_dependent import add_sigma_fn_args, sigma_from_args
 from .runs import analyze, certify_dataset, recertify
 
 __all__ = ["main", "build_parser"]
@@ -23,7 +24,8 @@ def cmd_certify(args) -> None:
     device = resolve_device(args.device)
     num_classes = dataset.num_classes
     cost = parse_cost(args, num_classes)
-    certify_dataset(model, dataset, args.sigma, args.outfile, n0=args.N0, n=args.N, alpha=args.alpha,
+    sigma = sigma_from_args(args, device)  # a number, or KNNSigma with --sigma-fn (costsmooth.input_dependent)
+    certify_dataset(model, dataset, sigma, args.outfile, n0=args.N0, n=args.N, alpha=args.alpha,
                     batch=args.batch, skip=args.skip, max_index=args.max, cost=cost, seed=args.seed, device=device,
                     meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
                     autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay model + vote as a CUDA graph (CUDA only)")
     add_cost_args(p)
+    add_sigma_fn_args(p)  # --sigma-fn knn --sigma-r --sigma-k --sigma-m (costsmooth.input_dependent)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 
     p = sub.add_parser("recertify", help="recompute certificates from saved counts at another alpha or cost")
@@ -102,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import demo, train
-    return [train.register_cli, demo.register_cli]
+    from . import demo, input_dependent, train
+    return [train.register_cli, demo.register_cli, input_dependent.register_cli]
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,8 @@
 
 ``OUTFILE`` (TSV): ``idx label predict radius correct time`` first, exactly as Cohen et al.'s
 certify.py, then ``cs_radius`` (empty for inputs of non-seed classes or without a cost matrix),
-``top_class``, ``top_is_target``, ``pA_lower``, ``target_radii`` (``j:r`` pairs joined by ``;``).
+``top_class``, ``top_is_target``, ``pA_lower``, ``target_radii`` (``j:r`` pairs joined by ``;``),
+``sigma0`` last (the per-input noise level of input-dependent smoothing, exact ``repr``; empty otherwise).
 ``OUTFILE.meta.json``: the settings (sigma, n0, n, alpha, seed, cost matrix, dataset, model).
 ``OUTFILE.counts.jsonl``: one line per input with its selection and estimation counts, so
 certificates can be recomputed at another alpha or cost matrix (``costsmooth recertify``).
@@ -25,7 +26,7 @@ from .cost import CostMatrix
 __all__ = ["COLUMNS", "ResultWriter", "read_tsv", "read_meta", "read_counts", "Records", "load_records"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
-           "pA_lower", "target_radii"]
+           "pA_lower", "target_radii", "sigma0"]
 
 
 def _repair_tail(path: str) -> None:
@@ -84,7 +85,8 @@ def format_row(idx: int, cert: Certificate, seconds: float) -> str:
     label = "" if cert.label is None else str(cert.label)
     correct = "" if cert.label is None else str(int(bool(cert.correct)))
     fields = [str(idx), label, str(cert.prediction), f"{cert.radius:.6g}", correct, f"{seconds:.4f}", cs,
-              str(cert.top_class), str(int(cert.top_is_target)), f"{cert.pA_lower:.8g}", radii]
+              str(cert.top_class), str(int(cert.top_is_target)), f"{cert.pA_lower:.8g}", radii,
+              "" if cert.sigma0 is None else repr(float(cert.sigma0))]  # sigma0: exact round trip
     return "\t".join(fields) + "\n"
 
 
@@ -122,12 +124,20 @@ class ResultWriter:
             with open(path, "w") as f:
                 f.write("\t".join(COLUMNS) + "\n")
         self.done = {int(r["idx"]) for r in read_tsv(path)}
+        # A run started before the sigma0 column existed keeps its header: rows are written with its width.
+        with open(path) as f:
+            self._width = len(f.readline().rstrip("\n").split("\t"))
 
     def write(self, idx: int, cert: Certificate, seconds: float) -> None:
         # Counts first: a row in the TSV always has its counts saved.
         rec = {"idx": idx, "label": cert.label, "selection": cert.selection_counts.tolist(),
                "estimation": cert.counts.tolist()}
-        for path, line in ((self.counts_path, json.dumps(rec) + "\n"), (self.path, format_row(idx, cert, seconds))):
+        if cert.sigma0 is not None:  # input-dependent sigma: the noise level of this input
+            rec["sigma0"] = cert.sigma0
+        row = format_row(idx, cert, seconds)
+        if self._width < len(COLUMNS):
+            row = "\t".join(row.rstrip("\n").split("\t")[:self._width]) + "\n"
+        for path, line in ((self.counts_path, json.dumps(rec) + "\n"), (self.path, row)):
             with open(path, "a") as f:
                 f.write(line)
                 f.flush()

@@ -25,6 +25,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
     Cohen et al.'s certify.py. Each input's noise depends on (seed, i) only. autocast, channels_last
     and cuda_graphs are passed to ``Smooth`` (the precision is recorded in the metadata).
+    ``sigma`` may be an input-dependent sigma function (``costsmooth.input_dependent.KNNSigma``): its
+    ``describe()`` goes to the metadata and each row records its sigma0.
     """
     from tqdm import tqdm
 
@@ -42,7 +44,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                          f"{dataset.num_classes} classes")
     if cost is not None:
         cost.check_num_classes(num_classes)
-    meta = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
+    sigma_meta = sigma.describe() if callable(sigma) else sigma  # input-dependent sigma: its settings
+    meta = {"sigma": sigma_meta, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
             "class_names": dataset.class_names, "version": __version__,
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
@@ -80,6 +83,9 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     meta = read_meta(tsv)
     if not meta:
         raise ValueError(f"{tsv}.meta.json not found: recertify needs a run written by costsmooth certify")
+    if isinstance(meta.get("sigma"), dict):  # input-dependent sigma (costsmooth.input_dependent)
+        raise ValueError(f"{tsv} was certified with an input-dependent sigma ({meta['sigma'].get('fn')}); recertify "
+                         f"supports constant-sigma runs only: re-run costsmooth certify with the new settings")
     counts = read_counts(tsv)
     times = {int(r["idx"]): float(r["time"]) for r in read_tsv(tsv)}
     if cost is None and keep_cost and meta.get("cost"):

@@ -103,7 +103,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
         save_checkpoint(ckpt_path, model, arch, dataset.num_classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
-                        sigma=sigma, seed=seed, cost=cost.to_json() if cost is not None else None)
+                        sigma=sigma.describe() if hasattr(sigma, "describe") else sigma,  # sigma function: settings
+                        seed=seed, cost=cost.to_json() if cost is not None else None)
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
     return ckpt_path
