@@ -191,7 +191,8 @@ def two_class_radius(p_lower: float, p_upper: float, sigma0: float, r: float, di
     if r == 0.0 and slack == 0.0:
         return float(max(cohen, 0.0))
     if not math.isfinite(cohen):
-        raise ValueError("p_lower = 1 gives an unbounded radius; pass a Clopper-Pearson lower bound (< 1)")
+        raise ValueError("p_lower = 1 or p_upper = 0 gives an unbounded radius; pass Clopper-Pearson bounds "
+                         "(strictly inside (0, 1))")
     if cohen <= 0.0:
         return 0.0
     grid = cohen * np.arange(1, GRID_POINTS + 1) / GRID_POINTS
@@ -532,7 +533,8 @@ def add_sigma_fn_args(p) -> None:
     g = p.add_argument_group("input-dependent sigma (Súkeník et al. 2022; the positional sigma is sigma_base)")
     g.add_argument("--sigma-fn", choices=["knn"],
                    help="knn: sigma(x) = sigma * exp(R * (D_k(x) - M)), D_k the mean distance to the K nearest "
-                        "inputs of the dataset's train split; certificates use the sound bound")
+                        "inputs of the dataset's train split (a .pt dataset is its own bank); certificates use "
+                        "the sound bound of Sukenik et al., never Cohen's formula at a per-input sigma")
     g.add_argument("--sigma-r", type=float, help="semi-elasticity R of the sigma function (default 0.01)")
     g.add_argument("--sigma-k", type=int, help="neighbours K (default 20)")
     g.add_argument("--sigma-m", type=float, help="centring distance M (default: median D_k of the train split)")
