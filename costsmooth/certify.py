@@ -48,6 +48,8 @@ class Certificate:
     cs_pA_lower: lower bound on p_cA at level alpha/2.
     target_upper: {j: upper bound on p_j at level alpha/(2K)} for j in Omega_y.
     target_radii: {j: radius within which class j cannot be reached (0.0 when not certified)}.
+    sigma0: the noise level the radii used, for input-dependent sigma (costsmooth.input_dependent);
+        None for a constant sigma.
     """
     prediction: int
     radius: float
@@ -62,6 +64,7 @@ class Certificate:
     cs_pA_lower: Optional[float] = None
     target_upper: Dict[int, float] = field(default_factory=dict)
     target_radii: Dict[int, float] = field(default_factory=dict)
+    sigma0: Optional[float] = None  # input-dependent sigma (costsmooth.input_dependent)
 
     @property
     def correct(self) -> Optional[bool]:

@@ -13,6 +13,7 @@ import torch
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, batch_arg, float_list, max_arg, non_negative_int,
                    parse_cost, positive_float, positive_int, probability, resolve_device)
 from .runs import analyze, probe_num_classes, recertify
+from .input_dependent import add_sigma_fn_args, sigma_from_args
 
 __all__ = ["main", "build_parser"]
 
@@ -44,6 +45,7 @@ def cmd_certify(args) -> None:
         device = ctx["device"]  # each rank on its local GPU
     num_classes = probe_num_classes(model.to(device), dataset, device)
     cost = parse_cost(args, num_classes)
+    sigma = sigma_from_args(args, device)  # a number, or KNNSigma with --sigma-fn (costsmooth.input_dependent)
     t0 = time.perf_counter()
     kwargs = dict(n0=args.N0, n=args.N, alpha=args.alpha, batch=args.batch, skip=args.skip, max_index=args.max,
                   cost=cost, seed=args.seed, device=device,
@@ -52,12 +54,12 @@ def cmd_certify(args) -> None:
                   channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
                   progress=not args.quiet, return_stats=True)
     if ctx is not None:
-        stats = certify_distributed(model, dataset, args.sigma, args.outfile, split_samples=args.split_samples,
+        stats = certify_distributed(model, dataset, sigma, args.outfile, split_samples=args.split_samples,
                                     ctx=ctx, **kwargs)
         if ctx["rank"] != 0:
             return
     else:
-        stats = certify_dataset(model, dataset, args.sigma, args.outfile, shard=shard, **kwargs)
+        stats = certify_dataset(model, dataset, sigma, args.outfile, shard=shard, **kwargs)
     print(summarize_run(stats["outfile"] if shard is not None else args.outfile, stats, time.perf_counter() - t0))
 
 
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under torchrun: split each input's samples across the processes (counts summed exactly) "
                         "instead of sharding the inputs")
     add_cost_args(p)
+    add_sigma_fn_args(p)  # --sigma-fn knn --sigma-r --sigma-k --sigma-m (costsmooth.input_dependent)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 
     p = sub.add_parser("recertify", help="recompute certificates from saved counts at another alpha or cost",
@@ -163,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import demo, distributed, train
-    return [train.register_cli, demo.register_cli, distributed.register_cli]
+    from . import demo, distributed, input_dependent, train
+    return [train.register_cli, demo.register_cli, distributed.register_cli, input_dependent.register_cli]
 
 
 def main(argv=None) -> int:

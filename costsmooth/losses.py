@@ -39,14 +39,15 @@ class NoiseSource:
         self.stream = stream
         self.counter = 0
 
-    def noise(self, x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
+    def noise(self, x: torch.Tensor, k: int, sigma) -> torch.Tensor:
+        """``[B * k, *shape]`` noise; sigma a number or a ``[B]`` tensor (input-dependent sigma)."""
         base = torch.zeros_like(x, dtype=torch.float32)
         out = ops.noisy_batch(base, k, sigma, seed=self.seed, stream=self.stream, index_offset=self.counter % 2**31,
                               dtype=x.dtype)
         self.counter += x.shape[0]
         return out
 
-    def draw(self, x: torch.Tensor, k: int, sigma: float) -> torch.Tensor:
+    def draw(self, x: torch.Tensor, k: int, sigma) -> torch.Tensor:
         return x.repeat_interleave(k, dim=0) + self.noise(x.detach(), k, sigma)
 
     def state_dict(self) -> dict:
@@ -65,10 +66,27 @@ def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = 
 
 class _Loss:
     name = "loss"
+    accepts_sigma_fn = False  # Gaussian and CS-RS losses also take an input-dependent sigma function
 
-    def __init__(self, sigma: float, seed: int = 0):
-        self.sigma = check_positive_finite(sigma, "sigma")
+    def __init__(self, sigma, seed: int = 0):
+        if callable(sigma) and not self.accepts_sigma_fn:
+            raise TypeError(f"the {self.name} loss takes a number sigma; input-dependent sigma functions work with "
+                            f"the gaussian, cs_rs and cs_rs_pairwise losses")
+        # sigma: a number, or an input-dependent sigma function [B, *shape] -> [B] (costsmooth.input_dependent)
+        self.sigma = sigma if callable(sigma) else check_positive_finite(sigma, "sigma")
         self.noise = NoiseSource(seed)
+
+    def _sigma_of(self, x: torch.Tensor):
+        """The batch's noise level: the number, or the sigma function evaluated on ``x`` (``[B]``, no grad)."""
+        if not callable(self.sigma):
+            return self.sigma
+        with torch.no_grad():
+            return self.sigma(x.detach())
+
+    @staticmethod
+    def _scale(sigma) -> float:
+        """sigma in the hinge weight ``lambda * sigma / 2``: the batch mean for a per-input sigma."""
+        return float(sigma.mean()) if isinstance(sigma, torch.Tensor) else sigma
 
     def state_dict(self) -> dict:
         return {"noise": self.noise.state_dict()}
@@ -77,17 +95,21 @@ class _Loss:
         self.noise.load_state_dict(state["noise"])
 
     def __repr__(self) -> str:
-        params = {k: v for k, v in vars(self).items() if k not in ("noise", "cost")}
+        params = {k: v for k, v in vars(self).items() if k not in ("noise", "cost") and not k.startswith("_")}
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
 class GaussianAugmentation(_Loss):
-    """Cohen et al. 2019: cross-entropy on ``x + N(0, sigma^2 I)``, one draw per input and step."""
+    """Cohen et al. 2019: cross-entropy on ``x + N(0, sigma^2 I)``, one draw per input and step.
+
+    ``sigma`` may be an input-dependent sigma function (``costsmooth.input_dependent.KNNSigma``): each
+    input's noise is then drawn at ``sigma(x)``."""
     name = "gaussian"
+    accepts_sigma_fn = True
 
     def __call__(self, model, x, y) -> Tuple[torch.Tensor, Diagnostics]:
         _check_batch(x, y)
-        logits = model(self.noise.draw(x, 1, self.sigma))
+        logits = model(self.noise.draw(x, 1, self._sigma_of(x)))
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
 
@@ -198,8 +220,11 @@ class CSRSSeedwise(_Loss):
     Seed-class inputs with ``|xi| < gamma1`` add ``gamma1 - xi`` (misclassified ones included, pushing
     them back); other inputs with ``0 < xi < gamma2`` add ``gamma2 - xi``.
     ``L = [sum CE + lambda1 * sigma/2 * (sum_seed + sum_other)] / B``, CE = ``-log(g_hat_y + 1e-10)``.
+    With an input-dependent sigma function, each input's noise is drawn at ``sigma(x)`` and the hinge
+    weight uses the batch mean of sigma.
     """
     name = "cs_rs"
+    accepts_sigma_fn = True
 
     def __init__(self, sigma: float, cost: CostMatrix, k: int = 16, beta: float = 16.0, gamma1: float = 16.0,
                  gamma2: float = 4.0, lambda1: float = 3.0, seed: int = 0):
@@ -209,7 +234,9 @@ class CSRSSeedwise(_Loss):
 
     def _terms(self, model, x, y):
         _check_batch(x, y, self.cost.num_classes)
-        g_hat, g_beta, logits = _smoothed_probs(model, self.noise, x, self.k, self.sigma, self.beta)
+        sigma = self._sigma_of(x)
+        self._batch_sigma = self._scale(sigma)  # the hinge weight's sigma for this batch
+        g_hat, g_beta, logits = _smoothed_probs(model, self.noise, x, self.k, sigma, self.beta)
         _check_cost(self.cost, logits)
         ce = -torch.log(g_hat.gather(1, y[:, None]).squeeze(1) + 1e-10)
         p_y = g_beta.gather(1, y[:, None]).squeeze(1)
@@ -219,7 +246,7 @@ class CSRSSeedwise(_Loss):
         ce, _, p_y, p_other, seed = self._terms(model, x, y)
         seed_sum, seed_used, xi = _hinge(self.gamma1, p_y, p_other, lambda xi: seed & (xi.abs() < self.gamma1))
         other_sum, other_used, _ = _hinge(self.gamma2, p_y, p_other, lambda xi: ~seed & (xi > 0) & (xi < self.gamma2))
-        loss = (ce.sum() + self.lambda1 * self.sigma / 2 * (seed_sum + other_sum)) / x.shape[0]
+        loss = (ce.sum() + self.lambda1 * self._batch_sigma / 2 * (seed_sum + other_sum)) / x.shape[0]
         return loss, {"ce": float(ce.mean().detach()), "seed_hinge_inputs": float(seed_used),
                       "other_hinge_inputs": float(other_used), "mean_xi": _mean_finite(xi)}
 
@@ -240,7 +267,7 @@ class CSRSPairwise(CSRSSeedwise):
         p_top = torch.where(top_is_target, p_y, top_val)
         seed_sum, seed_used, _ = _hinge(self.gamma1, p_top, p_target, lambda xi: seed & (xi.abs() < self.gamma1))
         std_sum, std_used, _ = _hinge(self.gamma2, p_y, p_other, lambda xi: (xi > 0) & (xi < self.gamma2))
-        loss = (ce.sum() + self.lambda1 * self.sigma / 2 * (seed_sum + std_sum)) / x.shape[0]
+        loss = (ce.sum() + self.lambda1 * self._batch_sigma / 2 * (seed_sum + std_sum)) / x.shape[0]
         return loss, {"ce": float(ce.mean().detach()), "seed_hinge_inputs": float(seed_used),
                       "other_hinge_inputs": float(std_used)}
 

@@ -2,7 +2,8 @@
 
 ``OUTFILE`` (TSV): ``idx label predict radius correct time`` first, exactly as Cohen et al.'s
 certify.py, then ``cs_radius`` (empty for inputs of non-seed classes or without a cost matrix),
-``top_class``, ``top_is_target``, ``pA_lower``, ``target_radii`` (``j:r`` pairs joined by ``;``).
+``top_class``, ``top_is_target``, ``pA_lower``, ``target_radii`` (``j:r`` pairs joined by ``;``),
+``sigma0`` last (the per-input noise level of input-dependent smoothing, exact ``repr``; empty otherwise).
 ``OUTFILE.meta.json``: the settings (sigma, n0, n, alpha, seed, cost matrix, dataset, model).
 ``OUTFILE.counts.jsonl``: one line per input with its selection and estimation counts, so
 certificates can be recomputed at another alpha or cost matrix (``costsmooth recertify``).
@@ -27,7 +28,7 @@ __all__ = ["COLUMNS", "ResultWriter", "ResultFileError", "read_tsv", "read_tsv_c
            "settings_mismatch", "format_row", "Records", "load_records"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
-           "pA_lower", "target_radii"]
+           "pA_lower", "target_radii", "sigma0"]
 
 
 # Settings that do not change any certificate: a resumed run may differ in these. Everything else in
@@ -150,7 +151,8 @@ def format_row(idx: int, cert: Certificate, seconds: float) -> str:
     label = "" if cert.label is None else str(cert.label)
     correct = "" if cert.label is None else str(int(bool(cert.correct)))
     fields = [str(idx), label, str(cert.prediction), _exact(cert.radius), correct, f"{seconds:.4f}", cs,
-              str(cert.top_class), str(int(cert.top_is_target)), _exact(cert.pA_lower), radii]
+              str(cert.top_class), str(int(cert.top_is_target)), _exact(cert.pA_lower), radii,
+              "" if cert.sigma0 is None else _exact(cert.sigma0)]  # sigma0: input-dependent smoothing only
     return "\t".join(fields) + "\n"
 
 
@@ -194,6 +196,8 @@ class ResultWriter:
                                   f"OUTFILE") from None
         try:
             self.done = self._open(meta)
+            with open(path) as f:
+                self._width = len(f.readline().rstrip("\n").split("\t"))
         except BaseException:
             self.close()
             raise
@@ -246,7 +250,12 @@ class ResultWriter:
                "estimation": cert.counts.tolist()}
         if invalid:
             rec["invalid"] = invalid
-        for path, line in ((self.counts_path, json.dumps(rec) + "\n"), (self.path, format_row(idx, cert, seconds))):
+        if cert.sigma0 is not None:  # input-dependent sigma: the noise level of this input
+            rec["sigma0"] = cert.sigma0
+        row = format_row(idx, cert, seconds)
+        if self._width < len(COLUMNS):  # a file started before the last columns existed keeps its width
+            row = "\t".join(row.rstrip("\n").split("\t")[:self._width]) + "\n"
+        for path, line in ((self.counts_path, json.dumps(rec) + "\n"), (self.path, row)):
             with open(path, "a") as f:
                 f.write(line)
                 f.flush()

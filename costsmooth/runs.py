@@ -82,6 +82,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     ``skip_invalid``: then its row records "not certified" (predict -1, radius 0) and the run goes on.
     Returns ``outfile``, or with ``return_stats`` a dict (inputs certified now, samples drawn, invalid
     indices). Progress is shown in samples (with samples/s and the time left).
+    ``sigma`` may be an input-dependent sigma function (``costsmooth.input_dependent.KNNSigma``): its
+    ``describe()`` goes to the metadata and each row records its sigma0.
     """
     from tqdm import tqdm
 
@@ -91,7 +93,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     from .sampling import eval_mode, resolve_batch_size
     from .smooth import Smooth
 
-    sigma = check_positive_finite(sigma, "sigma")
+    if not callable(sigma):
+        sigma = check_positive_finite(sigma, "sigma")
     n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
     device = torch.device(device) if device is not None else torch.device("cpu")
     batch_rows = resolve_batch_size(batch, device)
@@ -110,7 +113,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     num_classes = probe_num_classes(model, dataset, device)
     if cost is not None:
         cost.check_num_classes(num_classes)
-    meta = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
+    sigma_meta = sigma.describe() if callable(sigma) else sigma  # input-dependent sigma: its settings
+    meta = {"sigma": sigma_meta, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
             "class_names": dataset.class_names, "version": __version__,
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
@@ -261,6 +265,9 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     meta = read_meta(tsv)
     if not meta:
         raise ValueError(f"{tsv}.meta.json not found: recertify needs a run written by costsmooth certify")
+    if isinstance(meta.get("sigma"), dict):  # input-dependent sigma (costsmooth.input_dependent)
+        raise ValueError(f"{tsv} was certified with an input-dependent sigma ({meta['sigma'].get('fn')}); recertify "
+                         f"supports constant-sigma runs only: re-run costsmooth certify with the new settings")
     counts = read_counts(tsv)
     times = {int(r["idx"]): float(r["time"]) for r in read_tsv(tsv)}
     num_classes = meta.get("num_classes")

@@ -32,7 +32,10 @@ class Smooth:
     Args:
         model: base classifier mapping ``[B, *shape]`` to logits ``[B, num_classes]``.
         num_classes: number of classes (checked against the model's output width).
-        sigma: noise level (one for all inputs; an input-dependent sigma needs its own certificate).
+        sigma: noise level (one for all inputs), or an input-dependent sigma function mapping inputs
+            ``[B, *shape]`` to ``[B]`` levels with a declared ``semi_elasticity`` r (e.g.
+            ``costsmooth.input_dependent.KNNSigma``); its certificates come from the sound bound of
+            ``costsmooth.input_dependent`` (never Cohen's formula at a per-input sigma).
         batch_size: rows per model call, or "auto" (see ``sample_statistics``); seed: 64-bit noise
             seed; device: where to run (default: the model's parameters' device, else cpu).
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.
@@ -46,12 +49,19 @@ class Smooth:
 
     ABSTAIN = ABSTAIN
 
-    def __init__(self, model: torch.nn.Module, num_classes: int, sigma: float, *, batch_size: int = 1000,
+    def __init__(self, model: torch.nn.Module, num_classes: int, sigma, *, batch_size: int = 1000,
                  seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False,
                  autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False, sample_split=None):
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
-        self.sigma = check_positive_finite(sigma, "sigma")
+        # Input-dependent sigma (costsmooth.input_dependent): a callable with a declared semi-elasticity.
+        self.semi_elasticity = None
+        if callable(sigma):
+            from .input_dependent import check_sigma_fn
+            self.semi_elasticity = check_sigma_fn(sigma)
+            self.sigma = sigma
+        else:
+            self.sigma = check_positive_finite(sigma, "sigma")
         self.seed = seed
         if device is None:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
@@ -75,13 +85,18 @@ class Smooth:
         self._calls += 1
         return index
 
+    def _sigma_of(self, x: torch.Tensor):
+        """The noise level of each input: the number, or the sigma function's float64 ``[B]``."""
+        return self.sigma(x) if callable(self.sigma) else self.sigma
+
     def _counts(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
-                progress=None) -> torch.Tensor:
+                progress=None, sigma=None) -> torch.Tensor:
+        sigma = self._sigma_of(x) if sigma is None else sigma
         offset, m = (0, n) if self.sample_split is None else self.sample_split.piece(n)
         if m == 0:
             counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.int64, device=x.device)
         else:
-            counts = sample_counts(self.model, x, m, self.sigma, seed=self.seed, stream=stream,
+            counts = sample_counts(self.model, x, m, sigma, seed=self.seed, stream=stream,
                                    batch_size=batch_size or self.batch_size, index_offset=index_offset,
                                    sample_offset=offset, num_classes=self.num_classes, dtype=self.dtype,
                                    channels_last=self.channels_last, autocast=self.autocast,
@@ -159,11 +174,18 @@ class Smooth:
             cost.check_num_classes(self.num_classes)
         if labels is not None:
             labels = _labels(labels, X.shape[0], self.num_classes)
+        sigma = self._sigma_of(X)  # once per input: the noise and the certificate use the same value
+        per_input = isinstance(sigma, torch.Tensor)
         selection, estimation = [], []
         for start, stop in _consecutive_runs(indices):
             xs = X[start:stop]
-            selection.append(self._counts(xs, n0, STREAM_SELECTION, indices[start], batch_size))
-            estimation.append(self._counts(xs, n, STREAM_ESTIMATION, indices[start], batch_size, progress))
+            sig = sigma[start:stop] if per_input else sigma
+            selection.append(self._counts(xs, n0, STREAM_SELECTION, indices[start], batch_size, sigma=sig))
+            estimation.append(self._counts(xs, n, STREAM_ESTIMATION, indices[start], batch_size, progress, sig))
+        if callable(self.sigma):
+            from .input_dependent import certificates_from_counts
+            return certificates_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha,
+                                            sigma, self.semi_elasticity, X.shape[1:].numel(), labels, cost)
         return certify_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha, self.sigma,
                                    labels, cost)
 

@@ -77,7 +77,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
     epochs = check_count(epochs, "epochs")
     batch_size = check_count(batch_size, "batch_size")
-    sigma = check_positive_finite(sigma, "sigma")
+    # sigma: a number, or an input-dependent sigma function (costsmooth.input_dependent), recorded by its settings
+    sigma_setting = sigma.describe() if hasattr(sigma, "describe") else None
+    if not callable(sigma):
+        sigma = check_positive_finite(sigma, "sigma")
     lr = check_positive_finite(lr, "lr")
     if len(dataset) == 0:
         raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to train on")
@@ -89,7 +92,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                          f"{int(dataset.labels.max())}")
     device = torch.device(device)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-    settings = {"arch": arch, "loss": loss, "sigma": sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
+    settings = {"arch": arch, "loss": loss, "sigma": sigma_setting or sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
                 "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
                 "seed": seed, "eps_warmup": eps_warmup, "loss_kwargs": dict(sorted((loss_kwargs or {}).items())),
                 "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
@@ -150,7 +153,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
         save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
-                        sigma=sigma, seed=seed, cost=settings["cost"], settings=settings)
+                        sigma=settings["sigma"], seed=seed, cost=settings["cost"], settings=settings)
         with open(log_path, "a") as f:
             f.write(json.dumps(_finite_record(record), allow_nan=False) + "\n")
         if log is not None:
