@@ -317,6 +317,62 @@ class SmoothAdv(_Loss):
 
 LOSSES = {cls.name: cls for cls in (GaussianAugmentation, GaussianReweighted, MACER, CSRSSeedwise, CSRSPairwise,
                                     SmoothAdv)}
+
+
+class PGDTraining(_Loss):
+    """Adversarial training of the base model (Madry et al. 2018): cross-entropy on ``x'``, the PGD
+    maximiser of the base model's cross-entropy over ``||x' - x||_norm <= eps`` (``costsmooth.attacks.pgd_attack``:
+    ``steps`` projected steps of ``step_size``, default ``2.5 * eps / steps``, from a random start).
+
+    ``norm``: "l2"/"linf" (or 2 / inf, as ``--loss-arg norm=inf`` passes it). ``noise=1`` adds one
+    Gaussian draw at ``sigma`` to ``x'`` before the cross-entropy (adversarial + Gaussian training
+    for smoothing); with ``noise=0`` (default) sigma is unused. The random start of call t is seeded
+    by (seed, t), the call counter saved in ``state_dict()``. ``eps`` can be ramped per epoch
+    (``costsmooth train`` does, as for SmoothAdv). With ``costsmooth train --mixup A`` the attack runs
+    on the same-class mixtures (Zhong & Tandon 2024).
+    """
+    name = "pgd"
+
+    def __init__(self, sigma: float, eps: float = 0.25, steps: int = 7, step_size: Optional[float] = None,
+                 norm="l2", noise: int = 0, seed: int = 0):
+        super().__init__(sigma, seed)
+        self.eps = float(eps)
+        if not self.eps >= 0 or self.eps == float("inf"):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.steps = check_count(steps, "steps")
+        self.step_size = None if step_size is None else check_positive_finite(step_size, "step_size")
+        names = {2: "l2", float("inf"): "linf", "l2": "l2", "linf": "linf"}
+        if isinstance(norm, bool) or norm not in names:
+            raise ValueError(f"norm must be l2 or linf (2 or inf with --loss-arg), got {norm!r}")
+        self.norm = names[norm]
+        if noise not in (0, 1):
+            raise ValueError(f"noise must be 0 (plain adversarial training) or 1 (add Gaussian noise), got {noise!r}")
+        self.use_noise = bool(noise)
+        self._calls = 0
+
+    def __call__(self, model, x, y):
+        from .attacks import pgd_attack  # attacks sits beside the losses; imported here to keep imports one way
+        _check_batch(x, y)
+        x_adv = pgd_attack(model, x.detach(), y, eps=self.eps, norm=self.norm, steps=self.steps,
+                           step_size=self.step_size if self.eps > 0 else None,
+                           seed=(self.noise.seed * 1000003 + self._calls) % 2**63)
+        self._calls += 1
+        inputs = self.noise.draw(x_adv, 1, self.sigma) if self.use_noise else x_adv
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"ce": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean()),
+                      "eps": self.eps}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "calls": self._calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._calls = int(state.get("calls", 0))
+
+
+LOSSES[PGDTraining.name] = PGDTraining
+__all__.append("PGDTraining")
 _NEEDS_COST = {"gaussian_r", "cs_rs", "cs_rs_pairwise"}
 
 

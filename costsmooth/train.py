@@ -53,7 +53,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
           epochs: int = 30, lr: float = 0.01, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
-          stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None) -> str:
+          stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None,
+          mixup: Optional[float] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -69,6 +70,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     the epoch and step; the checkpoint of the last finished epoch is kept. ``log`` (a callable taking
     a string) receives one line per epoch. ``num_classes`` defaults to the dataset's class count (or,
     for a dataset without class names, the largest label + 1).
+
+    ``mixup`` (alpha > 0): every batch goes through ``costsmooth.mixup.SameClassMixup(alpha, seed)``
+    (inputs mixed with inputs of their own class, Zhong & Tandon 2024) before the loss, for every
+    loss; its state is saved in the checkpoint and ``mixup`` is a recorded setting.
     """
     from tqdm import tqdm
 
@@ -96,6 +101,11 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                 "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
                 "seed": seed, "eps_warmup": eps_warmup, "loss_kwargs": dict(sorted((loss_kwargs or {}).items())),
                 "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
+    mixer = None  # same-class mixup (costsmooth.mixup); "mixup": None records a run without it
+    if mixup is not None:
+        from .mixup import SameClassMixup
+        mixer = SameClassMixup(mixup, seed)
+    settings["mixup"] = mixer.alpha if mixer is not None else None
     state = None
     if os.path.isfile(ckpt_path):
         if not resume:
@@ -121,6 +131,11 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         objective.load_state_dict(state["loss_state"])
+        if mixer is not None:
+            if "mixup_state" not in state:
+                raise ValueError(f"{ckpt_path} was written without --mixup; resume without it or choose another "
+                                 f"output directory")
+            mixer.load_state_dict(state["mixup_state"])
         start = state["epoch"]
     target_eps = getattr(objective, "eps", None)
     x_all, y_all = dataset.inputs, dataset.labels
@@ -136,7 +151,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                    disable=not progress, dynamic_ncols=True)
         for step, b0 in enumerate(bar, start=1):
             idx = order[b0:b0 + batch_size]
-            value, diag = objective(model, x_all[idx].to(device), y_all[idx].to(device))
+            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+            if mixer is not None:
+                xb, yb = mixer(xb, yb)
+            value, diag = objective(model, xb, yb)
             opt.zero_grad(set_to_none=True)
             if not bool(torch.isfinite(value.detach())):
                 _diverged(f"the {loss} loss is {float(value.detach())}", epoch, epochs, step, ckpt_path, start)
@@ -153,7 +171,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
         save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
-                        sigma=settings["sigma"], seed=seed, cost=settings["cost"], settings=settings)
+                        sigma=settings["sigma"], seed=seed, cost=settings["cost"], settings=settings,
+                        **({"mixup_state": mixer.state_dict()} if mixer is not None else {}))
         with open(log_path, "a") as f:
             f.write(json.dumps(_finite_record(record), allow_nan=False) + "\n")
         if log is not None:
@@ -199,6 +218,9 @@ def register_cli(sub) -> None:
                    help="model outputs (default: the dataset's classes; for a .pt file without class_names, the "
                         "largest label + 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required)")
+    p.add_argument("--mixup", type=positive_float, metavar="ALPHA",
+                   help="same-class mixup before the loss (Zhong & Tandon 2024): each input mixed with one of its own "
+                        "class in the batch, weight ~ Beta(ALPHA, ALPHA); works with every loss")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="loss hyper-parameter, e.g. k=16, gamma=8, lam=12, eps=0.5 (repeatable)")
@@ -221,7 +243,7 @@ def register_cli(sub) -> None:
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,
                      weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
                      resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
-                     log=None if args.quiet else print, num_classes=classes)
+                     log=None if args.quiet else print, num_classes=classes, mixup=args.mixup)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)
