@@ -19,7 +19,7 @@ from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .certify import ABSTAIN, Certificate, _labels, certify_from_counts
 from .cost import CostMatrix
-from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, resolve_batch_size, sample_counts
+from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, resolve_batch_size, sample_counts, sample_statistics
 
 __all__ = ["Smooth"]
 
@@ -51,7 +51,8 @@ class Smooth:
 
     def __init__(self, model: torch.nn.Module, num_classes: int, sigma, *, batch_size: int = 1000,
                  seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False, sample_split=None):
+                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False, sample_split=None,
+                 prob_sums: bool = False):
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         # Input-dependent sigma (costsmooth.input_dependent): a callable with a declared semi-elasticity.
@@ -76,6 +77,11 @@ class Smooth:
         self.autocast = autocast
         self.cuda_graphs = cuda_graphs
         self.sample_split = sample_split
+        # prob_sums: certificates also carry the float64 softmax sums [C] of the estimation draw
+        # (certified calibration, costsmooth.calibration); not with sample_split (the sums are not all-reduced).
+        if prob_sums and sample_split is not None:
+            raise ValueError("prob_sums cannot be combined with a sample split; shard the inputs instead")
+        self.prob_sums = bool(prob_sums)
         self._graphs = {}  # captured CUDA graphs, reused across calls (see sample_statistics)
         self._calls = 0
 
@@ -145,6 +151,27 @@ class Smooth:
         return self._certify(x, None if label is None else [label], cost, n0, n, alpha, [self._fresh_index()],
                              batch_size)[0]
 
+    # -- sequential certification at a radius (costsmooth.sequential) ------------------------------
+    def certify_at(self, x: torch.Tensor, radius: float, alpha: float, *, max_n: int, cost: Optional[CostMatrix] = None,
+                   label: Optional[int] = None, n0: int = 100, batch_size: Optional[int] = None, **options):
+        """Sequential test of "certified at L2 ``radius``" for one input (no batch dimension).
+
+        Returns a ``costsmooth.sequential.SequentialResult`` (``decision`` "certified", "not_certified" or
+        "undecided" at ``max_n``; ``samples``; ``prediction``). Each decision errs with probability <= alpha
+        (anytime-valid boundary; see ``costsmooth.sequential``). A fresh input index per call, as ``certify``.
+        """
+        from .sequential import _certify_at
+        return _certify_at(self, self._single(x), radius, alpha, max_n=max_n, labels=None if label is None else [label],
+                           cost=cost, n0=n0, indices=[self._fresh_index()], batch_size=batch_size, **options)[0]
+
+    def certify_batch_at(self, X: torch.Tensor, radius: float, alpha: float = 0.001, *, max_n: int = 100000,
+                         labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None, **options):
+        """Sequential tests at L2 ``radius`` for many inputs ``X[B, *shape]``, samples packed into shared model
+        calls; see ``costsmooth.sequential.certify_batch_at`` (options: n0, indices, batch_size, slots, first,
+        growth, progress). Returns a list of ``SequentialResult``."""
+        from .sequential import certify_batch_at
+        return certify_batch_at(self, X, radius, alpha, max_n=max_n, labels=labels, cost=cost, **options)
+
     # -- batches --------------------------------------------------------------------------------
     def certify_batch(self, X: torch.Tensor, labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None,
                       *, n0: int = 100, n: int = 100000, alpha: float = 0.001,
@@ -176,18 +203,30 @@ class Smooth:
             labels = _labels(labels, X.shape[0], self.num_classes)
         sigma = self._sigma_of(X)  # once per input: the noise and the certificate use the same value
         per_input = isinstance(sigma, torch.Tensor)
-        selection, estimation = [], []
+        selection, estimation, sums = [], [], []
         for start, stop in _consecutive_runs(indices):
             xs = X[start:stop]
             sig = sigma[start:stop] if per_input else sigma
             selection.append(self._counts(xs, n0, STREAM_SELECTION, indices[start], batch_size, sigma=sig))
+            if self.prob_sums:  # the same estimation draw, with the softmax sums (costsmooth.calibration)
+                est = sample_statistics(self.model, xs, n, sig, seed=self.seed, stream=STREAM_ESTIMATION,
+                                        batch_size=batch_size or self.batch_size, index_offset=indices[start],
+                                        num_classes=self.num_classes, prob_sums=True, dtype=self.dtype,
+                                        channels_last=self.channels_last, autocast=self.autocast, progress=progress)
+                estimation.append(est.counts.cpu())
+                sums.append(est.prob_sums.cpu())
+                continue
             estimation.append(self._counts(xs, n, STREAM_ESTIMATION, indices[start], batch_size, progress, sig))
         if callable(self.sigma):
             from .input_dependent import certificates_from_counts
-            return certificates_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha,
-                                            sigma, self.semi_elasticity, X.shape[1:].numel(), labels, cost)
-        return certify_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha, self.sigma,
-                                   labels, cost)
+            certs = certificates_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha,
+                                             sigma, self.semi_elasticity, X.shape[1:].numel(), labels, cost)
+        else:
+            certs = certify_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha, self.sigma,
+                                        labels, cost)
+        for cert, row in zip(certs, torch.cat(sums).numpy() if sums else ()):
+            cert.prob_sums = row
+        return certs
 
 
 def _consecutive_runs(indices: Sequence[int]):

@@ -1,0 +1,238 @@
+"""Sequential certification (costsmooth.sequential): coverage where the truth is known, the naive rule's
+failure, the engine path (packing invariance, prefix counts), cost-sensitive tests, adaptive-n radii, errors.
+
+Statistical tests use fixed seeds. Each coverage assertion allows 3 binomial standard deviations above
+alpha: if the true error rate were exactly alpha, such a test would fail with probability < 0.2%
+(the measured rates are far below alpha, so the real false-failure rate is far smaller)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from costsmooth import CostMatrix, Smooth, sample_counts
+from costsmooth.certify import conservative_sigma
+from costsmooth.sequential import (CONTINUE, Boundary, certify_batch_at, cost_sensitive_test, estimate_radius_batch,
+                                   simulate_standard)
+
+from .models import Bins, Linear2
+
+SIGMA, RADIUS = 0.25, 0.5
+THRESHOLD = norm.cdf(RADIUS / SIGMA)  # p_A at which the true radius is exactly RADIUS
+
+
+def slack(alpha: float, trials: int) -> float:
+    return 3 * math.sqrt(alpha * (1 - alpha) / trials)
+
+
+def p_at_distance(d: float) -> float:
+    """p_A of Linear2 at distance d from its hyperplane: the true radius is d."""
+    return float(norm.cdf(d / SIGMA))
+
+
+def test_geometric_boundary_spends_alpha_over_its_checkpoints():
+    b = Boundary.geometric(0.001, 100000, first=64, growth=1.25)
+    assert b.checkpoints[0] == 64 and b.checkpoints[-1] == 100000
+    assert np.all(np.diff(b.checkpoints) > 0)
+    assert np.all(b.checkpoints[1:-1] / b.checkpoints[:-2] < 1.26)
+    assert b.guaranteed_alpha == pytest.approx(0.001, rel=1e-12) and b.guaranteed_alpha <= 0.001
+    assert np.allclose(b.levels, 0.001 / len(b))
+    assert Boundary.geometric(0.01, 50).checkpoints.tolist() == [50]  # max_n below the first checkpoint
+    with pytest.raises(ValueError, match="growth must be > 1"):
+        Boundary.geometric(0.01, 1000, growth=1.0)
+    with pytest.raises(ValueError, match="increasing"):
+        Boundary(np.array([10, 10]), np.array([0.01, 0.01]))
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.01])
+def test_false_certification_rate_is_at_most_alpha_just_below_the_threshold(alpha):
+    rng = np.random.default_rng(12345)
+    boundary = Boundary.geometric(alpha, 20000)
+    trials = 20000
+    for d in (RADIUS, RADIUS - 0.005):  # at the threshold (the worst case) and just below it
+        decision, samples = simulate_standard(p_at_distance(d), RADIUS, SIGMA, boundary, trials, rng)
+        rate = float(np.mean(decision == "certified"))
+        assert rate <= alpha + slack(alpha, trials), (d, rate)
+        assert samples.max() <= 20000
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.01])
+def test_false_not_certified_rate_is_at_most_alpha_just_above_the_threshold(alpha):
+    rng = np.random.default_rng(54321)
+    boundary = Boundary.geometric(alpha, 20000)
+    trials = 20000
+    decision, _ = simulate_standard(p_at_distance(RADIUS + 0.005), RADIUS, SIGMA, boundary, trials, rng)
+    assert float(np.mean(decision == "not_certified")) <= alpha + slack(alpha, trials)
+    # well above the threshold nearly every trial is certified, with far fewer than max_n samples
+    decision, samples = simulate_standard(p_at_distance(RADIUS + 0.25), RADIUS, SIGMA, boundary, 4000, rng)
+    assert np.mean(decision == "certified") > 0.99 and np.median(samples) < 2000
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.01])
+def test_naive_rule_stop_when_the_fixed_n_bound_crosses_exceeds_alpha(alpha):
+    # The same checkpoints, each checked with the fixed-n Clopper-Pearson bound at level alpha: not valid.
+    rng = np.random.default_rng(777)
+    valid = Boundary.geometric(alpha, 20000)
+    naive = Boundary(valid.checkpoints, np.full(len(valid), alpha))
+    trials = 20000
+    decision, _ = simulate_standard(p_at_distance(RADIUS), RADIUS, SIGMA, naive, trials, rng)
+    rate = float(np.mean(decision == "certified"))
+    assert rate > alpha + slack(alpha, trials), rate  # measured: 0.35 at alpha 0.1, 0.055 at alpha 0.01
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.01])
+def test_cost_sensitive_false_certification_rate_is_at_most_alpha(alpha):
+    # Classes: 0 = cA (the label), 1 = harmless, 2 = the only target. True R_cs = sigma/2 (Phi^-1(pA) - Phi^-1(pT)).
+    rng = np.random.default_rng(2024)
+    sigma, radius, p_target = 0.25, 0.25, 0.02
+    boundary = Boundary.geometric(alpha, 4000, first=32, growth=1.5)
+    trials = 6000
+    for true_radius in (radius, radius - 0.01):
+        p_A = norm.cdf(2 * true_radius / sigma + norm.ppf(p_target))
+        p = np.array([p_A, 1 - p_A - p_target, p_target])
+        counts = np.zeros((trials, 3), dtype=np.int64)
+        decision = np.zeros(trials, dtype=np.int64)
+        previous = 0
+        for k, n in enumerate(boundary.checkpoints):
+            counts += rng.multinomial(n - previous, p, size=trials)
+            previous = n
+            open_ = np.nonzero(decision == CONTINUE)[0]
+            decision[open_] = cost_sensitive_test(counts[open_], 0, [2], n, boundary.levels[k], radius, sigma)[0]
+        assert np.mean(decision == 1) <= alpha + slack(alpha, trials), true_radius
+
+
+def test_cost_sensitive_test_refuses_a_top_class_in_the_target_set():
+    d, _, r = cost_sensitive_test(np.array([[0, 0, 1000]]), 2, [2], 1000, 0.001, 0.1, 0.25)
+    assert d[0] == 2 and r[0] == 0.0
+
+
+# -- through the engine -------------------------------------------------------------------------
+def _linear_inputs(distances):
+    return torch.tensor([[d, 0.0] for d in distances], dtype=torch.float64)
+
+
+def test_engine_decisions_match_the_truth_and_stop_early():
+    model = Linear2([1.0, 0.0], 0.0)
+    smooth = Smooth(model, 2, SIGMA, batch_size=400, seed=3)
+    X = _linear_inputs([0.05, 0.2, 0.9, -0.9, 1.2])  # true radii 0.05, 0.2, 0.9, 0.9, 1.2
+    results = smooth.certify_batch_at(X, RADIUS, 0.001, max_n=20000, labels=[1, 1, 1, 1, 1])
+    assert [r.decision for r in results] == ["not_certified", "not_certified", "certified", "certified", "certified"]
+    assert all(r.samples < 2000 for r in results)
+    assert [r.prediction for r in results[2:]] == [1, 0, 1]
+    assert [r.correct for r in results[2:]] == [True, False, True]
+    for r in results[2:]:
+        assert r.certified_radius >= RADIUS and r.test == "standard"
+        assert r.certified_radius == pytest.approx(SIGMA * norm.ppf(r.pA_lower), abs=1e-12)
+
+
+def test_engine_results_do_not_depend_on_packing_and_equal_prefix_counts():
+    model = Linear2([0.6, 0.8], 0.1)
+    smooth = Smooth(model, 2, SIGMA, seed=11)
+    X = torch.tensor(np.random.default_rng(0).uniform(-0.8, 0.8, size=(12, 2)))
+    idx = [5, 6, 7, 20, 21, 40, 41, 42, 43, 44, 90, 100]
+    runs = [smooth.certify_batch_at(X, 0.3, 0.01, max_n=5000, indices=idx, batch_size=b, slots=s)
+            for b, s in ((1000, None), (97, 3), (64, 1), (5000, 12))]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert (a.decision, a.samples, a.prediction) == (b.decision, b.samples, b.prediction)
+            assert np.array_equal(a.counts, b.counts) and np.array_equal(a.selection_counts, b.selection_counts)
+    assert len({r.samples for r in runs[0]}) > 2  # inputs really stopped at different times
+    for i, r in zip(idx, runs[0]):  # the estimation counts are the first `samples` samples of stream 1
+        ref = sample_counts(model, X[idx.index(i):idx.index(i) + 1], r.samples, SIGMA, seed=11, stream=1, index_offset=i)
+        assert np.array_equal(ref[0].numpy(), r.counts)
+        sel = sample_counts(model, X[idx.index(i):idx.index(i) + 1], 100, SIGMA, seed=11, stream=0, index_offset=i)
+        assert np.array_equal(sel[0].numpy(), r.selection_counts)
+
+
+def test_engine_false_certification_rate_at_the_threshold():
+    # 400 independent inputs (distinct indices) exactly at true radius RADIUS: certified is always wrong.
+    # The float64 Linear2 model votes Bernoulli(Phi(d / sigma)) under the float32-drawn noise (sigma 0.25 exact).
+    alpha, trials = 0.1, 400
+    smooth = Smooth(Linear2([1.0, 0.0], 0.0), 2, SIGMA, batch_size=4000, seed=99)
+    X = _linear_inputs([RADIUS] * trials)
+    results = certify_batch_at(smooth, X, RADIUS, alpha, max_n=2000, first=32, growth=1.5)
+    rate = np.mean([r.decision == "certified" for r in results])
+    assert rate <= alpha + slack(alpha, trials)
+    assert {r.decision for r in results} <= {"certified", "not_certified", "undecided"}
+    assert any(r.decision == "undecided" and r.samples == 2000 for r in results)
+
+
+def test_single_input_certify_at_uses_fresh_noise_and_float32_sigma():
+    model = Linear2([1.0, 0.0], 0.0)
+    smooth = Smooth(model, 2, 0.12, seed=1)
+    x = torch.tensor([0.6, 0.0], dtype=torch.float64)
+    a, b = smooth.certify_at(x, 0.2, 0.001, max_n=10000), smooth.certify_at(x, 0.2, 0.001, max_n=10000)
+    assert a.decision == b.decision == "certified"
+    for k, r in enumerate((a, b)):  # each call draws the noise of a fresh input index, as Smooth.certify
+        ref = sample_counts(model, x[None], r.samples, 0.12, seed=1, stream=1, index_offset=2**31 + k)
+        assert np.array_equal(ref[0].numpy(), r.counts)
+    # radii use the float32 sigma the kernels draw with when it is smaller (0.12 -> 0.1199999973)
+    assert a.certified_radius == pytest.approx(conservative_sigma(0.12) * norm.ppf(a.pA_lower), rel=1e-15)
+    assert conservative_sigma(0.12) < 0.12
+
+
+def test_cost_sensitive_inputs_get_the_cost_sensitive_test():
+    # Bins: class by the first coordinate's bin; at t = -1 (sigma 0.5) p = [0.84, 0.16, 0.0000003] for edges 0, 3.
+    model = Bins([-0.5, 3.0])
+    cost = CostMatrix.pairwise(3, {0: [2]})
+    smooth = Smooth(model, 3, 0.5, seed=5)
+    X = torch.tensor([[-1.5, 0.0], [-1.5, 0.0], [4.0, 0.0]])
+    results = smooth.certify_batch_at(X, 0.4, 0.001, max_n=20000, labels=[0, 1, 2], cost=cost)
+    assert [r.test for r in results] == ["cost_sensitive", "standard", "standard"]
+    p = model.probs(-1.5, 0.5)
+    true_cs = 0.5 / 2 * (norm.ppf(p[0]) - norm.ppf(p[2]))
+    assert true_cs > 2 and results[0].decision == "certified" and 0.4 <= results[0].certified_radius < true_cs
+    true_std = 0.5 * norm.ppf(p[0])  # 0.5: the standard test at 0.4 holds too
+    assert results[1].decision == "certified" and results[1].certified_radius < true_std
+    # a seed-class input whose top class is a target is not cost-sensitively robust, at once
+    far = smooth.certify_batch_at(torch.tensor([[5.0, 0.0]]), 0.1, 0.001, max_n=20000, labels=[0], cost=cost)[0]
+    assert far.decision == "not_certified" and far.top_is_target and far.samples == 64
+
+
+def test_adaptive_radius_is_a_valid_lower_bound_and_stops_early():
+    # Each radius exceeds its input's true radius with probability <= alpha = 0.001, so with another seed
+    # this test would fail with probability <= 29 * 0.001 (union bound; far less in practice).
+    model = Linear2([1.0, 0.0], 0.0)
+    smooth = Smooth(model, 2, SIGMA, batch_size=2000, seed=8)
+    distances = np.linspace(-0.7, 0.7, 29)
+    out = estimate_radius_batch(smooth, _linear_inputs(distances), 0.05, 0.001, max_n=20000)
+    for d, r in zip(distances, out):
+        assert 0 <= r.radius <= abs(d) + 1e-12  # never above the true radius
+        assert r.samples <= 20000 and r.prediction in (-1, int(d > 0))
+        if r.converged:
+            assert r.radius >= r.limit - 0.05
+    assert out[14].samples < 1000 and out[14].prediction == -1  # d = 0: abstains, and stops early
+    assert sum(r.samples for r in out) < 0.5 * 20000 * len(out)
+    assert sum(r.converged for r in out) >= 20
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s, X: s.certify_batch_at(X, -0.1), "radius must be a finite number >= 0"),
+    (lambda s, X: s.certify_batch_at(X, 0.1, max_n=0), "max_n must be an integer >= 1"),
+    (lambda s, X: s.certify_batch_at(X, 0.1, growth=0.5), "growth must be > 1"),
+    (lambda s, X: s.certify_batch_at(X, 0.1, alpha=1.5), "alpha must be a number in"),
+    (lambda s, X: s.certify_batch_at(X, 0.1, indices=[0]), "2 inputs need as many indices"),
+    (lambda s, X: s.certify_batch_at(X, 0.1, cost=np.zeros((2, 2))), "cost must be a costsmooth.CostMatrix"),
+    (lambda s, X: s.certify_batch_at(X * float("nan"), 0.1), "NaN or infinite"),
+    (lambda s, X: estimate_radius_batch(s, X, 0.0), "tolerance must be a positive finite number"),
+])
+def test_bad_input_is_refused_with_a_clear_message(call, message):
+    smooth = Smooth(Linear2([1.0, 0.0], 0.0), 2, SIGMA)
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(smooth, _linear_inputs([0.1, 0.2]))
+
+
+def test_input_dependent_sigma_is_refused():
+    class Sigma:
+        semi_elasticity = 0.01
+
+        def __call__(self, x):
+            return torch.full((x.shape[0],), 0.25, dtype=torch.float64)
+
+    try:
+        smooth = Smooth(Linear2([1.0, 0.0], 0.0), 2, Sigma())
+    except (ValueError, TypeError):
+        pytest.skip("this sigma function is not accepted by Smooth")
+    with pytest.raises(ValueError, match="needs a constant sigma"):
+        smooth.certify_batch_at(_linear_inputs([0.1]), 0.1)
