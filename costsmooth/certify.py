@@ -65,6 +65,7 @@ class Certificate:
     target_upper: Dict[int, float] = field(default_factory=dict)
     target_radii: Dict[int, float] = field(default_factory=dict)
     sigma0: Optional[float] = None  # input-dependent sigma (costsmooth.input_dependent)
+    prob_sums: Optional[np.ndarray] = None  # float64 [C] softmax sums of the estimation draw (Smooth(prob_sums=True))
 
     @property
     def correct(self) -> Optional[bool]:

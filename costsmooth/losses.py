@@ -374,10 +374,16 @@ class PGDTraining(_Loss):
 LOSSES[PGDTraining.name] = PGDTraining
 __all__.append("PGDTraining")
 _NEEDS_COST = {"gaussian_r", "cs_rs", "cs_rs_pairwise"}
+# Losses defined in modules built on this one (they import it, so it cannot import them at import time):
+# name -> module, imported by make_loss on first use; the module adds its classes to LOSSES.
+LAZY_LOSSES = {"act_brier": "costsmooth.calibration", "act_ece": "costsmooth.calibration"}
 
 
 def make_loss(name: str, sigma: float, cost: Optional[CostMatrix] = None, seed: int = 0, **kwargs):
     """A loss by name (``LOSSES``); the cost-sensitive ones need ``cost``."""
+    if name not in LOSSES and name in LAZY_LOSSES:
+        import importlib
+        importlib.import_module(LAZY_LOSSES[name])
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     if name in _NEEDS_COST:

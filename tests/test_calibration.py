@@ -1,0 +1,223 @@
+"""Certified calibration (SPEC 6): bounds against enumeration and closed forms, confidence intervals
+against a classifier whose smoothed confidence is known, attacks, ACT losses, the command line."""
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+from scipy.stats import binom, norm
+
+import costsmooth
+from costsmooth import calibration as cal
+from costsmooth.certify import certify_from_counts
+from tests.models import Linear2
+
+
+def _random_boxes(rng, n, n_bins, snap=False):
+    centre = rng.random(n)
+    width = rng.random(n) * 0.35
+    lo = np.clip(centre - width * rng.random(n), 0, 1)
+    up = np.clip(centre + width * rng.random(n), 0, 1)
+    if snap:  # box ends exactly on bin edges (the edge-ownership convention matters)
+        lo = np.round(lo * n_bins) / n_bins
+        up = np.maximum(lo, np.round(up * n_bins) / n_bins)
+    return lo, up, rng.random(n) < 0.7
+
+
+# -- certified ECE ----------------------------------------------------------------------------------
+
+def test_certified_ece_exact_methods_equal_brute_force_and_admm_is_below():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n_bins = 10 if trial % 3 == 0 else int(rng.integers(1, 6))
+        lo, up, c = _random_boxes(rng, int(rng.integers(1, 7)), n_bins, snap=trial % 4 == 0)
+        truth = cal.brute_force_certified_ece(lo, up, c, n_bins)
+        milp = cal.certified_ece(lo, up, c, n_bins, method="milp")
+        signs = cal.certified_ece(lo, up, c, n_bins, method="signs")
+        admm = cal.certified_ece(lo, up, c, n_bins, method="admm")
+        assert milp.exact and signs.exact and not admm.exact
+        assert abs(milp.value - truth) <= 1e-9 and abs(signs.value - truth) <= 1e-9, (trial, truth, milp, signs)
+        assert admm.value <= milp.value + 1e-12
+        for res in (milp, signs, admm):  # each value is attained inside the boxes, with the plain ECE's bins
+            assert np.all(res.confidences >= lo) and np.all(res.confidences <= up)
+            assert np.array_equal(cal.bin_index(res.confidences, n_bins), res.bins)
+            assert abs(cal.expected_calibration_error(res.confidences, c, n_bins) - res.value) <= 1e-12
+
+
+def test_exact_solvers_agree_at_moderate_size_and_dominate_baselines():
+    rng = np.random.default_rng(1)
+    lo, up, c = _random_boxes(rng, 60, 10)
+    milp = cal.certified_ece(lo, up, c, method="milp").value
+    assert cal.certified_ece(lo, up, c, method="signs").value == pytest.approx(milp, abs=1e-12)
+    assert cal.certified_ece(lo, up, c).method == "signs"  # auto
+    for lower in (cal.certified_ece(lo, up, c, method="admm").value, cal.ece_at_brier_worst(lo, up, c),
+                  cal.dece_ascent(lo, up, c, steps=50)):
+        assert lower <= milp + 1e-12
+
+
+def test_plain_ece_bin_convention():
+    # bins [0, .5) and [.5, 1]: 0.5 belongs to the upper bin, 1.0 to the last
+    z = np.array([0.5, 0.25, 1.0])
+    c = np.array([True, False, True])
+    assert list(cal.bin_index(z, 2)) == [1, 0, 1]
+    assert cal.expected_calibration_error(z, c, 2) == pytest.approx((abs(0.5 + 0.0) + abs(-0.25)) / 3)
+
+
+def test_zero_radius_degenerate_boxes_give_plain_metrics():
+    rng = np.random.default_rng(2)
+    z = np.concatenate([rng.random(20), np.linspace(0, 1, 11)])  # includes every bin edge exactly
+    c = rng.random(z.size) < 0.6
+    lo, up = cal.confidence_box(z, z, 0.0, 0.25)
+    assert np.array_equal(lo, z) and np.array_equal(up, z)
+    assert cal.certified_brier(lo, up, c) == pytest.approx(cal.brier_score(z, c), abs=1e-15)
+    plain = cal.expected_calibration_error(z, c, 10)
+    for method in ("signs", "milp", "admm"):
+        assert cal.certified_ece(lo, up, c, method=method).value == pytest.approx(plain, abs=1e-12)
+
+
+def test_certified_brier_is_attained_and_dominates_any_point_in_the_boxes():
+    rng = np.random.default_rng(3)
+    lo, up, c = _random_boxes(rng, 50, 10)
+    z_star = cal.brier_worst_confidences(lo, up, c)
+    assert np.all((z_star >= lo) & (z_star <= up))
+    cbs = cal.certified_brier(lo, up, c)
+    assert cbs == cal.brier_score(z_star, c)
+    for _ in range(200):
+        z = lo + (up - lo) * rng.random(lo.size)
+        assert cal.brier_score(z, c) <= cbs
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="method"):
+        cal.certified_ece([0.1], [0.2], [True], method="exact")
+    with pytest.raises(ValueError, match="low <= up"):
+        cal.certified_ece([0.3], [0.2], [True])
+    with pytest.raises(ValueError, match="same length"):
+        cal.certified_brier([0.1, 0.2], [0.3, 0.4], [True])
+    with pytest.raises(ValueError, match="n_bins"):
+        cal.expected_calibration_error([0.1], [True], n_bins=0)
+    with pytest.raises(ValueError, match="method"):
+        cal.confidence_interval([5.0], 10, 0.01, method="dkw")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        cal.confidence_interval([11.0], 10, 0.01)
+
+
+# -- confidences, intervals, boxes ---------------------------------------------------------------------
+
+def _soft_confidence(t: float, sigma: float) -> float:
+    """E sigmoid(2 (t + sigma e)), e ~ N(0, 1): the smoothed softmax of class 1 of Linear2([1, 0], 0)."""
+    return integrate.quad(lambda e: norm.pdf(e) / (1 + np.exp(-2 * (t + sigma * e))), -12, 12, epsabs=1e-13)[0]
+
+
+@pytest.mark.parametrize("method", ["hoeffding", "kl"])
+def test_confidence_interval_covers_the_known_smoothed_confidence(method):
+    # 400 independent estimation draws (distinct input indices) of n = 100 samples at alpha = 0.2. A valid
+    # interval misses at most 20% of the time; the test fails when the misses exceed the binomial
+    # 1 - 1e-6 quantile (false-failure rate < 1e-6 for a valid interval).
+    sigma, t, n, alpha, draws = 0.5, 0.3, 100, 0.2, 400
+    model = Linear2([1.0, 0.0], 0.0)
+    x = torch.tensor([[t, 0.0]], dtype=torch.float64).repeat(draws, 1)
+    stats = costsmooth.sample_statistics(model, x, n, sigma, seed=7, prob_sums=True)
+    truth = _soft_confidence(t, sigma)
+    low, up = cal.confidence_interval(stats.prob_sums[:, 1].numpy(), n, alpha, method)
+    misses = int(((truth < low) | (truth > up)).sum())
+    assert misses <= binom.ppf(1 - 1e-6, draws, alpha)
+    if method == "kl":  # tighter than Hoeffding on the same sums, and still valid above
+        h_low, h_up = cal.confidence_interval(stats.prob_sums[:, 1].numpy(), n, alpha, "hoeffding")
+        assert np.all(up - low <= h_up - h_low + 1e-12)
+
+
+def test_confidence_box_is_sound_and_tight():
+    sigma, eps = 0.5, 0.3
+    for t in (-0.4, 0.1, 0.6):
+        z = _soft_confidence(t, sigma)
+        lo, up = cal.confidence_box([z], [z], eps, sigma)
+        for shift in np.linspace(-eps, eps, 7):  # the soft classifier stays inside the box
+            assert lo[0] - 1e-12 <= _soft_confidence(t + shift, sigma) <= up[0] + 1e-12
+        # a hard linear classifier meets the box ends exactly: z(x) = Phi(t / sigma)
+        hard = norm.cdf(t / sigma)
+        lo, up = cal.confidence_box([hard], [hard], eps, sigma)
+        assert lo[0] == pytest.approx(norm.cdf((t - eps) / sigma), abs=1e-12)
+        assert up[0] == pytest.approx(norm.cdf((t + eps) / sigma), abs=1e-12)
+
+
+def test_certified_confidences_split_alpha_and_match_smooth():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3)).double()
+    x = torch.randn(12, 2, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    conf, sel, est, sums = cal.sample_confidences(model, x, y, 0.5, n0=20, n=300, alpha=0.01, seed=3)
+    certs = certify_from_counts(sel, est, 0.005, 0.5, y.tolist())  # alpha/2 for the prediction
+    assert conf.prediction.tolist() == [c.prediction for c in certs]
+    assert conf.alpha_prediction == conf.alpha_interval == 0.005
+    # the same engine draw as Smooth without sums
+    plain = costsmooth.Smooth(model, 3, 0.5, seed=3).certify_batch(x, y.tolist(), n0=20, n=300, alpha=0.005)
+    assert np.array_equal(np.stack([c.counts for c in plain]), est)
+    assert np.allclose(sums.sum(1), 300)
+    top = np.array([c.top_class for c in certs])
+    low, up = cal.confidence_interval(sums[np.arange(12), top], 300, 0.005)
+    assert np.array_equal(conf.low, low) and np.array_equal(conf.up, up)
+    joint = cal.certified_confidences(sel, est, sums, y.tolist(), 0.01, 0.5, joint=True)
+    assert joint.alpha_interval == pytest.approx(0.01 / 12 / 2)
+    mask, lo, hi, c, _ = conf.box(0.2)
+    assert np.array_equal(mask, (conf.prediction != -1) & (conf.radius > 0.2))
+    assert np.all(lo <= conf.low[mask]) and np.all(hi >= conf.up[mask])
+    with pytest.raises(ValueError, match="sum to the row's number of samples"):
+        cal.certified_confidences(sel, est, sums * 0.5, y.tolist(), 0.01, 0.5)
+
+
+# -- attacks and ACT -------------------------------------------------------------------------------
+
+def _linear3():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 3).double()
+    return model, torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+
+
+def test_ace_attack_moves_confidence_at_fixed_prediction():
+    model, x, y = _linear3()
+    with torch.no_grad():
+        p0 = model(x).softmax(1)
+    pred = p0.argmax(1)
+    conf0 = p0.max(1).values
+    for eta, sign in (("down", -1), ("up", 1)):
+        adv = cal.ace_attack(model, x, y, eps=0.5, eta=eta, steps=10)
+        with torch.no_grad():
+            p = model(adv).softmax(1)
+        assert torch.equal(p.argmax(1), pred)
+        assert (adv - x).norm(dim=1).max() <= 0.5 + 1e-9
+        moved = sign * (p.gather(1, pred[:, None]).squeeze(1) - conf0)
+        assert bool((moved >= -1e-12).all()) and float(moved.mean()) > 0.01
+    # smoothed model, fixed noise: the hard vote is kept and the soft confidence goes down
+    noise = costsmooth.losses.NoiseSource(0).noise(x, 8, 0.3)
+    adv = cal.ace_attack(model, x, y, eps=0.5, eta="down", noise=noise, steps=10)
+    assert torch.equal(cal.predictions(model, adv, noise), cal.predictions(model, x, noise))
+    soft = costsmooth.attacks.soft_smoothed_probs
+    with torch.no_grad():
+        p_pred = cal.predictions(model, x, noise)[:, None]
+        assert float((soft(model, adv, noise).gather(1, p_pred) - soft(model, x, noise).gather(1, p_pred)).mean()) < 0
+
+
+@pytest.mark.parametrize("name", ["act_brier", "act_ece"])
+def test_act_losses_train_and_resume_exactly(name):
+    model, x, y = _linear3()
+    loss_fn = costsmooth.losses.make_loss(name, 0.3, seed=2, eps=0.3, steps=3, m=2)
+    loss, diag = loss_fn(model, x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and model.weight.grad.abs().sum() > 0 and diag["perturbation"] > 0
+    saved = copy.deepcopy(loss_fn.state_dict())
+    again, _ = loss_fn(model, x, y)
+    resumed = costsmooth.losses.make_loss(name, 0.3, seed=2, eps=0.3, steps=3, m=2)
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed(model, x, y)[0], again)
+
+
+def test_act_losses_register_lazily():
+    code = ("import costsmooth.losses as L; assert 'act_ece' not in L.LOSSES; "
+            "print(type(L.make_loss('act_ece', 0.25)).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTECE"
