@@ -23,7 +23,10 @@ def cmd_certify(args) -> None:
     from .distributed import certify_distributed, init_from_env, parse_shard
     from .models import load_model
     from .runs import certify_dataset, summarize_run
+    from .sequential import run_certify_command
 
+    if run_certify_command(args) is not None:  # --sequential --radius R (costsmooth.sequential)
+        return
     if args.N0 > args.N:
         warnings.warn(f"--N0 {args.N0} > --N {args.N}: the selection draw is larger than the estimation draw; "
                       f"usually N0 is about 100 and N is 10^4-10^5")
@@ -132,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of sharding the inputs")
     add_cost_args(p)
     add_sigma_fn_args(p)  # --sigma-fn knn --sigma-r --sigma-k --sigma-m (costsmooth.input_dependent)
+    from .sequential import add_sequential_args
+    add_sequential_args(p)  # --sequential --radius R --max-n N (costsmooth.sequential)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 
     p = sub.add_parser("recertify", help="recompute certificates from saved counts at another alpha or cost",

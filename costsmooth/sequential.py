@@ -68,7 +68,7 @@ from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, eval_mode
 
 __all__ = ["Boundary", "SequentialResult", "RadiusEstimate", "certify_batch_at", "estimate_radius_batch",
            "standard_test", "cost_sensitive_test", "simulate_standard", "certify_dataset_at", "DEFAULT_FIRST",
-           "DEFAULT_GROWTH", "SEQUENTIAL_COLUMNS"]
+           "DEFAULT_GROWTH", "SEQUENTIAL_COLUMNS", "add_sequential_args", "run_certify_command"]
 
 DEFAULT_FIRST = 64      # first checkpoint (estimation samples)
 DEFAULT_GROWTH = 1.25   # checkpoint ratio; 1.25-1.5 balances overshoot against the alpha/K split
@@ -618,7 +618,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
                        max_n: int = 100000, alpha: float = 0.001, batch: int = 1000, skip: int = 1,
                        max_index: int = -1, cost: Optional[CostMatrix] = None, seed: int = 0, device=None,
                        meta_extra=None, progress: bool = True, first: int = DEFAULT_FIRST,
-                       growth: float = DEFAULT_GROWTH, chunk: int = 64) -> dict:
+                       growth: float = DEFAULT_GROWTH, chunk: int = 64, autocast: Optional[torch.dtype] = None,
+                       channels_last: bool = False) -> dict:
     """``certify --sequential``: test every selected input of ``dataset`` at ``radius`` into ``outfile``.
 
     Inputs as in ``runs.certify_dataset`` (``i % skip == 0``, ``i < max_index``); rows are written as
@@ -650,9 +651,17 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
                                              "growth": growth, "checkpoints": len(boundary)},
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
             "class_names": dataset.class_names, "version": __version__, "model_sha256": fingerprint_model(model),
-            "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset), **(meta_extra or {})}
+            "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
+            "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
+            **(meta_extra or {})}
+    if channels_last and dataset.inputs.dim() != 4:
+        raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
+                         f"{list(dataset.inputs.shape)}")
     writer = SequentialWriter(outfile, meta)
-    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
+                    channels_last=channels_last)
     summary = collections.Counter()
     try:
         todo = [i for i in indices if i not in writer.done]
@@ -676,3 +685,65 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
             "fixed_n_samples": max_n * len(todo), "certified": summary["certified"],
             "not_certified": summary["not_certified"], "undecided": summary["undecided"],
             "certified_correct": summary["certified_correct"]}
+
+
+# -- command line (a branch of ``costsmooth certify``) --------------------------------------------
+def add_sequential_args(p) -> None:
+    """--sequential / --radius / --max-n / --first / --growth for ``costsmooth certify``."""
+    from .args import positive_float, positive_int
+
+    g = p.add_argument_group("sequential certification at one radius (costsmooth.sequential, docs/sequential.md)")
+    g.add_argument("--sequential", action="store_true",
+                   help="decide per input 'certified at --radius R?' with an anytime-valid test, stopping each "
+                        "input as soon as it is decided (columns decision and samples); --N0 is the selection draw")
+    g.add_argument("--radius", type=positive_float, help="the L2 radius R tested by --sequential")
+    g.add_argument("--max-n", type=positive_int, help="--sequential: most estimation samples per input (default --N)")
+    g.add_argument("--first", type=positive_int, default=DEFAULT_FIRST, help="--sequential: first checkpoint")
+    g.add_argument("--growth", type=positive_float, default=DEFAULT_GROWTH,
+                   help="--sequential: ratio of consecutive checkpoints (> 1); alpha is split evenly over them")
+
+
+def run_certify_command(args) -> Optional[dict]:
+    """``costsmooth certify ... --sequential --radius R``: returns None (and does nothing) without --sequential."""
+    from .args import UsageError, parse_cost, resolve_device
+    from .data import load_dataset
+    from .models import load_model
+
+    if not args.sequential:
+        for flag, value in (("--radius", args.radius), ("--max-n", args.max_n)):
+            if value is not None:
+                raise UsageError(f"{flag} is a setting of sequential certification: add --sequential")
+        return None
+    if args.radius is None:
+        raise UsageError("--sequential needs --radius R (the L2 radius to decide)")
+    if args.growth <= 1:
+        raise UsageError(f"--growth {args.growth}: the ratio of consecutive checkpoints must be > 1 (e.g. 1.25)")
+    refused = [flag for flag, on in (("--shard", args.shard), ("--split-samples", args.split_samples),
+                                     ("--sigma-fn", args.sigma_fn), ("--cuda-graphs", args.cuda_graphs),
+                                     ("--skip-invalid", args.skip_invalid),
+                                     ("torchrun", int(os.environ.get("WORLD_SIZE", "1")) > 1)) if on]
+    if refused:
+        raise UsageError(f"{refused[0]} is not available with --sequential (one process, constant sigma); drop it")
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset, split=args.split)
+    model = load_model(args.model)
+    from .runs import probe_num_classes
+    cost = parse_cost(args, probe_num_classes(model.to(device), dataset, device))
+    t0 = time.perf_counter()
+    out = certify_dataset_at(model, dataset, args.sigma, args.outfile, args.radius, n0=args.N0,
+                             max_n=args.max_n or args.N, alpha=args.alpha,
+                             batch=args.batch, skip=args.skip, max_index=args.max,
+                             cost=cost, seed=args.seed, device=device, progress=not args.quiet, first=args.first,
+                             growth=args.growth,
+                             meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
+                                         "split": args.split},
+                             autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
+                             channels_last=args.channels_last)
+    seconds = time.perf_counter() - t0
+    ratio = out["fixed_n_samples"] / out["samples"] if out["samples"] else float("nan")
+    print(f"wrote {out['outfile']}: {out['inputs_now']} inputs tested now at radius {args.radius:g} "
+          f"({out['certified']} certified, {out['certified_correct']} of them correct; {out['not_certified']} not "
+          f"certified; {out['undecided']} undecided)\n"
+          f"{out['samples']:,} estimation samples ({ratio:.1f}x fewer than {out['fixed_n_samples']:,} at fixed "
+          f"n = {args.max_n or args.N}); {seconds:.1f} s")
+    return out

@@ -236,3 +236,54 @@ def test_input_dependent_sigma_is_refused():
         pytest.skip("this sigma function is not accepted by Smooth")
     with pytest.raises(ValueError, match="needs a constant sigma"):
         smooth.certify_batch_at(_linear_inputs([0.1]), 0.1)
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_path, capsys):
+    from costsmooth.cli import main
+    from costsmooth.results import read_meta, read_tsv
+    from costsmooth.sequential import SEQUENTIAL_COLUMNS
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x = torch.randn(30, 5) * 3
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save({"inputs": x, "labels": y, "split": ["test"] * 30}, tmp_path / "data.pt")
+    out = tmp_path / "seq.tsv"
+    args = ["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5", str(out), "--sequential",
+            "--radius", "0.3", "--max-n", "3000", "--N0", "50", "--alpha", "0.01", "--quiet", "--seed-classes", "0"]
+    assert main(args + ["--max", "20"]) == 0
+    assert "estimation samples" in capsys.readouterr().out
+    assert open(out).readline().rstrip("\n").split("\t") == SEQUENTIAL_COLUMNS
+    rows = read_tsv(str(out))
+    assert [int(r["idx"]) for r in rows] == list(range(20))
+    assert {r["decision"] for r in rows} <= {"certified", "not_certified", "undecided"}
+    assert all(1 <= int(r["samples"]) <= 3000 for r in rows) and len({r["samples"] for r in rows}) > 1
+    for r in rows:
+        assert (r["cs_radius"] != "") == (r["label"] == "0")  # seed-class inputs get the cost-sensitive test
+        if r["decision"] == "certified":
+            assert float(r["cs_radius"] or r["radius"]) >= 0.3
+    assert read_meta(str(out))["radius"] == 0.3
+    # the same command continues where it stopped (rows kept, only the new inputs tested) ...
+    assert main(args) == 0
+    again = read_tsv(str(out))
+    assert [{k: v for k, v in r.items() if k != "time"} for r in again[:20]] == \
+        [{k: v for k, v in r.items() if k != "time"} for r in rows]
+    assert len(again) == 30
+    # ... and another radius is refused: it would mix two tests in one file
+    assert main(args[:7] + ["0.4"] + args[8:]) == 2
+    assert "radius" in capsys.readouterr().err
+
+
+def test_certify_sequential_cli_refuses_settings_it_cannot_honour(tmp_path, capsys):
+    from costsmooth.cli import main
+
+    base = ["certify", "digits", str(tmp_path / "missing.pt"), "0.25", str(tmp_path / "o.tsv")]
+    assert main(base + ["--radius", "0.5"]) == 2
+    assert "add --sequential" in capsys.readouterr().err
+    assert main(base + ["--sequential"]) == 2
+    assert "needs --radius" in capsys.readouterr().err
+    assert main(base + ["--sequential", "--radius", "0.5", "--shard", "0/2"]) == 2
+    assert "--shard is not available with --sequential" in capsys.readouterr().err
