@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     from . import demo, distributed, input_dependent, train
-    return [train.register_cli, demo.register_cli, distributed.register_cli, input_dependent.register_cli]
+    from . import fairness
+    return [train.register_cli, demo.register_cli, distributed.register_cli, input_dependent.register_cli,
+            fairness.register_cli]
 
 
 def main(argv=None) -> int:

@@ -101,3 +101,30 @@ def test_bad_arguments_name_the_problem():
         pgd(lambda z: z.sum(), x, eps=0.1)
     assert torch.equal(pgd(lambda z: z.sum(1), x, eps=0.0), x)
     assert torch.equal(project(torch.ones(1, 4), 1.0, "l2").norm(), torch.tensor(1.0))
+
+
+# -- adversarial training loss (costsmooth.losses.PGDTraining, train --loss pgd) --------------------------------
+def test_pgd_training_loss_is_the_cross_entropy_at_the_attack_point():
+    import torch.nn.functional as F
+    from costsmooth.losses import LOSSES, PGDTraining, make_loss
+    assert LOSSES["pgd"] is PGDTraining
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    x, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    loss_fn = make_loss("pgd", 0.25, eps=0.5, steps=4, norm=float("inf"), seed=2)
+    assert loss_fn.norm == "linf"
+    loss, diag = loss_fn(model, x, y)
+    adv = pgd_attack(model, x, y, eps=0.5, norm="linf", steps=4, seed=2 * 1000003)  # the first call's seed
+    assert torch.allclose(loss, F.cross_entropy(model(adv), y))
+    assert float(loss.detach()) > float(F.cross_entropy(model(x), y).detach())  # the attack raised the loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert loss_fn.state_dict()["calls"] == 1
+    clean, _ = PGDTraining(0.25, eps=0.0)(model, x, y)  # eps 0 (start of the eps ramp): plain cross-entropy
+    assert torch.allclose(clean, F.cross_entropy(model(x), y))
+    noisy, _ = PGDTraining(0.25, eps=0.0, noise=1)(model, x, y)  # noise=1: one Gaussian draw at sigma
+    assert not torch.allclose(noisy, clean)
+    for bad, match in (({"norm": 3}, "norm must be l2 or linf"), ({"eps": -1.0}, "eps must be"),
+                       ({"noise": 2}, "noise must be 0")):
+        with pytest.raises(ValueError, match=match):
+            PGDTraining(0.25, **bad)
