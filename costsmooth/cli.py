@@ -55,7 +55,7 @@ def cmd_certify(args) -> None:
                   meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
                   autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
                   channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
-                  progress=not args.quiet, return_stats=True)
+                  progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums)
     if ctx is not None:
         stats = certify_distributed(model, dataset, sigma, args.outfile, split_samples=args.split_samples,
                                     ctx=ctx, **kwargs)
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true",
                    help="record inputs with NaN or infinite values as not certified (predict -1) and go on, "
                         "instead of stopping")
+    p.add_argument("--prob-sums", action="store_true",
+                   help="also save each input's softmax sums of the estimation draw in OUTFILE.counts.jsonl (for "
+                        "costsmooth calibration --from)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("scale-out (see the README: several GPUs, machines, SLURM arrays)")
     g.add_argument("--shard", metavar="I/K",
@@ -171,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
+    from . import calibration  # first: it registers the act_* losses before train lists the losses
     from . import demo, distributed, input_dependent, train
     from . import fairness
     return [train.register_cli, demo.register_cli, distributed.register_cli, input_dependent.register_cli,
-            fairness.register_cli]
+            fairness.register_cli, calibration.register_cli]
 
 
 def main(argv=None) -> int:

@@ -252,6 +252,8 @@ class ResultWriter:
             rec["invalid"] = invalid
         if cert.sigma0 is not None:  # input-dependent sigma: the noise level of this input
             rec["sigma0"] = cert.sigma0
+        if cert.prob_sums is not None:  # certify --prob-sums: the estimation draw's softmax sums, exact repr
+            rec["prob_sums"] = [float(v) for v in cert.prob_sums]
         row = format_row(idx, cert, seconds)
         if self._width < len(COLUMNS):  # a file started before the last columns existed keeps its width
             row = "\t".join(row.rstrip("\n").split("\t")[:self._width]) + "\n"

@@ -66,7 +66,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                     cost: Optional[CostMatrix] = None, seed: int = 0, device=None, meta_extra=None,
                     progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
                     cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False,
-                    shard: Optional[Tuple[int, int]] = None, sample_split=None):
+                    shard: Optional[Tuple[int, int]] = None, sample_split=None, prob_sums: bool = False):
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
@@ -84,6 +84,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     indices). Progress is shown in samples (with samples/s and the time left).
     ``sigma`` may be an input-dependent sigma function (``costsmooth.input_dependent.KNNSigma``): its
     ``describe()`` goes to the metadata and each row records its sigma0.
+    ``prob_sums``: also save each input's float64 softmax sums of the estimation draw in the counts file
+    (``costsmooth calibration --from``, certified calibration); recorded in the metadata.
     """
     from tqdm import tqdm
 
@@ -120,7 +122,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
             "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-            **(meta_extra or {})}
+            **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
     invalid = _invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
         i, what = invalid[0]
@@ -144,7 +146,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         noise_dtype = autocast if (autocast is not None and device.type == "cuda") else None
         smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
                         channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype,
-                        sample_split=sample_split)
+                        sample_split=sample_split, prob_sums=prob_sums)
         chunk = max(1, batch_rows // max(n, 1))
         bar = tqdm(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
                    desc=os.path.basename(outfile), dynamic_ncols=True)

@@ -54,7 +54,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
           stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None,
-          mixup: Optional[float] = None) -> str:
+          mixup: Optional[float] = None, init: Optional[str] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -74,6 +74,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     ``mixup`` (alpha > 0): every batch goes through ``costsmooth.mixup.SameClassMixup(alpha, seed)``
     (inputs mixed with inputs of their own class, Zhong & Tandon 2024) before the loss, for every
     loss; its state is saved in the checkpoint and ``mixup`` is a recorded setting.
+
+    ``init``: a checkpoint (same arch and class count) whose weights start the run (fine-tuning, e.g.
+    ``--loss act_brier`` from a Gaussian-trained model); the sha256 of its file is a recorded setting,
+    so a resume with another (or no) init file is refused.
     """
     from tqdm import tqdm
 
@@ -106,6 +110,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         from .mixup import SameClassMixup
         mixer = SameClassMixup(mixup, seed)
     settings["mixup"] = mixer.alpha if mixer is not None else None
+    init_state, settings["init_sha256"] = _load_init(init, arch) if init is not None else (None, None)
     state = None
     if os.path.isfile(ckpt_path):
         if not resume:
@@ -122,6 +127,12 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(arch, classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
+    if init_state is not None and state is None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as err:
+            raise ValueError(f"--init {init}: its weights do not fit a {arch} model for {classes} classes "
+                             f"({str(err).splitlines()[0]})") from None
     objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))
     opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
     sched = _scheduler(opt, schedule, epochs)
@@ -182,6 +193,23 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     return ckpt_path
 
 
+def _load_init(path: str, arch: str):
+    """(state_dict, sha256 of the file) of the checkpoint that starts a fine-tuning run."""
+    import hashlib
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--init {path}: checkpoint not found")
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"--init {path} is not a checkpoint {{'arch', 'state_dict'}} (e.g. OUT/checkpoint.pt of "
+                         f"costsmooth train)")
+    if ckpt.get("arch") not in (None, arch):
+        raise ValueError(f"--init {path} holds a {ckpt['arch']} model, not {arch}; fine-tune the same architecture")
+    return ckpt["state_dict"], digest
+
+
 def _diverged(what: str, epoch: int, epochs: int, step: int, ckpt_path: str, start: int):
     kept = (f"the checkpoint of epoch {epoch} ({ckpt_path}) is kept" if epoch > 0
             else "no epoch finished, so no checkpoint was written")
@@ -218,6 +246,9 @@ def register_cli(sub) -> None:
                    help="model outputs (default: the dataset's classes; for a .pt file without class_names, the "
                         "largest label + 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required)")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning); its sha256 is recorded and checked on "
+                        "--resume")
     p.add_argument("--mixup", type=positive_float, metavar="ALPHA",
                    help="same-class mixup before the loss (Zhong & Tandon 2024): each input mixed with one of its own "
                         "class in the batch, weight ~ Beta(ALPHA, ALPHA); works with every loss")
@@ -243,7 +274,7 @@ def register_cli(sub) -> None:
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,
                      weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
                      resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
-                     log=None if args.quiet else print, num_classes=classes, mixup=args.mixup)
+                     log=None if args.quiet else print, num_classes=classes, mixup=args.mixup, init=args.init)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)

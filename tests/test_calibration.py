@@ -32,7 +32,7 @@ def _random_boxes(rng, n, n_bins, snap=False):
 
 def test_certified_ece_exact_methods_equal_brute_force_and_admm_is_below():
     rng = np.random.default_rng(0)
-    for trial in range(150):
+    for trial in range(100):
         n_bins = 10 if trial % 3 == 0 else int(rng.integers(1, 6))
         lo, up, c = _random_boxes(rng, int(rng.integers(1, 7)), n_bins, snap=trial % 4 == 0)
         truth = cal.brute_force_certified_ece(lo, up, c, n_bins)
@@ -57,6 +57,15 @@ def test_exact_solvers_agree_at_moderate_size_and_dominate_baselines():
     for lower in (cal.certified_ece(lo, up, c, method="admm").value, cal.ece_at_brier_worst(lo, up, c),
                   cal.dece_ascent(lo, up, c, steps=50)):
         assert lower <= milp + 1e-12
+
+
+def test_dece_gradient_matches_autograd():
+    from costsmooth.calibration.bounds import _dece_grad
+    rng = np.random.default_rng(4)
+    z = torch.tensor(rng.random(40), requires_grad=True)
+    c = torch.tensor(rng.random(40) < 0.6)
+    cal.dece(z, c).backward()
+    assert np.allclose(z.grad.numpy(), _dece_grad(z.detach().numpy(), c.numpy().astype(float), 10, 0.01), atol=1e-12)
 
 
 def test_plain_ece_bin_convention():
@@ -221,3 +230,61 @@ def test_act_losses_register_lazily():
             "print(type(L.make_loss('act_ece', 0.25)).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTECE"
+
+
+# -- command line, saved probability sums, fine-tuning -------------------------------------------------
+
+def _toy_run(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(24, 2)
+    data = tmp_path / "toy.pt"
+    torch.save({"inputs": x, "labels": (x[:, 0] > 0).long(), "class_names": ["neg", "pos"]}, data)
+    model = tmp_path / "model.pt"
+    torch.save(Linear2([2.0, 0.5], 0.1), model)
+    return str(data), str(model)
+
+
+def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_sums(tmp_path):
+    from costsmooth.cli import main
+    data, model = _toy_run(tmp_path)
+    common = ["--N0", "20", "--N", "300", "--split", "all", "--alpha", "0.01", "--quiet"]
+    run = str(tmp_path / "run.tsv")
+    assert main(["certify", data, model, "0.5", run, "--prob-sums"] + common) == 0
+    saved = [json.loads(line) for line in open(run + ".counts.jsonl")]
+    assert len(saved) == 24 and all(abs(sum(r["prob_sums"]) - 300) < 1e-9 for r in saved)
+    eps = ["--eps", "0,0.2,0.4"]
+    assert main(["calibration", model, data, "0.5", str(tmp_path / "a")] + common + eps) == 0
+    assert main(["calibration", "--from", run, str(tmp_path / "b")] + eps) == 0
+    a = json.load(open(tmp_path / "a" / "calibration.json"))
+    b = json.load(open(tmp_path / "b" / "calibration.json"))
+    assert a["rows"] == b["rows"] and len(a["rows"]) == 3
+    for row in a["rows"]:
+        assert row["cece_kind"] == "exact" and row["cbs"] >= row["brier"] and row["cece"] >= row["ece_brier_worst"]
+    assert (tmp_path / "a" / "reliability.png").stat().st_size > 0
+    # a run without saved sums is refused with the fix
+    plain = str(tmp_path / "plain.tsv")
+    assert main(["certify", data, model, "0.5", plain] + common) == 0
+    with pytest.raises(ValueError, match="--prob-sums"):
+        cal.confidences_from_run(plain)
+    assert main(["calibration", "--from", plain, "x", "y"]) == 2
+
+
+def test_train_init_fine_tunes_and_resume_checks_the_init_file(tmp_path):
+    import hashlib
+    from costsmooth.data import Dataset
+    from costsmooth.train import train
+    torch.manual_seed(0)
+    x = torch.randn(32, 2)
+    data = Dataset("toy", x, (x[:, 0] > 0).long(), ["neg", "pos"], [0.0, 0.0], [1.0, 1.0])
+    start = train(data, "mlp", "gaussian", 0.25, str(tmp_path / "base"), epochs=1, progress=False)
+    tuned = train(data, "mlp", "act_brier", 0.25, str(tmp_path / "act"), epochs=1, progress=False, init=start,
+                  loss_kwargs={"steps": 1, "m": 2}, lr=1e-6)
+    state = torch.load(tuned, weights_only=False)
+    assert state["settings"]["init_sha256"] == hashlib.sha256(open(start, "rb").read()).hexdigest()
+    base = torch.load(start, weights_only=False)["state_dict"]
+    assert all(torch.allclose(state["state_dict"][k], base[k], atol=1e-4) for k in base)  # started from it
+    with pytest.raises(ValueError, match="init_sha256"):
+        train(data, "mlp", "act_brier", 0.25, str(tmp_path / "act"), epochs=1, progress=False, resume=True,
+              loss_kwargs={"steps": 1, "m": 2}, lr=1e-6)
+    with pytest.raises(ValueError, match="holds a mlp model"):
+        train(data, "digits_cnn", "gaussian", 0.25, str(tmp_path / "x"), epochs=1, progress=False, init=start)

@@ -15,3 +15,6 @@ from .act import ACTECE, ACTBrier
 from .attacks import ace_attack, ace_eta, predictions
 
 __all__ += ["ACTBrier", "ACTECE", "ace_attack", "ace_eta", "predictions"]
+from .report import calibration_table, confidences_from_run, format_table, plot_reliability, register_cli
+
+__all__ += ["calibration_table", "confidences_from_run", "format_table", "plot_reliability", "register_cli"]

@@ -391,27 +391,32 @@ def dece(conf, correct, n_bins: int = 10, temperature: float = 0.01):
     return gap.sum(0).abs().sum() / max(conf.shape[0], 1)
 
 
+def _dece_grad(z: np.ndarray, c: np.ndarray, n_bins: int, temperature: float) -> np.ndarray:
+    """Gradient of ``dece`` with respect to the confidences ``z [N]`` (float64, numpy)."""
+    w = np.arange(1, n_bins + 1, dtype=np.float64)
+    b = -np.concatenate([[0.0], np.cumsum(np.linspace(0, 1, n_bins + 1)[1:-1])])
+    logits = (z[:, None] * w[None, :] + b[None, :]) / temperature
+    o = np.exp(logits - logits.max(axis=1, keepdims=True))
+    o /= o.sum(axis=1, keepdims=True)
+    gap = c - z
+    sign = np.sign((o * gap[:, None]).sum(axis=0))
+    w_bar = (o * w[None, :]).sum(axis=1, keepdims=True)
+    d_gap = -o + gap[:, None] * o * (w[None, :] - w_bar) / temperature
+    return (d_gap * sign[None, :]).sum(axis=1) / z.size
+
+
 def dece_ascent(low, up, correct, n_bins: int = 10, steps: int = 200, lr: float = 0.01,
                 temperature: float = 0.01) -> float:
-    """Cheap baseline: projected gradient ascent of the dECE inside the boxes (Adam, from the box
-    centres), then the plain ECE at the result (an attained lower estimate of CECE)."""
-    import torch
-
+    """Cheap baseline: projected gradient ascent of the dECE inside the boxes (normalised-sign steps of
+    size ``lr``, decaying linearly, from the box centres), then the best plain ECE met on the way (an
+    attained lower estimate of CECE)."""
     lo, hi, c = _boxes(low, up, correct)
+    n_bins = _check_bins(n_bins)
     if c.size == 0:
         return 0.0
-    lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
-    z = ((lo_t + hi_t) / 2).clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    ct = torch.tensor(c)
-    best_z, best = z.detach().clone(), -1.0
-    for _ in range(steps):
-        opt.zero_grad()
-        (-dece(z, ct, n_bins, temperature)).backward()
-        opt.step()
-        with torch.no_grad():
-            z.copy_(torch.minimum(torch.maximum(z, lo_t), hi_t))
-            val = expected_calibration_error(z.numpy(), c, n_bins)
-            if val > best:
-                best, best_z = val, z.detach().clone()
+    z = (lo + hi) / 2
+    best = expected_calibration_error(z, c, n_bins)
+    for t in range(steps):
+        z = np.clip(z + lr * (1 - t / steps) * np.sign(_dece_grad(z, c, n_bins, temperature)), lo, hi)
+        best = max(best, expected_calibration_error(z, c, n_bins))
     return best
