@@ -57,8 +57,13 @@ def cmd_certify(args) -> None:
                   channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
                   progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums)
     if ctx is not None:
-        stats = certify_distributed(model, dataset, sigma, args.outfile, split_samples=args.split_samples,
-                                    ctx=ctx, **kwargs)
+        import torch.distributed as dist
+        try:
+            stats = certify_distributed(model, dataset, sigma, args.outfile, split_samples=args.split_samples,
+                                        ctx=ctx, **kwargs)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
         if ctx["rank"] != 0:
             return
     else:

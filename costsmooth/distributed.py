@@ -115,6 +115,10 @@ def certify_distributed(model, dataset, sigma: float, outfile: str, *, split_sam
         result = certify_dataset(model, dataset, sigma, outfile, sample_split=split, meta_extra=meta_extra, **kwargs)
         dist.barrier()
         return result
+    from .results import read_meta
+    if os.path.exists(outfile) and not read_meta(outfile).get("merged_from"):  # checked before any sampling
+        raise ValueError(f"{outfile} exists and was not written by a torchrun run (merged from per-rank parts); "
+                         f"choose another OUTFILE, or resume it with the command that wrote it")
     result = certify_dataset(model, dataset, sigma, part_path(outfile, rank, world), shard=(rank, world),
                              meta_extra=meta_extra, **kwargs)
     dist.barrier()

@@ -558,8 +558,13 @@ def sigma_from_args(args, device=None):
         raise UsageError(f"--sigma-k {k}: must be an integer >= 1")
     if not (math.isfinite(args.sigma) and args.sigma > 0):
         raise UsageError(f"sigma {args.sigma}: sigma_base must be a positive finite number")
-    from .data import load_dataset
-    bank = load_dataset(args.dataset, split="train").inputs
+    from .data import DatasetError, load_dataset
+    try:
+        bank = load_dataset(args.dataset, split="train").inputs
+    except DatasetError:  # no train split: a dataset certified with --split all is its own bank
+        if getattr(args, "split", None) != "all":
+            raise
+        bank = load_dataset(args.dataset, split="all").inputs
     if device is not None:
         bank = bank.to(device)
     try:

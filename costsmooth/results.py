@@ -34,7 +34,9 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", 
 # Settings that do not change any certificate: a resumed run may differ in these. Everything else in
 # the metadata (model and dataset fingerprints, sigma, n0, n, alpha, seed, precision, cost, ...) must
 # match, since noise is keyed by dataset index and which indices are certified changes nothing.
-RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_inputs", "sample_split"}
+RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_inputs", "sample_split",
+                  # provenance of merged and recertified files: resuming or merging them again is allowed
+                  "merged_from", "recertified_from", "missing_indices"}
 
 
 class ResultFileError(ValueError):
@@ -218,6 +220,8 @@ class ResultWriter:
             details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
             raise ResultFileError(f"{self.path} exists from a run with different settings ({details}); use another "
                                   f"OUTFILE or delete it to start over")
+        if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
+            _write_atomic(self.meta_path, json.dumps(meta, indent=1))
         rows, problems = read_tsv_checked(self.path)
         counts = read_counts(self.path) if os.path.isfile(self.counts_path) else {}
         keep = [r for r in rows if int(r["idx"]) in counts]

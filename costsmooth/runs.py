@@ -18,12 +18,33 @@ __all__ = ["certify_dataset", "recertify", "analyze", "plot_curves", "fingerprin
 
 
 def fingerprint_model(model) -> str:
-    """sha256 of a model's class name and every parameter and buffer (names, dtypes, shapes, values).
+    """sha256 of what a model computes: for every submodule its class (module, name and, when Python can
+    read it, the source of its ``forward``), its plain Python attributes (numbers, strings, flags ...),
+    TorchScript code, and every parameter and buffer (names, dtypes, shapes, values).
 
     Recorded in a run's metadata so that a resumed run refuses to mix certificates of two models,
-    wherever the model file lives.
+    wherever the model file lives -- also two models with equal weights that differ in a Python
+    attribute (a temperature, a sign) or in their TorchScript code.
     """
+    import inspect
+
     h = hashlib.sha256(type(model).__name__.encode())
+    modules = model.named_modules() if isinstance(model, torch.nn.Module) else []
+    for name, module in modules:
+        cls = type(module)
+        h.update(f"module {name}: {cls.__module__}.{cls.__qualname__}".encode())
+        code = getattr(module, "code", None) if isinstance(module, torch.jit.ScriptModule) else None
+        if isinstance(code, str):
+            h.update(code.encode())
+        else:
+            try:
+                h.update(inspect.getsource(cls.forward).encode())
+            except (OSError, TypeError):
+                pass
+        for key, value in sorted(vars(module).items()):
+            plain = value is None or isinstance(value, (bool, int, float, str, tuple, list))
+            if plain and key != "training" and not key.startswith("_"):
+                h.update(f"{key}={value!r}".encode())
     state = model.state_dict() if hasattr(model, "state_dict") else {}
     for name, tensor in state.items():
         if not torch.is_tensor(tensor):
@@ -90,7 +111,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     from tqdm import tqdm
 
     from . import __version__
-    from ._checks import check_alpha, check_count, check_positive_finite
+    from ._checks import check_alpha, check_count, check_positive_finite, check_seed
     from .results import ResultWriter
     from .sampling import eval_mode, resolve_batch_size
     from .smooth import Smooth
@@ -98,6 +119,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     if not callable(sigma):
         sigma = check_positive_finite(sigma, "sigma")
     n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
+    check_seed(seed)
     device = torch.device(device) if device is not None else torch.device("cpu")
     batch_rows = resolve_batch_size(batch, device)
     if cuda_graphs and device.type != "cuda":
@@ -258,7 +280,7 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     """
     from ._checks import check_alpha
     from .certify import certify_from_counts
-    from .results import ResultWriter, read_counts, read_meta, read_tsv
+    from .results import ResultWriter, read_counts, read_meta, read_tsv_checked
 
     if os.path.exists(outfile):
         raise ValueError(f"{outfile} exists; choose a new output file")
@@ -271,7 +293,12 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
         raise ValueError(f"{tsv} was certified with an input-dependent sigma ({meta['sigma'].get('fn')}); recertify "
                          f"supports constant-sigma runs only: re-run costsmooth certify with the new settings")
     counts = read_counts(tsv)
-    times = {int(r["idx"]): float(r["time"]) for r in read_tsv(tsv)}
+    rows, problems = read_tsv_checked(tsv)
+    times = {int(r["idx"]): float(r["time"]) for r in rows}
+    if problems:  # the counts are the source of the certificates: garbled rows are recomputed, not dropped
+        import warnings
+        warnings.warn(f"{tsv}: {len(problems)} malformed line(s) (line {', '.join(str(k) for k, _ in problems[:5])}); "
+                      f"their inputs are recertified from the saved counts")
     num_classes = meta.get("num_classes")
     wrong = [i for i, rec in counts.items() if num_classes and len(rec["estimation"]) != num_classes]
     if wrong:
@@ -287,7 +314,8 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     if cost is not None and num_classes:
         cost.check_num_classes(num_classes)
     alpha = meta["alpha"] if alpha is None else alpha
-    ids = sorted(i for i in counts if i in times)
+    ids = sorted(counts)  # every input whose counts were saved, also when its TSV row was garbled or not written
+    times = {i: times.get(i, 0.0) for i in ids}
     new_meta = dict(meta, alpha=alpha, cost=cost.to_json() if cost is not None else None, recertified_from=tsv)
     if missing:
         new_meta["missing_indices"] = missing
@@ -303,6 +331,8 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
                                         np.array([counts[i]["estimation"] for i in ids]), alpha, meta["sigma"],
                                         None if any(y is None for y in labels) else labels, cost)
             for i, cert in zip(ids, certs):
+                if "prob_sums" in counts[i]:  # certify --prob-sums: keep the saved sums (costsmooth.calibration)
+                    cert.prob_sums = np.array(counts[i]["prob_sums"], dtype=np.float64)
                 writer.write(i, cert, times[i])
     finally:
         writer.close()

@@ -81,16 +81,20 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     """
     from tqdm import tqdm
 
-    from ._checks import check_count, check_positive_finite
+    from ._checks import check_count, check_positive_finite, check_seed
     from .runs import fingerprint_dataset
 
     epochs = check_count(epochs, "epochs")
+    check_seed(seed)
     batch_size = check_count(batch_size, "batch_size")
     # sigma: a number, or an input-dependent sigma function (costsmooth.input_dependent), recorded by its settings
     sigma_setting = sigma.describe() if hasattr(sigma, "describe") else None
     if not callable(sigma):
         sigma = check_positive_finite(sigma, "sigma")
     lr = check_positive_finite(lr, "lr")
+    if lr > torch.finfo(torch.float32).max:
+        raise ValueError(f"lr must be a positive number below {torch.finfo(torch.float32).max:.3g} (float32 weights), "
+                         f"got {lr!r}; typical values are 1e-4 to 0.1")
     if len(dataset) == 0:
         raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to train on")
     classes = check_count(num_classes or dataset.num_classes or int(dataset.labels.max()) + 1, "num_classes", 2)
@@ -174,11 +178,15 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
             if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
                 _diverged(f"a gradient of the {loss} loss is not finite", epoch, epochs, step, ckpt_path, start)
             opt.step()
+            if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):  # one sync
+                _diverged("a parameter is not finite after the optimiser step", epoch, epochs, step, ckpt_path, start)
             diag["loss"] = float(value.detach())
             for k, v in diag.items():
                 totals[k] = totals.get(k, 0.0) + v
             batches += 1
         sched.step()
+        if not _finite_outputs(model, x_all[:batch_size].to(device)):  # finite weights can still overflow
+            _diverged("the model's logits are not finite after the epoch", epoch, epochs, batches, ckpt_path, start)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
         save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
@@ -191,6 +199,17 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                 + "".join(f"{k} {record[k]:.4g}  " for k in ("acc", "ce") if k in record)
                 + f"lr {record['lr']:.3g}")
     return ckpt_path
+
+
+def _finite_outputs(model, x: torch.Tensor) -> bool:
+    """Whether the model's logits on ``x`` are finite (eval mode, no gradient; the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return bool(torch.isfinite(model(x)).all())
+    finally:
+        model.train(was_training)
 
 
 def _load_init(path: str, arch: str):
@@ -245,6 +264,8 @@ def register_cli(sub) -> None:
     p.add_argument("--num-classes", type=positive_int,
                    help="model outputs (default: the dataset's classes; for a .pt file without class_names, the "
                         "largest label + 1)")
+    p.add_argument("--split", default="train", choices=["train", "all"],
+                   help="the part of DATASET to train on ('all' for folder:/.pt datasets without a split)")
     p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning); its sha256 is recorded and checked on "
@@ -268,7 +289,7 @@ def register_cli(sub) -> None:
             if not sep or not key:
                 raise UsageError(f"--loss-arg {item!r}: expected KEY=NUMBER, e.g. lam=12")
         device = resolve_device(args.device)
-        dataset = load_dataset(args.dataset, split="train")
+        dataset = load_dataset(args.dataset, split=args.split)
         classes = args.num_classes or dataset.num_classes or int(dataset.labels.max()) + 1
         path = train(dataset, args.arch, args.loss, args.sigma, args.out, cost=parse_cost(args, classes),
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,

@@ -58,6 +58,11 @@ def test_shard_parts_merged_equal_one_run(files, single, capsys):
     assert rows_without_time(merged) == rows_without_time(single)
     assert counts_text(merged) == counts_text(single)
     assert read_meta(str(merged))["shard"] is None
+    # a merged file resumes as one run (nothing left to do), and an extended part updates its metadata
+    assert main(certify_args(files, merged, "--quiet", *COST)) == 0
+    assert rows_without_time(merged) == rows_without_time(single)
+    assert main(certify_args(files, parts[0], "--quiet", "--shard", "0/3", "--max", "50", *COST)) == 0
+    assert read_meta(parts[0])["max"] == 50
 
 
 def test_merge_refuses_mismatched_parts_and_reports_missing_ones(files, capsys):

@@ -98,6 +98,30 @@ def test_resume_refuses_another_model_and_other_data_at_the_same_paths(files, ca
     assert "data_sha256" in capsys.readouterr().err
 
 
+class Signed(torch.nn.Module):
+    """A linear model whose output sign is a plain Python attribute (not in the state_dict)."""
+
+    def __init__(self, sign: float):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(5, 3)
+        self.sign = sign
+
+    def forward(self, x):
+        return self.sign * self.linear(x)
+
+
+def test_resume_refuses_a_model_that_differs_only_in_a_python_attribute(files, capsys):
+    out = files / "signed.tsv"
+    torch.save(Signed(1.0), files / "model.pt")
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 0
+    torch.save(Signed(-1.0), files / "model.pt")  # same weights, opposite predictions
+    capsys.readouterr()
+    assert main(certify_args(files, out, "--max", "8", "--quiet")) == 2
+    assert "different settings (model_sha256" in capsys.readouterr().err
+    assert len(read_tsv(str(out))) == 4
+
+
 def test_extending_a_run_keeps_its_rows_and_certifies_the_missing_ones(files):
     out, ref = files / "ext.tsv", files / "ref.tsv"
     assert main(certify_args(files, out, "--skip", "2", "--max", "10", "--quiet")) == 0
@@ -106,6 +130,7 @@ def test_extending_a_run_keeps_its_rows_and_certifies_the_missing_ones(files):
     rows = rows_without_time(out)
     assert [int(r["idx"]) for r in rows] == list(range(16))  # sorted by index
     assert all(first[r["idx"]] == r for r in rows if r["idx"] in first)
+    assert (read_meta(str(out))["skip"], read_meta(str(out))["max"]) == (1, 16)  # the metadata follows the extension
     assert main(certify_args(files, ref, "--max", "16", "--quiet")) == 0
     assert rows == rows_without_time(ref)  # same as one uninterrupted run
     assert read_counts(str(out)).keys() == read_counts(str(ref)).keys()
@@ -135,7 +160,8 @@ def test_garbled_rows_are_certified_again_in_index_order(files):
 
 @pytest.mark.parametrize("bad", [["--sigma-placeholder", "0"], ["--N0", "0"], ["--N", "-5"], ["--alpha", "1.5"],
                                  ["--batch", "0"], ["--skip", "0"], ["--skip", "-1"], ["--max", "0"],
-                                 ["--cuda-graphs", "--device", "cpu"], ["--device", "tpu"]])
+                                 ["--cuda-graphs", "--device", "cpu"], ["--device", "tpu"],
+                                 ["--seed", str(2**64)]])
 def test_a_rejected_command_creates_no_file_and_the_corrected_one_runs(files, capsys, bad):
     out = files / "o.tsv"
     args = certify_args(files, out, "--max", "3", "--quiet")
@@ -162,6 +188,17 @@ def test_recertify_refuses_missing_counts_unless_asked(files, capsys):
     assert main(["recertify", str(out), str(files / "re.tsv"), "--alpha", "0.01", "--available-only"]) == 0
     assert len(read_tsv(str(files / "re.tsv"))) == 4
     assert read_meta(str(files / "re.tsv"))["missing_indices"] == [4, 5, 6, 7]
+
+
+def test_recertify_keeps_inputs_whose_rows_were_garbled(files):
+    out = files / "g.tsv"
+    assert main(certify_args(files, out, "--max", "6", "--quiet")) == 0
+    lines = open(out).read().split("\n")
+    lines[3] = lines[3].replace("\t", " ", 2)  # row of index 2 garbled; its counts are saved
+    open(out, "w").write("\n".join(lines))
+    with pytest.warns(UserWarning, match="recertified from the saved counts"):
+        assert main(["recertify", str(out), str(files / "re.tsv"), "--alpha", "0.01"]) == 0
+    assert [int(r["idx"]) for r in read_tsv(str(files / "re.tsv"))] == list(range(6))
 
 
 def test_no_lock_file_is_left_behind(files):
@@ -240,6 +277,19 @@ def test_train_stops_at_a_non_finite_loss_and_keeps_the_last_finite_checkpoint(t
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert len(log) == 1
+
+
+def test_train_never_saves_a_model_whose_logits_overflow(tmp_path, capsys):
+    # lr 1e38: the weights stay finite after the step, the logits do not
+    out = tmp_path / "run"
+    assert main(["train", "breast_cancer", "mlp", str(out), "--epochs", "1", "--batch", "1000", "--lr", "1e38",
+                 "--quiet"]) == 2
+    assert "logits are not finite" in capsys.readouterr().err
+    assert not (out / "checkpoint.pt").exists()
+    assert main(["train", "breast_cancer", "mlp", str(tmp_path / "r2"), "--epochs", "1", "--lr", "1e300",
+                 "--quiet"]) == 2
+    assert "lr must be a positive number below" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
 
 
 def test_training_log_is_valid_json_with_null_for_non_finite_values():
