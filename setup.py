@@ -142,6 +142,10 @@ def extension():
     return CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs)
 
 
+if "pip-build-env" in (torch.__file__ or ""):
+    sys.exit("costsmooth: pip's build isolation imported its own torch (%s), which the extension would link "
+             "against instead of yours; install with: pip install --no-build-isolation ." % torch.__file__)
+
 if "--nvcc-flags" in sys.argv:
     print(" ".join(shlex.quote(f) for f in nvcc_flags(resolve_arch_list()[0])))
     sys.exit(0)
