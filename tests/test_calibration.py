@@ -261,6 +261,10 @@ def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_s
     for row in a["rows"]:
         assert row["cece_kind"] == "exact" and row["cbs"] >= row["brier"] and row["cece"] >= row["ece_brier_worst"]
     assert (tmp_path / "a" / "reliability.png").stat().st_size > 0
+    # recertify keeps the saved sums
+    again = str(tmp_path / "again.tsv")
+    assert main(["recertify", run, again]) == 0
+    assert np.array_equal(cal.confidences_from_run(again).up, cal.confidences_from_run(run).up)
     # a run without saved sums is refused with the fix
     plain = str(tmp_path / "plain.tsv")
     assert main(["certify", data, model, "0.5", plain] + common) == 0
