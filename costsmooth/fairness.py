@@ -329,6 +329,27 @@ def synthetic_study(seeds: Sequence[int] = range(5), trainings: Sequence[str] = 
     seeds = list(seeds)
     if not seeds:
         raise ValueError("the synthetic study needs at least one seed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors of a few hundred numbers: more threads only add synchronisation
+    try:
+        runs = _synthetic_runs(seeds, trainings, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    summary = []
+    for training in trainings:
+        for mix in (False, True):
+            rows = [r for r in runs if r["training"] == training and r["mixup"] == mix]
+            summary.append({"training": training, "mixup": mix,
+                            "natural": np.mean([r["natural"] for r in rows], 0).tolist(),
+                            "robust": np.mean([r["robust"] for r in rows], 0).tolist(),
+                            "natural_gap": float(np.mean([r["natural_gap"] for r in rows])),
+                            "robust_gap": float(np.mean([r["robust_gap"] for r in rows])),
+                            "natural_gap_sd": float(np.std([r["natural_gap"] for r in rows])),
+                            "robust_gap_sd": float(np.std([r["robust_gap"] for r in rows]))})
+    return {"settings": {**cfg, "seeds": seeds}, "runs": runs, "summary": summary}
+
+
+def _synthetic_runs(seeds, trainings, cfg) -> List[dict]:
     runs = []
     for seed in seeds:
         x, y, mean = _synthetic_data(cfg["n"], cfg["dim"], cfg["mu"], cfg["s0"], cfg["s1"],
@@ -345,18 +366,7 @@ def synthetic_study(seeds: Sequence[int] = range(5), trainings: Sequence[str] = 
                 runs.append({"training": training, "mixup": mix is not None, "seed": int(seed), **err,
                              "natural_gap": abs(err["natural"][1] - err["natural"][0]),
                              "robust_gap": abs(err["robust"][1] - err["robust"][0])})
-    summary = []
-    for training in trainings:
-        for mix in (False, True):
-            rows = [r for r in runs if r["training"] == training and r["mixup"] == mix]
-            summary.append({"training": training, "mixup": mix,
-                            "natural": np.mean([r["natural"] for r in rows], 0).tolist(),
-                            "robust": np.mean([r["robust"] for r in rows], 0).tolist(),
-                            "natural_gap": float(np.mean([r["natural_gap"] for r in rows])),
-                            "robust_gap": float(np.mean([r["robust_gap"] for r in rows])),
-                            "natural_gap_sd": float(np.std([r["natural_gap"] for r in rows])),
-                            "robust_gap_sd": float(np.std([r["robust_gap"] for r in rows]))})
-    return {"settings": {**cfg, "seeds": seeds}, "runs": runs, "summary": summary}
+    return runs
 
 
 def population_optimum(adversarial: bool, mixup: Optional[float], **settings) -> Dict[str, object]:

@@ -12,8 +12,6 @@ from costsmooth.cli import main
 from costsmooth.fairness import (classwise_robustness, disparity, fairness_report, format_report,
                                  linear_classwise_errors, population_optimum, synthetic_study)
 
-torch.set_num_threads(1)
-
 
 def test_same_class_mixup_shrinks_the_robust_error_disparity_of_adversarial_training():
     # The theory (Zhong & Tandon 2024, linear models): mixing inputs of the same class shrinks both class
