@@ -198,7 +198,9 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished results are kept; run the same command again to resume", file=sys.stderr)
+        again = ("run the same command with --resume to continue" if getattr(args, "command", None) == "train"
+                 else "run the same command again to resume")
+        print(f"\ninterrupted: finished results are kept; {again}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, TypeError, OSError) as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)

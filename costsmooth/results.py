@@ -111,11 +111,12 @@ def read_tsv(path: str) -> List[Dict[str, str]]:
     return read_tsv_checked(path)[0]
 
 
-def read_counts(tsv_path: str) -> Dict[int, dict]:
+def read_counts(tsv_path: str, num_classes: Optional[int] = None) -> Dict[int, dict]:
     """Saved counts by dataset index: {idx: {"label", "selection", "estimation"}} (last line wins).
 
     A line cut short at the end of the file (a kill mid-write) is ignored; any other malformed line
-    raises ``ResultFileError`` naming the file and its line number.
+    (or, given ``num_classes``, a record with another number of classes) raises ``ResultFileError``
+    naming the file and its line number.
     """
     path = tsv_path + ".counts.jsonl"
     if not os.path.isfile(path):
@@ -133,6 +134,8 @@ def read_counts(tsv_path: str) -> Dict[int, dict]:
             if not (isinstance(sel, list) and isinstance(est, list) and len(sel) == len(est) and sel
                     and all(isinstance(v, int) and v >= 0 for v in sel + est)):
                 raise ValueError("selection and estimation must be equal-length lists of non-negative integers")
+            if num_classes and len(est) != num_classes:
+                raise ValueError(f"{len(est)} classes, but the run has {num_classes}: the file mixes runs")
         except (ValueError, KeyError, TypeError) as err:
             raise ResultFileError(f"{path}, line {number}: not a counts record ({err}); fix or delete that line "
                                   f"(certify recomputes the input's row when its counts are missing)") from None
@@ -223,7 +226,7 @@ class ResultWriter:
         if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
             _write_atomic(self.meta_path, json.dumps(meta, indent=1))
         rows, problems = read_tsv_checked(self.path)
-        counts = read_counts(self.path) if os.path.isfile(self.counts_path) else {}
+        counts = read_counts(self.path, meta.get("num_classes")) if os.path.isfile(self.counts_path) else {}
         keep = [r for r in rows if int(r["idx"]) in counts]
         lost = sorted({int(r["idx"]) for r in rows} - set(counts))
         if problems or lost or len({r["idx"] for r in keep}) != len(keep):

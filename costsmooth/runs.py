@@ -292,7 +292,7 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     if isinstance(meta.get("sigma"), dict):  # input-dependent sigma (costsmooth.input_dependent)
         raise ValueError(f"{tsv} was certified with an input-dependent sigma ({meta['sigma'].get('fn')}); recertify "
                          f"supports constant-sigma runs only: re-run costsmooth certify with the new settings")
-    counts = read_counts(tsv)
+    counts = read_counts(tsv, meta.get("num_classes"))
     rows, problems = read_tsv_checked(tsv)
     times = {int(r["idx"]): float(r["time"]) for r in rows}
     if problems:  # the counts are the source of the certificates: garbled rows are recomputed, not dropped
@@ -300,10 +300,6 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
         warnings.warn(f"{tsv}: {len(problems)} malformed line(s) (line {', '.join(str(k) for k, _ in problems[:5])}); "
                       f"their inputs are recertified from the saved counts")
     num_classes = meta.get("num_classes")
-    wrong = [i for i, rec in counts.items() if num_classes and len(rec["estimation"]) != num_classes]
-    if wrong:
-        raise ValueError(f"{tsv}.counts.jsonl: the counts of index {wrong[0]} have {len(counts[wrong[0]]['estimation'])} "
-                         f"classes but the run has {num_classes}; the file mixes runs")
     missing = sorted(set(times) - set(counts))
     if missing and not available_only:
         raise ValueError(f"{len(missing)} of {len(times)} rows of {tsv} have no saved counts (indices "

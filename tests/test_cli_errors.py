@@ -58,6 +58,11 @@ def test_missing_and_corrupt_model_files(files, capsys):
     args[2] = str(files / "bad.pt")
     assert main(args) == 2
     one_line_error(capsys, "bad.pt")
+    (files / "notes.pt").write_text("inputs,labels\n0.5,1\n")  # a text file named .pt
+    args = certify_args(files, files / "o.tsv")
+    args[1] = str(files / "notes.pt")
+    assert main(args) == 2
+    one_line_error(capsys, "notes.pt is not a file written by torch.save")
 
 
 def test_inf_and_nan_inputs_name_the_index_and_skip_invalid_goes_on(files, capsys):
@@ -95,7 +100,9 @@ def test_truncated_meta_and_bad_counts_lines_name_the_file_and_line(files, capsy
     counts[1] = json.dumps({"idx": 1, "label": 0, "selection": [1, 2], "estimation": [3, 4]})
     open(str(out) + ".counts.jsonl", "w").write("\n".join(counts))
     assert main(["recertify", str(out), str(files / "re.tsv")]) == 2
-    one_line_error(capsys, "the counts of index 1 have 2 classes but the run has 3")
+    one_line_error(capsys, "o.tsv.counts.jsonl, line 2: not a counts record (2 classes, but the run has 3")
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 2  # resuming refuses it too
+    one_line_error(capsys, "o.tsv.counts.jsonl, line 2: not a counts record (2 classes, but the run has 3")
 
 
 def test_analyze_reports_skipped_rows_and_refuses_an_empty_plot(files, capsys):
