@@ -90,9 +90,10 @@ def test_torchrun_input_sharding_equals_one_process(files, single, nproc):
     assert counts_text(out) == counts_text(single)
 
 
-def test_torchrun_sample_splitting_equals_one_process(files, single):
+@pytest.mark.parametrize("nproc", [2, 3])  # one process has nothing to split (refused without torchrun ranks)
+def test_torchrun_sample_splitting_equals_one_process(files, single, nproc):
     out = files / "s.tsv"
-    res = torchrun(files, 3, out, "--split-samples")
+    res = torchrun(files, nproc, out, "--split-samples")
     assert res.returncode == 0, res.stderr[-3000:]
     assert rows_without_time(out) == rows_without_time(single)
     assert counts_text(out) == counts_text(single)
