@@ -220,3 +220,27 @@ def test_analyze_writes_json_and_csv_for_notebooks(files, capsys):
     rows = list(csv.DictReader(open(files / "m.csv")))
     assert [r["n"] for r in rows] == ["6", "6"] and rows[0]["file"] == "o"
     assert os.path.getsize(files / "p.png") > 1000
+
+
+def test_a_run_shows_progress_in_samples_and_ends_with_a_summary(files, capsys):
+    out = files / "p.tsv"
+    assert main(certify_args(files, out, "--max", "4")) == 0
+    captured = capsys.readouterr()
+    assert "sample" in captured.err  # the progress bar counts samples (tqdm, on stderr)
+    summary = captured.out.strip().splitlines()
+    assert summary[0].startswith(f"wrote {out}: 4 inputs (4 certified now)")
+    assert summary[1].startswith("certified accuracy ") and "at r=0.25" in summary[1] and "abstained on" in summary[1]
+    assert summary[2].endswith("samples/s)") and "8,200 samples" in summary[2]  # 4 x (50 + 2000)
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 0
+    captured = capsys.readouterr()
+    assert "(0 certified now)" in captured.out and "sample" not in captured.err
+
+
+def test_train_prints_one_line_per_epoch_unless_quiet(tmp_path, capsys):
+    assert main(["train", "breast_cancer", "mlp", str(tmp_path / "a"), "--epochs", "2", "--batch", "200"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert all("loss " in line and "acc " in line and "lr " in line for line in lines)
+    assert main(["train", "breast_cancer", "mlp", str(tmp_path / "b"), "--epochs", "2", "--batch", "200",
+                 "--quiet"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
