@@ -26,8 +26,14 @@ else
   echo "costsmooth: creating .venv with ${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2
   "${PYTHON:-python3}" -m venv .venv
   PY="$ROOT/.venv/bin/python"
-  "$PY" -m pip install -q --upgrade pip setuptools wheel >&2
-  "$PY" -m pip install -q "${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2
+  "$PY" -m pip install -q --upgrade pip setuptools wheel >&2 \
+    || echo "costsmooth: could not upgrade pip/setuptools/wheel (offline?); going on with the venv's own" >&2
+  if ! "$PY" -m pip install -q "${COSTSMOOTH_TORCH:-torch==2.13.0}" >&2; then
+    rm -rf "$ROOT/.venv"
+    echo "costsmooth: torch is missing and ${COSTSMOOTH_TORCH:-torch==2.13.0} could not be installed (offline?);" \
+         "point PYTHON at a Python that has torch (PYTHON=/path/to/python ./run.sh ...)" >&2
+    exit 1
+  fi
 fi
 
 # Install only the packages that are missing (import name -> package name); test tools only for
