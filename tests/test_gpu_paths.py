@@ -95,3 +95,27 @@ def test_cuda_counts_under_autocast_equal_counts_of_the_half_precision_model():
         votes = model(noisy).argmax(1).view(3, 500)
     manual = torch.stack([torch.bincount(v, minlength=5) for v in votes])
     assert torch.equal(amp, manual)
+
+
+@cuda_only
+def test_cuda_graphs_are_captured_once_and_reused_across_calls(monkeypatch):
+    from costsmooth import Smooth, sampling
+
+    built = []
+    real = sampling._GraphedVotes
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "_GraphedVotes", counting)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).cuda()
+    x = torch.randn(3, 12, device="cuda")
+    eager = Smooth(model, 5, 0.5, batch_size=256, seed=1)
+    graphed = Smooth(model, 5, 0.5, batch_size=256, seed=1, cuda_graphs=True)
+    for _ in range(2):  # the second call replays the graph captured by the first
+        a = eager.certify_batch(x, n0=100, n=4096)
+        b = graphed.certify_batch(x, n0=100, n=4096)
+        assert [c.counts.tolist() for c in a] == [c.counts.tolist() for c in b]
+    assert len(built) == 1 and len(graphed._graphs) == 1
