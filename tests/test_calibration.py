@@ -2,6 +2,7 @@
 against a classifier whose smoothed confidence is known, attacks, ACT losses, the command line."""
 import copy
 import json
+import os
 import subprocess
 import sys
 
@@ -228,7 +229,9 @@ def test_act_losses_train_and_resume_exactly(name):
 def test_act_losses_register_lazily():
     code = ("import costsmooth.losses as L; assert 'act_ece' not in L.LOSSES; "
             "print(type(L.make_loss('act_ece', 0.25)).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
     assert out.stdout.strip() == "ACTECE"
 
 

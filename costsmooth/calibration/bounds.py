@@ -202,6 +202,8 @@ class _Problem:
         down_sum = np.bincount(bins, weights=self.c - self.up_nm[rows, bins], minlength=self.M)
         use_low = (np.abs(up_sum) >= np.abs(down_sum))[bins]
         z = self.point(bins, use_low)
+        if not (self.allowed[rows, bins].all() and np.all((z >= self.lo) & (z <= self.hi))):
+            raise RuntimeError(f"the {method} solver returned confidences outside the boxes; please report this")
         value = self.closure_value(bins) if exact else self.value(bins, z)
         return CertifiedECE(value=value, exact=exact, method=method, confidences=z, bins=bins,
                             seconds=time.perf_counter() - t0)
@@ -261,9 +263,10 @@ def _solve_milp(p: _Problem, time_limit: Optional[float]):
     chosen = x[:K] | x[K:2 * K]
     bins[n_idx[chosen]] = m_idx[chosen]
     polished = p.polish(x[2 * K:])[1]
-    if polished is not None and p.closure_value(polished) > p.closure_value(bins):
+    decoded = np.bincount(n_idx[chosen], minlength=p.N) == 1  # one allowed (bin, end) per input
+    if not decoded.all() or p.closure_value(polished) > p.closure_value(bins):
         bins = polished
-    return bins, optimal
+    return bins, optimal and bool(decoded.all())
 
 
 def _project_simplex(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
