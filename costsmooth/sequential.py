@@ -7,9 +7,11 @@ fixed radius r, ``p_cA >= Phi(r / sigma)`` (or SPEC 3.2's cost-sensitive conditi
 inputs of a seed class), and stops each input as soon as the evidence decides it.
 
 Boundary (anytime-valid): Clopper-Pearson bounds at a geometric grid of checkpoints
-``n_1 < n_2 < ... < n_K = max_n`` (``n_{k+1} ~ growth * n_k``), the k-th at level ``alpha_k = alpha / K``
-(a union bound over the checkpoints, i.e. Bonferroni; e.g. Wald 1945 for the sequential setting,
-Howard et al. 2021 section 3 for grid-based confidence sequences). Validity, in three lines: the
+``n_1 < n_2 < ... < n_K = max_n`` (``n_{k+1} ~ growth * n_k``), the k-th at level ``alpha_k`` with
+``sum_k alpha_k = alpha`` (by default alpha/2 at max_n and alpha/(2(K-1)) at each earlier checkpoint):
+a union bound over the checkpoints (Bonferroni; Wald 1945 for the sequential setting; Howard,
+Ramdas, McAuliffe & Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence sequences",
+for confidence sequences). Validity, in three lines: the
 noise of sample j of input i is a pure function of (seed, stream, i, j), so every input has one
 fixed infinite sequence of i.i.d. Bernoulli(p) votes whether or not it is drawn; the bound at
 ``n_k`` uses the first ``n_k`` of them, so ``P(lower_k > p) <= alpha_k`` for each k by Clopper-Pearson,
@@ -29,11 +31,10 @@ cA is not a target and ``sigma/2 * (Phi^-1(pA_lower) - Phi^-1(min(max_j pj_upper
 the p_j) is below r.
 
 What is lost against fixed-n CERTIFY: the output is a decision at one radius r, not the largest
-radius; the bound at each checkpoint is at alpha/K instead of alpha, so an input close to the
-threshold needs slightly more samples than a fixed-n test that happened to pick the right n, and
-the largest radius certifiable at max_n is ``sigma * Phi^-1((alpha/K)^(1/max_n))`` instead of
-``sigma * Phi^-1(alpha^(1/max_n))``. The naive rule "stop as soon as the fixed-n bound at level alpha
-crosses" checks K times at level alpha and is *not* valid (its error rate approaches K * alpha; see
+radius; the bound at each checkpoint is at a fraction of alpha, so an input needs slightly more
+samples than a fixed-n test that happened to pick the right n, and the largest radius certifiable
+at max_n is ``sigma * Phi^-1((alpha_K)^(1/max_n))`` instead of ``sigma * Phi^-1(alpha^(1/max_n))``. The naive rule "stop as soon as the fixed-n bound at level alpha
+crosses" checks K times at level alpha and is *not* valid (its error rate grows with K; see
 ``tests/test_sequential.py`` and docs/sequential.md).
 
 Scheduler: ``certify_batch_at`` packs the samples of many inputs into each model call and admits the
@@ -71,7 +72,8 @@ __all__ = ["Boundary", "SequentialResult", "RadiusEstimate", "certify_batch_at",
            "DEFAULT_GROWTH", "SEQUENTIAL_COLUMNS", "add_sequential_args", "run_certify_command"]
 
 DEFAULT_FIRST = 64      # first checkpoint (estimation samples)
-DEFAULT_GROWTH = 1.25   # checkpoint ratio; 1.25-1.5 balances overshoot against the alpha/K split
+DEFAULT_GROWTH = 1.25   # checkpoint ratio; 1.25-1.5 balances overshoot against the alpha split over K looks
+DEFAULT_FINAL_SHARE = 0.5  # part of alpha spent at max_n, so that inputs decided only there lose little
 
 CONTINUE, CERTIFIED, NOT_CERTIFIED = 0, 1, 2
 _NAMES = {CERTIFIED: "certified", NOT_CERTIFIED: "not_certified"}
@@ -99,21 +101,34 @@ class Boundary:
         object.__setattr__(self, "levels", a)
 
     @classmethod
-    def geometric(cls, alpha: float, max_n: int, first: int = DEFAULT_FIRST,
-                  growth: float = DEFAULT_GROWTH) -> "Boundary":
-        """Checkpoints ``ceil(first * growth^k)`` below max_n, then max_n; each at level alpha / K."""
+    def geometric(cls, alpha: float, max_n: int, first: int = DEFAULT_FIRST, growth: float = DEFAULT_GROWTH,
+                  final_share: float = DEFAULT_FINAL_SHARE) -> "Boundary":
+        """Checkpoints ``ceil(first * growth^k)`` below max_n, then max_n.
+
+        The last checkpoint (max_n) gets ``final_share * alpha``, the K - 1 others
+        ``(1 - final_share) * alpha / (K - 1)`` each (all of alpha when there is one checkpoint).
+        ``final_share = 1/K`` is the even split.
+        """
         alpha = check_alpha(alpha)
         max_n, first = check_count(max_n, "max_n"), check_count(first, "first")
         growth = check_positive_finite(growth, "growth")
         if growth <= 1:
             raise ValueError(f"growth must be > 1 (the ratio of consecutive checkpoints, e.g. 1.25), got {growth}")
+        if not 0 < final_share < 1:
+            raise ValueError(f"final_share must lie in (0, 1) (the part of alpha spent at max_n), got {final_share}")
         points, n = [], float(min(first, max_n))
         while math.ceil(n) < max_n:
             if not points or math.ceil(n) > points[-1]:
                 points.append(math.ceil(n))
             n *= growth
         points.append(max_n)
-        return cls(np.array(points, dtype=np.int64), np.full(len(points), alpha / len(points)))
+        if len(points) == 1:
+            return cls(np.array(points, dtype=np.int64), np.array([alpha]))
+        levels = np.full(len(points), (1 - final_share) * alpha / (len(points) - 1))
+        levels[-1] = final_share * alpha
+        while levels.sum() > alpha:  # rounding must never spend more than alpha
+            levels[-1] = np.nextafter(levels[-1], 0.0)
+        return cls(np.array(points, dtype=np.int64), levels)
 
     @property
     def guaranteed_alpha(self) -> float:
@@ -479,7 +494,7 @@ def estimate_radius_batch(smooth, X: torch.Tensor, tolerance: float, alpha: floa
     The lower confidence sequence of p_cA (``Boundary.geometric(alpha, max_n, first, growth)``) gives
     at every checkpoint a radius ``R_lo = sigma * Phi^-1(pA_lower)`` that is a valid certificate at
     level alpha whenever the input stops (union bound over checkpoints). The limit is
-    ``min(sigma * Phi^-1(pA_upper), R_cap)`` with ``R_cap = sigma * Phi^-1((alpha/K)^(1/max_n))`` the
+    ``min(sigma * Phi^-1(pA_upper), R_cap)`` with ``R_cap = sigma * Phi^-1(alpha_K^(1/max_n))`` the
     largest radius certifiable at max_n (clipped at 0); sampling stops when ``R_lo >= limit - tolerance``
     or at max_n. Guarantee: with probability >= 1 - alpha, g(x + delta) = prediction for ||delta|| < radius.
     """

@@ -37,10 +37,14 @@ def test_geometric_boundary_spends_alpha_over_its_checkpoints():
     assert np.all(np.diff(b.checkpoints) > 0)
     assert np.all(b.checkpoints[1:-1] / b.checkpoints[:-2] < 1.26)
     assert b.guaranteed_alpha == pytest.approx(0.001, rel=1e-12) and b.guaranteed_alpha <= 0.001
-    assert np.allclose(b.levels, 0.001 / len(b))
+    assert b.levels[-1] == pytest.approx(0.0005) and np.allclose(b.levels[:-1], 0.0005 / (len(b) - 1))
+    even = Boundary.geometric(0.001, 100000, final_share=1 / len(b))
+    assert np.allclose(even.levels, 0.001 / len(b))
     assert Boundary.geometric(0.01, 50).checkpoints.tolist() == [50]  # max_n below the first checkpoint
     with pytest.raises(ValueError, match="growth must be > 1"):
         Boundary.geometric(0.01, 1000, growth=1.0)
+    with pytest.raises(ValueError, match="final_share must lie in"):
+        Boundary.geometric(0.01, 1000, final_share=1.0)
     with pytest.raises(ValueError, match="increasing"):
         Boundary(np.array([10, 10]), np.array([0.01, 0.01]))
 
