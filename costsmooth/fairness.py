@@ -461,7 +461,7 @@ def register_cli(sub) -> None:
     p.add_argument("--eps", type=float, default=0.25, help="PGD radius")
     p.add_argument("--norm", default="l2", choices=["l2", "linf"], help="PGD norm")
     p.add_argument("--steps", type=positive_int, default=10, help="PGD steps")
-    p.add_argument("--step-size", type=positive_float, help="PGD step size (default 2.5 * eps / steps)")
+    p.add_argument("--step-size", type=positive_float, help="PGD step size (unset: 2.5 * eps / steps)")
     p.add_argument("--attack", default="base", choices=["base", "smoothed"],
                    help="attack the base model, or the soft smoothed classifier (SmoothAdv's objective)")
     p.add_argument("--m", type=positive_int, default=16, help="--attack smoothed: noise draws per input")
