@@ -286,24 +286,12 @@ class SmoothAdv(_Loss):
         self.eps, self.steps, self.m = float(eps), check_count(steps, "steps"), check_count(m, "m")
 
     def attack(self, model, x, y, noise):
+        """x' for fixed noise ``[B * m, *shape]``: ``costsmooth.attacks.smoothed_pgd_attack`` from x itself."""
         if self.eps <= 0:
             return x.detach()
-        was_training = model.training
-        model.eval()
-        delta = torch.zeros_like(x, requires_grad=True)
-        step = 2 * self.eps / self.steps
-        for _ in range(self.steps):
-            noisy = (x + delta).repeat_interleave(self.m, 0) + noise
-            probs = model(noisy).softmax(-1).view(x.shape[0], self.m, -1).mean(1)
-            loss = -torch.log(probs.gather(1, y[:, None]) + 1e-10).sum()
-            grad, = torch.autograd.grad(loss, delta)
-            norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-            with torch.no_grad():
-                delta += step * grad / norm
-                dn = delta.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
-                delta *= torch.clamp(self.eps / dn.clamp_min(1e-12), max=1.0)
-        model.train(was_training)
-        return (x + delta).detach()
+        from .attacks import smoothed_pgd_attack
+        return smoothed_pgd_attack(model, x, y, noise, eps=self.eps, norm="l2", steps=self.steps,
+                                   step_size=2 * self.eps / self.steps, random_start=False)
 
     def __call__(self, model, x, y):
         _check_batch(x, y)

@@ -128,3 +128,17 @@ def test_pgd_training_loss_is_the_cross_entropy_at_the_attack_point():
                        ({"noise": 2}, "noise must be 0")):
         with pytest.raises(ValueError, match=match):
             PGDTraining(0.25, **bad)
+
+
+def test_smoothadv_training_attack_is_the_smoothed_pgd_attack_from_x():
+    from costsmooth.losses import SmoothAdv
+    w = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64)
+    model = _linear(w)
+    x = torch.tensor([[0.4, 0.1, 0.0], [0.8, -0.3, 0.2]], dtype=torch.float64)
+    y = torch.tensor([1, 1])
+    loss = SmoothAdv(0.25, eps=0.5, steps=2, m=4)
+    noise = loss.noise.noise(x, 4, 0.25)
+    adv = loss.attack(model, x, y, noise)
+    # two steps of 2 * eps / T = eps along -w: the full radius, straight against w
+    assert torch.allclose((adv - x).norm(dim=1), torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.allclose(adv, x - 0.5 * w / w.norm())
