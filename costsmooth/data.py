@@ -18,7 +18,6 @@ import gzip
 import os
 import pickle
 import struct
-import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -281,8 +280,8 @@ def _load_pt(path: str, split: str = "all") -> Dataset:
     _check_split(split)
     with open(path, "rb") as f:
         head = f.read(2)
-    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # neither torch.save's zip nor its legacy pickle
-        raise DatasetError(f"{path} is not a file written by torch.save (it is not a zip archive or a pickle); "
+    if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip archive nor its legacy pickle
+        raise DatasetError(f"{path} is not a file written by torch.save (neither a zip archive nor a pickle); "
                            f"expected {PT_LAYOUT}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -125,8 +125,11 @@ def test_pt_dataset_split_and_class_count(tmp_path):
     with pytest.raises(data.DatasetError, match="dataset file not found"):
         data.load_dataset(str(tmp_path / "missing.pt"))
     (tmp_path / "junk.pt").write_text("junk")
-    with pytest.raises(data.DatasetError, match="cannot read dataset file"):
+    with pytest.raises(data.DatasetError, match="junk.pt is not a file written by torch.save"):
         data.load_dataset(str(tmp_path / "junk.pt"), "all")
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04" + b"\0" * 40)  # a zip header, then nothing readable
+    with pytest.raises(data.DatasetError, match="cannot read dataset file"):
+        data.load_dataset(str(tmp_path / "torn.pt"), "all")
     with pytest.raises(data.DatasetError, match="--split all is for folder: and .pt datasets"):
         data.load_dataset("digits", "all")
 
