@@ -33,9 +33,10 @@ the p_j) is below r.
 What is lost against fixed-n CERTIFY: the output is a decision at one radius r, not the largest
 radius; the bound at each checkpoint is at a fraction of alpha, so an input needs slightly more
 samples than a fixed-n test that happened to pick the right n, and the largest radius certifiable
-at max_n is ``sigma * Phi^-1((alpha_K)^(1/max_n))`` instead of ``sigma * Phi^-1(alpha^(1/max_n))``. The naive rule "stop as soon as the fixed-n bound at level alpha
-crosses" checks K times at level alpha and is *not* valid (its error rate grows with K; see
-``tests/test_sequential.py`` and docs/sequential.md).
+at max_n is ``sigma * Phi^-1(alpha_K^(1/max_n))`` instead of ``sigma * Phi^-1(alpha^(1/max_n))``.
+The naive rule "stop as soon as the fixed-n bound at level alpha crosses" checks K times at level
+alpha and is *not* valid (its error rate grows with K; see ``tests/test_sequential.py`` and
+docs/sequential.md).
 
 Scheduler: ``certify_batch_at`` packs the samples of many inputs into each model call and admits the
 next input when one finishes, so calls stay full while inputs stop at different times. The noise of
@@ -54,7 +55,7 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -230,6 +231,8 @@ class SequentialResult:
     pA_lower: lower bound on p_cA at the stop (at alpha_k; alpha_k/2 for a cost-sensitive test).
     test: "standard" or "cost_sensitive" (label a seed class of the cost matrix).
     counts, selection_counts: int64 ``[C]``; label: the input's label or None.
+    top_is_target: cA lies in the label's target set (a cost-sensitive test; then "not_certified").
+    seconds: time from the start of the batch's estimation draw to this input's decision.
     """
     decision: str
     samples: int
@@ -324,7 +327,7 @@ def _schedule(smooth, X: torch.Tensor, indices: List[int], boundary: Boundary, c
     queue = collections.deque(range(batch))
     active: List[int] = []
     buffer = None
-    limit = slots if slots is not None else batch_size
+    limit = check_count(slots, "slots") if slots is not None else batch_size
     with eval_mode(smooth.model):
         while queue or active:
             while queue and len(active) < limit and sum(int(points[stage[b]] - drawn[b]) for b in active) < batch_size:
@@ -415,6 +418,8 @@ def certify_batch_at(smooth, X: torch.Tensor, radius: float, alpha: float = 0.00
 def _certify_at(smooth, X, radius, alpha, *, max_n, labels, cost, n0, indices, batch_size=None, slots=None,
                 first=DEFAULT_FIRST, growth=DEFAULT_GROWTH, progress=None) -> List[SequentialResult]:
     """``certify_batch_at`` with indices already checked (``Smooth.certify_at`` passes a fresh index)."""
+    if slots is not None:
+        check_count(slots, "slots")
     radius = float(radius)
     if not math.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0 (the L2 radius to certify), got {radius!r}")
@@ -439,7 +444,8 @@ def _certify_at(smooth, X, radius, alpha, *, max_n, labels, cost, n0, indices, b
             at = levels == level
             std = np.nonzero(at & ~cs[bs])[0]
             if std.size:
-                d = standard_test(rows[std, tops[bs[std]]], boundary.checkpoints[ks[std]], float(level), radius, sigma)[0]
+                d = standard_test(rows[std, tops[bs[std]]], boundary.checkpoints[ks[std]], float(level), radius,
+                                  sigma)[0]
                 done[std] = d != CONTINUE
             for j in np.nonzero(at & cs[bs])[0]:
                 b = bs[j]
@@ -480,7 +486,8 @@ def _certify_at(smooth, X, radius, alpha, *, max_n, labels, cost, n0, indices, b
             certified_radius=float(r_cert[b]), pA_lower=float(p_low[b]),
             test="cost_sensitive" if cs[b] else "standard", counts=counts[b].copy(),
             selection_counts=selection[b].copy(), label=None if labels is None else labels[b],
-            top_is_target=bool(cs[b] and top in cost.targets(labels[b])), seconds=done_at.get(b, time.perf_counter()) - t0))
+            top_is_target=bool(cs[b] and top in cost.targets(labels[b])),
+            seconds=done_at.get(b, time.perf_counter()) - t0))
     return out
 
 
@@ -499,6 +506,8 @@ def estimate_radius_batch(smooth, X: torch.Tensor, tolerance: float, alpha: floa
     or at max_n. Guarantee: with probability >= 1 - alpha, g(x + delta) = prediction for ||delta|| < radius.
     """
     tolerance = check_positive_finite(tolerance, "tolerance")
+    if slots is not None:
+        check_count(slots, "slots")
     check_float_tensor(X, "X")
     indices = _indices(indices, X.shape[0] if X.dim() else 0)
     if labels is not None:
@@ -591,7 +600,8 @@ class SequentialWriter:
                 return
             old = read_meta(path)
             if old.get("sequential") is None:
-                raise ResultFileError(f"{path} exists but is not a sequential certification run; choose another OUTFILE")
+                raise ResultFileError(f"{path} exists but is not a sequential certification run; choose another "
+                                      f"OUTFILE")
             changed = settings_mismatch(old, meta)
             if changed:
                 raise ResultFileError(f"{path} exists from a run with different settings ({', '.join(changed)}); "

@@ -215,6 +215,7 @@ def test_adaptive_radius_is_a_valid_lower_bound_and_stops_early():
     (lambda s, X: s.certify_batch_at(X, -0.1), "radius must be a finite number >= 0"),
     (lambda s, X: s.certify_batch_at(X, 0.1, max_n=0), "max_n must be an integer >= 1"),
     (lambda s, X: s.certify_batch_at(X, 0.1, growth=0.5), "growth must be > 1"),
+    (lambda s, X: s.certify_batch_at(X, 0.1, slots=0), "slots must be an integer >= 1"),
     (lambda s, X: s.certify_batch_at(X, 0.1, alpha=1.5), "alpha must be a number in"),
     (lambda s, X: s.certify_batch_at(X, 0.1, indices=[0]), "2 inputs need as many indices"),
     (lambda s, X: s.certify_batch_at(X, 0.1, cost=np.zeros((2, 2))), "cost must be a costsmooth.CostMatrix"),
