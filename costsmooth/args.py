@@ -136,3 +136,22 @@ def batch_arg(text: str):
     if text == "auto":
         return text
     return _typed(int, lambda v: v >= 1, "an integer >= 1 or 'auto'")(text)
+
+
+seed_arg = _typed(int, lambda v: 0 <= v < 2**64, "an integer in [0, 2^64)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, n0: int, n: int, seed_help: str = "noise seed") -> None:
+    """The options every command that samples a dataset shares: which inputs (--skip, --max, --split),
+    how many samples (--N0, --N), --batch, --seed, --device and --quiet."""
+    p.add_argument("--N0", type=positive_int, default=n0, help="selection samples")
+    p.add_argument("--N", type=positive_int, default=n, help="estimation samples")
+    p.add_argument("--batch", type=batch_arg, default=1000,
+                   help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
+    p.add_argument("--skip", type=positive_int, default=1, help="use every skip-th input")
+    p.add_argument("--max", type=max_arg, default=-1, help="stop before this dataset index (-1: all)")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"],
+                   help="dataset split ('all' for folder:/.pt datasets without one)")
+    p.add_argument("--seed", type=seed_arg, default=0, help=seed_help)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import torch
 
-from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, batch_arg, float_list, max_arg, non_negative_int,
-                   parse_cost, positive_float, positive_int, probability, resolve_device)
+from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_sampling_args, float_list, parse_cost,
+                   positive_float, probability, resolve_device)
 from .runs import analyze, probe_num_classes, recertify
 from .input_dependent import add_sigma_fn_args, sigma_from_args
 
@@ -112,17 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base_classifier", metavar="MODEL", help="TorchScript, torch.save'd module, or checkpoint")
     p.add_argument("sigma", type=positive_float, help="noise level")
     p.add_argument("outfile", help="output TSV (re-running the same command resumes it)")
-    p.add_argument("--N0", type=positive_int, default=100, help="selection samples")
-    p.add_argument("--N", type=positive_int, default=100000, help="estimation samples")
     p.add_argument("--alpha", type=probability, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=batch_arg, default=1000,
-                   help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
-    p.add_argument("--skip", type=positive_int, default=1, help="certify every skip-th input")
-    p.add_argument("--max", type=max_arg, default=-1, help="stop before this dataset index (-1: all)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"],
-                   help="dataset split ('all' for folder:/.pt datasets without one)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    add_sampling_args(p, n0=100, n=100000)  # --N0 --N --batch --skip --max --split --seed --device --quiet
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the model (a reduced-precision run certifies that model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")
@@ -133,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob-sums", action="store_true",
                    help="also save each input's softmax sums of the estimation draw in OUTFILE.counts.jsonl (for "
                         "costsmooth calibration --from)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("scale-out (see the README: several GPUs, machines, SLURM arrays)")
     g.add_argument("--shard", metavar="I/K",
                    help="certify only part I of K (every K-th selected input from the I-th); join the parts with "

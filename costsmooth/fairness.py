@@ -442,8 +442,8 @@ def format_synthetic(study: Mapping, population: bool = True) -> str:
 
 # -- command line ------------------------------------------------------------------------------------
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, batch_arg, max_arg, non_negative_int, positive_float, positive_int,
-                       probability, resolve_device)
+    from .args import (HelpFormatter, UsageError, add_sampling_args, positive_float, positive_int, probability,
+                       resolve_device)
 
     p = sub.add_parser("fairness", help="class-wise natural, PGD robust and certified error (robustness disparity)",
                        formatter_class=HelpFormatter,
@@ -466,16 +466,8 @@ def register_cli(sub) -> None:
                    help="attack the base model, or the soft smoothed classifier (SmoothAdv's objective)")
     p.add_argument("--m", type=positive_int, default=16, help="--attack smoothed: noise draws per input")
     p.add_argument("--radius", type=float, default=0.25, help="radius of the certified error")
-    p.add_argument("--N0", type=positive_int, default=64, help="selection samples")
-    p.add_argument("--N", type=positive_int, default=1000, help="estimation samples")
     p.add_argument("--alpha", type=probability, default=0.001, help="failure probability of each certificate")
-    p.add_argument("--batch", type=batch_arg, default=1000, help="batch size of model calls when certifying")
-    p.add_argument("--skip", type=positive_int, default=1, help="use every skip-th input")
-    p.add_argument("--max", type=max_arg, default=-1, help="stop before this dataset index (-1: all)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="dataset split")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise and the attack's random start")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_args(p, n0=64, n=1000, seed_help="seed of the noise and the attack's random start")
 
     def run(args):
         if args.synthetic:

@@ -147,7 +147,7 @@ def _json_rows(rows):
 
 
 def register_cli(sub) -> None:
-    from ..args import HelpFormatter, UsageError, batch_arg, float_list, max_arg, non_negative_int, positive_int, probability
+    from ..args import HelpFormatter, UsageError, add_sampling_args, float_list, positive_int, probability
 
     p = sub.add_parser("calibration", formatter_class=HelpFormatter,
                        help="certified calibration: ECE, Brier, certified Brier score and certified ECE at radii",
@@ -172,15 +172,7 @@ def register_cli(sub) -> None:
                    help="confidence interval of the smoothed confidence (kl: Chernoff, tighter near 0 and 1)")
     p.add_argument("--joint", action="store_true", help="divide alpha by the number of inputs (Bonferroni)")
     p.add_argument("--alpha", type=probability, help="total failure probability (default 0.001; with --from the run's)")
-    p.add_argument("--N0", type=positive_int, default=100, help="selection samples")
-    p.add_argument("--N", type=positive_int, default=10000, help="estimation samples")
-    p.add_argument("--batch", type=batch_arg, default=1000, help="batch size of model calls")
-    p.add_argument("--skip", type=positive_int, default=1, help="every skip-th input")
-    p.add_argument("--max", type=max_arg, default=-1, help="stop before this dataset index (-1: all)")
-    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="dataset split")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="noise seed")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_args(p, n0=100, n=10000)
 
     def run(args):
         eps_list = float_list(args.eps, "--eps")
