@@ -237,7 +237,7 @@ def _diverged(what: str, epoch: int, epochs: int, step: int, ckpt_path: str, sta
 
 
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_cost_args, non_negative_int, parse_cost, positive_float,
+    from .args import (HelpFormatter, UsageError, add_cost_args, seed_arg, parse_cost, positive_float,
                        positive_int, resolve_device)
     from .data import load_dataset
     from .losses import LOSSES
@@ -259,7 +259,7 @@ def register_cli(sub) -> None:
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
                    help="learning-rate schedule (step: x0.1 every third of the run)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation, shuffling and noise")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of initialisation, shuffling and noise")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--num-classes", type=positive_int,
                    help="model outputs (default: the dataset's classes; for a .pt file without class_names, the "
