@@ -232,6 +232,9 @@ class SequentialResult:
     test: "standard" or "cost_sensitive" (label a seed class of the cost matrix).
     counts, selection_counts: int64 ``[C]``; label: the input's label or None.
     top_is_target: cA lies in the label's target set (a cost-sensitive test; then "not_certified").
+    standard_radius: the standard radius ``sigma * Phi^-1`` of the lower bound of p_cA at alpha_k at the
+        stop (0 on abstention): a valid level-alpha certificate for every input, equal to
+        certified_radius for a standard test.
     seconds: time from the start of the batch's estimation draw to this input's decision.
     """
     decision: str
@@ -247,6 +250,7 @@ class SequentialResult:
     label: Optional[int] = None
     top_is_target: bool = False
     seconds: float = 0.0
+    standard_radius: float = 0.0
 
     @property
     def certified(self) -> bool:
@@ -487,7 +491,8 @@ def _certify_at(smooth, X, radius, alpha, *, max_n, labels, cost, n0, indices, b
             test="cost_sensitive" if cs[b] else "standard", counts=counts[b].copy(),
             selection_counts=selection[b].copy(), label=None if labels is None else labels[b],
             top_is_target=bool(cs[b] and top in cost.targets(labels[b])),
-            seconds=done_at.get(b, time.perf_counter()) - t0))
+            seconds=done_at.get(b, time.perf_counter()) - t0,
+            standard_radius=float(sigma * norm.ppf(p_std[b])) if p_std[b] >= 0.5 else 0.0))
     return out
 
 
@@ -559,9 +564,9 @@ SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "c
 def _format_row(idx: int, res: SequentialResult) -> str:
     label = "" if res.label is None else str(res.label)
     correct = "" if res.label is None else str(int(bool(res.correct)))
-    std_radius = res.certified_radius if res.test == "standard" else 0.0
     cs = repr(float(res.certified_radius)) if res.test == "cost_sensitive" else ""
-    fields = [str(idx), label, str(res.prediction), repr(float(std_radius)), correct, f"{res.seconds:.4f}", cs,
+    fields = [str(idx), label, str(res.prediction), repr(float(res.standard_radius)), correct, f"{res.seconds:.4f}",
+              cs,
               str(res.top_class), str(int(res.top_is_target)), repr(float(res.pA_lower)), res.decision,
               str(res.samples), repr(float(res.radius))]
     return "\t".join(fields) + "\n"

@@ -126,7 +126,7 @@ def test_engine_decisions_match_the_truth_and_stop_early():
     assert [r.prediction for r in results[2:]] == [1, 0, 1]
     assert [r.correct for r in results[2:]] == [True, False, True]
     for r in results[2:]:
-        assert r.certified_radius >= RADIUS and r.test == "standard"
+        assert r.certified_radius >= RADIUS and r.test == "standard" and r.standard_radius == r.certified_radius
         assert r.certified_radius == pytest.approx(SIGMA * norm.ppf(r.pA_lower), abs=1e-12)
 
 
@@ -187,6 +187,7 @@ def test_cost_sensitive_inputs_get_the_cost_sensitive_test():
     p = model.probs(-1.5, 0.5)
     true_cs = 0.5 / 2 * (norm.ppf(p[0]) - norm.ppf(p[2]))
     assert true_cs > 2 and results[0].decision == "certified" and 0.4 <= results[0].certified_radius < true_cs
+    assert 0 < results[0].standard_radius < 0.5 * norm.ppf(p[0])  # its standard certificate, also valid
     true_std = 0.5 * norm.ppf(p[0])  # 0.5: the standard test at 0.4 holds too
     assert results[1].decision == "certified" and results[1].certified_radius < true_std
     # a seed-class input whose top class is a target is not cost-sensitively robust, at once
