@@ -566,8 +566,7 @@ def _format_row(idx: int, res: SequentialResult) -> str:
     correct = "" if res.label is None else str(int(bool(res.correct)))
     cs = repr(float(res.certified_radius)) if res.test == "cost_sensitive" else ""
     fields = [str(idx), label, str(res.prediction), repr(float(res.standard_radius)), correct, f"{res.seconds:.4f}",
-              cs,
-              str(res.top_class), str(int(res.top_is_target)), repr(float(res.pA_lower)), res.decision,
+              cs, str(res.top_class), str(int(res.top_is_target)), repr(float(res.pA_lower)), res.decision,
               str(res.samples), repr(float(res.radius))]
     return "\t".join(fields) + "\n"
 
