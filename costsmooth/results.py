@@ -176,6 +176,29 @@ def settings_mismatch(old: dict, new: dict) -> List[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
+def acquire_run_lock(path: str):
+    """Hold ``path.lock`` (filelock), one writer per result file, or refuse naming the file."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path + ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ResultFileError(f"another costsmooth run is writing {path}; wait for it or choose another "
+                              f"OUTFILE") from None
+    return lock
+
+
+def release_run_lock(lock) -> None:
+    """Remove the lock file while it is still held (so no other run holds it), then release it."""
+    if lock.is_locked:
+        try:
+            os.remove(lock.lock_file)
+        except OSError:
+            pass
+        lock.release()
+
+
 class ResultWriter:
     """Appends certificates to OUTFILE and OUTFILE.counts.jsonl; resumes an existing run.
 
@@ -186,19 +209,12 @@ class ResultWriter:
     """
 
     def __init__(self, path: str, meta: dict):
-        from filelock import FileLock, Timeout
-
         self.path = path
         self.meta_path = path + ".meta.json"
         self.counts_path = path + ".counts.jsonl"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # One writer per OUTFILE: a second concurrent run would interleave rows.
-        self._lock = FileLock(path + ".lock", timeout=0)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise ResultFileError(f"another costsmooth run is writing {path}; wait for it or choose another "
-                                  f"OUTFILE") from None
+        self._lock = acquire_run_lock(path)
         try:
             self.done = self._open(meta)
             with open(path) as f:
@@ -285,11 +301,7 @@ class ResultWriter:
                 if getattr(self, "done", None) is not None and os.path.isfile(self.path):
                     self.sort()
             finally:
-                try:
-                    os.remove(self._lock.lock_file)  # removed while held, so no other run holds it
-                except OSError:
-                    pass
-                self._lock.release()
+                release_run_lock(self._lock)
 
 
 def _short(value, limit: int = 40) -> str:

@@ -582,18 +582,11 @@ class SequentialWriter:
     def __init__(self, path: str, meta: dict):
         import json
 
-        from filelock import FileLock, Timeout
-
-        from .results import ResultFileError, _write_atomic, read_meta, settings_mismatch
+        from .results import ResultFileError, _write_atomic, acquire_run_lock, read_meta, settings_mismatch
 
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._lock = FileLock(path + ".lock", timeout=0)
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise ResultFileError(f"another costsmooth run is writing {path}; wait for it or choose another "
-                                  f"OUTFILE") from None
+        self._lock = acquire_run_lock(path)
         try:
             if not os.path.isfile(path):
                 _write_atomic(path + ".meta.json", json.dumps(meta, indent=1))
@@ -635,12 +628,8 @@ class SequentialWriter:
         self.done.add(idx)
 
     def close(self) -> None:
-        if self._lock.is_locked:
-            try:
-                os.remove(self._lock.lock_file)
-            except OSError:
-                pass
-            self._lock.release()
+        from .results import release_run_lock
+        release_run_lock(self._lock)
 
 
 def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float, *, n0: int = 100,
