@@ -289,6 +289,10 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     meta = read_meta(tsv)
     if not meta:
         raise ValueError(f"{tsv}.meta.json not found: recertify needs a run written by costsmooth certify")
+    if meta.get("sequential"):  # counts of a test that chose when to stop: fixed-n bounds would not be valid
+        raise ValueError(f"{tsv} is a sequential run (certify --sequential): its counts stopped when the sequential "
+                         f"test decided, so fixed-n bounds on them would overstate the radius; re-run certify "
+                         f"--sequential with the new alpha or cost instead")
     if isinstance(meta.get("sigma"), dict):  # input-dependent sigma (costsmooth.input_dependent)
         raise ValueError(f"{tsv} was certified with an input-dependent sigma ({meta['sigma'].get('fn')}); recertify "
                          f"supports constant-sigma runs only: re-run costsmooth certify with the new settings")
@@ -371,6 +375,10 @@ def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, p
             f"line {n} ({why})" for n, why in problems[:3]) if problems else ""
         settings = ", ".join(f"{k}={v}" for k, v in rec.settings.items() if v is not None)
         print(f"{name}: read {len(rows)} rows from {path}{skipped}" + (f" [{settings}]" if settings else ""), file=out)
+        if meta.get("sequential"):
+            print(f"{name}: a sequential run at radius {meta.get('radius')}: its radii are those certified when each "
+                  f"input's test stopped, so metrics at other radii and the ACR are lower bounds, not comparable "
+                  f"with a fixed-n run", file=out)
         report["files"].append({"file": name, "path": path, "rows": len(rows), "skipped_lines": [n for n, _ in problems],
                                 **rec.settings})
     rows = []

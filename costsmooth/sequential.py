@@ -582,7 +582,7 @@ class SequentialWriter:
     def __init__(self, path: str, meta: dict):
         import json
 
-        from .results import ResultFileError, _write_atomic, acquire_run_lock, read_meta, settings_mismatch
+        from .results import ResultFileError, _short, _write_atomic, acquire_run_lock, read_meta, settings_mismatch
 
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -601,8 +601,11 @@ class SequentialWriter:
                                       f"OUTFILE")
             changed = settings_mismatch(old, meta)
             if changed:
-                raise ResultFileError(f"{path} exists from a run with different settings ({', '.join(changed)}); "
+                details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
+                raise ResultFileError(f"{path} exists from a run with different settings ({details}); "
                                       f"use another OUTFILE or delete it to start over")
+            if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
+                _write_atomic(path + ".meta.json", json.dumps(meta, indent=1))
             with open(path) as f:
                 text = f.read()
             lines = text.split("\n")
@@ -666,7 +669,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
         raise ValueError(f"{dataset.name} has NaN or infinite values in the selected inputs; clean the data first")
     meta = {"sigma": sigma, "n0": n0, "max_n": max_n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "radius": radius, "sequential": {"boundary": "clopper_pearson_geometric_grid", "first": first,
-                                             "growth": growth, "checkpoints": len(boundary)},
+                                             "growth": growth, "final_share": DEFAULT_FINAL_SHARE,
+                                             **boundary.describe()},  # checkpoints and their levels
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
             "class_names": dataset.class_names, "version": __version__, "model_sha256": fingerprint_model(model),
             "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
@@ -718,7 +722,8 @@ def add_sequential_args(p) -> None:
     g.add_argument("--max-n", type=positive_int, help="--sequential: most estimation samples per input (default --N)")
     g.add_argument("--first", type=positive_int, default=DEFAULT_FIRST, help="--sequential: first checkpoint")
     g.add_argument("--growth", type=positive_float, default=DEFAULT_GROWTH,
-                   help="--sequential: ratio of consecutive checkpoints (> 1); alpha is split evenly over them")
+                   help="--sequential: ratio of consecutive checkpoints (> 1); half of alpha is spent at max-n, the "
+                        "other half evenly over the earlier checkpoints (the levels are recorded in the metadata)")
 
 
 def run_certify_command(args) -> Optional[dict]:
@@ -739,6 +744,7 @@ def run_certify_command(args) -> Optional[dict]:
     refused = [flag for flag, on in (("--shard", args.shard), ("--split-samples", args.split_samples),
                                      ("--sigma-fn", args.sigma_fn), ("--cuda-graphs", args.cuda_graphs),
                                      ("--skip-invalid", args.skip_invalid),
+                                     ("--prob-sums", getattr(args, "prob_sums", False)),
                                      ("torchrun", int(os.environ.get("WORLD_SIZE", "1")) > 1)) if on]
     if refused:
         raise UsageError(f"{refused[0]} is not available with --sequential (one process, constant sigma); drop it")
@@ -758,10 +764,12 @@ def run_certify_command(args) -> Optional[dict]:
                              autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
                              channels_last=args.channels_last)
     seconds = time.perf_counter() - t0
-    ratio = out["fixed_n_samples"] / out["samples"] if out["samples"] else float("nan")
+    if out["samples"]:
+        saving = (f"{out['samples']:,} estimation samples ({out['fixed_n_samples'] / out['samples']:.1f}x fewer than "
+                  f"{out['fixed_n_samples']:,} at fixed n = {args.max_n or args.N})")
+    else:
+        saving = "no estimation samples drawn now (every selected input was already decided)"
     print(f"wrote {out['outfile']}: {out['inputs_now']} inputs tested now at radius {args.radius:g} "
           f"({out['certified']} certified, {out['certified_correct']} of them correct; {out['not_certified']} not "
-          f"certified; {out['undecided']} undecided)\n"
-          f"{out['samples']:,} estimation samples ({ratio:.1f}x fewer than {out['fixed_n_samples']:,} at fixed "
-          f"n = {args.max_n or args.N}); {seconds:.1f} s")
+          f"certified; {out['undecided']} undecided)\n{saving}; {seconds:.1f} s")
     return out

@@ -271,16 +271,26 @@ def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_pat
         assert (r["cs_radius"] != "") == (r["label"] == "0")  # seed-class inputs get the cost-sensitive test
         if r["decision"] == "certified":
             assert float(r["cs_radius"] or r["radius"]) >= 0.3
-    assert read_meta(str(out))["radius"] == 0.3
+    meta = read_meta(str(out))
+    assert meta["radius"] == 0.3 and meta["max"] == 20
+    assert math.isclose(sum(meta["sequential"]["levels"]), 0.01)  # the levels of the checkpoints sum to alpha
     # the same command continues where it stopped (rows kept, only the new inputs tested) ...
     assert main(args) == 0
+    assert read_meta(str(out))["max"] == -1  # the metadata describes the extended selection
+    assert main(args) == 0  # nothing left to do
+    assert "no estimation samples drawn now" in capsys.readouterr().out
     again = read_tsv(str(out))
     assert [{k: v for k, v in r.items() if k != "time"} for r in again[:20]] == \
         [{k: v for k, v in r.items() if k != "time"} for r in rows]
     assert len(again) == 30
     # ... and another radius is refused: it would mix two tests in one file
     assert main(args[:7] + ["0.4"] + args[8:]) == 2
-    assert "radius" in capsys.readouterr().err
+    assert "radius: 0.3 in the file, 0.4 now" in capsys.readouterr().err
+    # fixed-n bounds on counts that stopped when the sequential test decided would overstate radii
+    assert main(["recertify", str(out), str(tmp_path / "re.tsv"), "--alpha", "0.05"]) == 2
+    assert "is a sequential run" in capsys.readouterr().err and not (tmp_path / "re.tsv").exists()
+    assert main(["analyze", str(out)]) == 0
+    assert "a sequential run at radius 0.3" in capsys.readouterr().out
 
 
 def test_certify_sequential_cli_refuses_settings_it_cannot_honour(tmp_path, capsys):
@@ -293,3 +303,5 @@ def test_certify_sequential_cli_refuses_settings_it_cannot_honour(tmp_path, caps
     assert "needs --radius" in capsys.readouterr().err
     assert main(base + ["--sequential", "--radius", "0.5", "--shard", "0/2"]) == 2
     assert "--shard is not available with --sequential" in capsys.readouterr().err
+    assert main(base + ["--sequential", "--radius", "0.5", "--prob-sums"]) == 2
+    assert "--prob-sums is not available with --sequential" in capsys.readouterr().err
