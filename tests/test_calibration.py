@@ -274,6 +274,8 @@ def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_s
     with pytest.raises(ValueError, match="--prob-sums"):
         cal.confidences_from_run(plain)
     assert main(["calibration", "--from", plain, "x", "y"]) == 2
+    assert main(["calibration", "--from", run]) == 2  # OUT missing
+    assert main(["calibration", "--from", run, str(tmp_path / "c"), "--bins", "100000"]) == 2  # refused, not a hang
 
 
 def test_train_init_fine_tunes_and_resume_checks_the_init_file(tmp_path):

@@ -50,7 +50,7 @@ def calibration_table(conf: CertifiedConfidences, eps_list: Sequence[float], n_b
 
 def format_table(rows: List[dict]) -> str:
     """Markdown table of ``calibration_table`` rows (CECE marked with its kind)."""
-    head = ("| eps | certified | accuracy | ECE | Brier | CBS | CECE | ECE at Brier-worst (lower) "
+    head = ("| eps | certified | accuracy of certified | ECE | Brier | CBS | CECE | ECE at Brier-worst (lower) "
             "| dECE ascent (lower) |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
 
@@ -61,6 +61,8 @@ def format_table(rows: List[dict]) -> str:
         kind = "" if r["cece_kind"] == "exact" else " (attained, lower estimate)"
         lines.append(f"| {r['eps']:g} | {r['certified']:.3f} | {f(r['accuracy'])} | {f(r['ece'])} | {f(r['brier'])} "
                      f"| {f(r['cbs'])} | {f(r['cece'])}{kind} | {f(r['ece_brier_worst'])} | {f(r['ece_dece_ascent'])} |")
+    lines.append("\ncertified: the share of inputs whose prediction is certified at eps; every other column is over "
+                 "those inputs (accuracy of certified = correct among them, not certified accuracy)")
     return "\n".join(lines)
 
 
@@ -146,8 +148,20 @@ def _json_rows(rows):
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
+def _bins_arg(text: str) -> int:
+    """--bins: 1 to 100 equal-width bins (ECE is read with 10-20; the exact CECE grows with the bin count)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 100, got {text!r}")
+    return value
+
+
 def register_cli(sub) -> None:
-    from ..args import HelpFormatter, UsageError, add_sampling_args, float_list, positive_int, probability
+    from ..args import HelpFormatter, UsageError, add_sampling_args, float_list, probability
 
     p = sub.add_parser("calibration", formatter_class=HelpFormatter,
                        help="certified calibration: ECE, Brier, certified Brier score and certified ECE at radii",
@@ -161,11 +175,11 @@ def register_cli(sub) -> None:
                                    "OUT/reliability.png. alpha is split alpha/2 for the predictions' certificates "
                                    "and alpha/2 for the confidence intervals (per input; --joint: for all inputs "
                                    "together). With --from, the tables come from a certify --prob-sums run.")
-    p.add_argument("positional", nargs="+", metavar="MODEL DATA SIGMA OUT",
+    p.add_argument("positional", nargs="*", metavar="MODEL DATA SIGMA OUT",
                    help="model file, dataset, noise level and output directory (with --from: OUT only)")
-    p.add_argument("--from", dest="from_run", metavar="RUN.tsv", help="a certify --prob-sums run: no sampling")
+    p.add_argument("--from", dest="from_run", metavar="RUN.tsv", help="a certify --prob-sums run: the tables come from its saved statistics (no sampling; the sampling options are not used)")
     p.add_argument("--eps", default="0,0.125,0.25,0.5", help="comma-separated L2 radii")
-    p.add_argument("--bins", type=positive_int, default=10, help="equal-width ECE bins on [0, 1]")
+    p.add_argument("--bins", type=_bins_arg, default=10, help="equal-width ECE bins on [0, 1] (1 to 100)")
     p.add_argument("--method", default="auto", choices=list(CECE_METHODS),
                    help="CECE solver: signs/milp exact, admm an attained lower estimate")
     p.add_argument("--ci", default="hoeffding", choices=list(CI_METHODS),
@@ -180,7 +194,7 @@ def register_cli(sub) -> None:
             raise UsageError(f"--eps {args.eps}: radii must be finite numbers >= 0")
         if args.from_run:
             if len(args.positional) != 1:
-                raise UsageError("with --from RUN.tsv give only OUT (the output directory)")
+                raise UsageError("with --from RUN.tsv give exactly one argument, OUT (the output directory)")
             out = args.positional[0]
             conf = confidences_from_run(args.from_run, args.alpha, args.ci, args.joint)
             source = f"from {args.from_run}"
@@ -196,7 +210,7 @@ def register_cli(sub) -> None:
             if not (sigma > 0 and np.isfinite(sigma)):
                 raise UsageError(f"SIGMA must be a positive finite number, got {sigma_text!r}")
             conf = _sample(args, model_path, data, sigma)
-            source = f"{model_path} on {data}, sigma={sigma:g}, N0={args.N0}, N={args.N}, seed={args.seed}"
+            source = f"{model_path} on {data}, N0={args.N0}, N={args.N}, seed={args.seed}"
         rows = calibration_table(conf, eps_list, args.bins, args.method)
         level = "all inputs together (--joint)" if conf.joint else "per input"
         header = (f"Certified calibration ({source}): {len(conf)} inputs, {args.bins} bins, alpha={conf.alpha:g} "
