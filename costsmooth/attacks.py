@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ._checks import check_count, check_float_tensor, check_positive_finite
 
-__all__ = ["NORMS", "pgd", "pgd_attack", "smoothed_pgd_attack", "soft_smoothed_probs", "project"]
+__all__ = ["NORMS", "norm_name", "pgd", "pgd_attack", "smoothed_pgd_attack", "soft_smoothed_probs", "project"]
 
 NORMS = ("l2", "linf")
 
@@ -32,6 +32,14 @@ def _check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     return norm
+
+
+def norm_name(norm) -> str:
+    """"l2" or "linf" from "l2"/"linf" or the numbers 2 / inf (as ``--loss-arg norm=2`` or ``norm=inf`` give them)."""
+    names = {2: "l2", float("inf"): "linf", "l2": "l2", "linf": "linf", "2": "l2", "inf": "linf"}
+    if isinstance(norm, bool) or not isinstance(norm, (int, float, str)) or norm not in names:
+        raise ValueError(f"norm must be l2 or linf (or 2 / inf), got {norm!r}")
+    return names[norm]
 
 
 def _per_input(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -329,10 +329,8 @@ class PGDTraining(_Loss):
             raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
         self.steps = check_count(steps, "steps")
         self.step_size = None if step_size is None else check_positive_finite(step_size, "step_size")
-        names = {2: "l2", float("inf"): "linf", "l2": "l2", "linf": "linf"}
-        if isinstance(norm, bool) or norm not in names:
-            raise ValueError(f"norm must be l2 or linf (2 or inf with --loss-arg), got {norm!r}")
-        self.norm = names[norm]
+        from .attacks import norm_name
+        self.norm = norm_name(norm)
         if noise not in (0, 1):
             raise ValueError(f"noise must be 0 (plain adversarial training) or 1 (add Gaussian noise), got {noise!r}")
         self.use_noise = bool(noise)
@@ -374,6 +372,11 @@ def make_loss(name: str, sigma: float, cost: Optional[CostMatrix] = None, seed: 
         importlib.import_module(LAZY_LOSSES[name])
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    import inspect
+    accepted = [k for k in inspect.signature(LOSSES[name].__init__).parameters if k not in ("self", "sigma", "cost", "seed")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"loss {name!r} has no hyper-parameter {unknown[0]!r}; it takes {', '.join(accepted) or 'none'}")
     if name in _NEEDS_COST:
         if cost is None:
             raise ValueError(f"loss {name!r} needs a cost matrix (--cost or --seed-classes)")

@@ -59,8 +59,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
     optimizer, scheduler, loss state, epoch and the run's settings) and ``out_dir/log.jsonl`` (one JSON
-    line per epoch; non-finite values as null). For SmoothAdv, eps ramps linearly over the first
-    ``eps_warmup`` epochs. ``stop_after`` ends this call after that epoch (the schedule still targets
+    line per epoch; non-finite values as null). For every loss with an ``eps`` (smoothadv, pgd,
+    act_brier, act_ece), eps ramps linearly over the first ``eps_warmup`` epochs. ``stop_after`` ends this call after that epoch (the schedule still targets
     ``epochs``): a run can be split into pieces, e.g. to fit time-limited job slots, and continued
     with ``resume=True``.
 
@@ -128,6 +128,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                                 else "the training data differ" for k in changed)
             raise ValueError(f"{ckpt_path} was written with other settings ({details}); resume with the same "
                              f"settings or choose another output directory")
+    objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))  # checked before OUT exists
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(arch, classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
@@ -137,7 +138,6 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         except RuntimeError as err:
             raise ValueError(f"--init {init}: its weights do not fit a {arch} model for {classes} classes "
                              f"({str(err).splitlines()[0]})") from None
-    objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))
     opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
     sched = _scheduler(opt, schedule, epochs)
     start = 0
@@ -275,19 +275,19 @@ def register_cli(sub) -> None:
                         "class in the batch, weight ~ Beta(ALPHA, ALPHA); works with every loss")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     p.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="loss hyper-parameter, e.g. k=16, gamma=8, lam=12, eps=0.5 (repeatable)")
+                   help="loss hyper-parameter, e.g. k=16, gamma=8, lam=12, eps=0.5, norm=linf (repeatable)")
     add_cost_args(p)
 
     def run(args):
         kwargs = {}
         for item in args.loss_arg:
             key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise UsageError(f"--loss-arg {item!r}: expected KEY=VALUE, e.g. lam=12 or norm=linf")
             try:
                 kwargs[key] = int(value) if value.lstrip("-").isdigit() else float(value)
             except ValueError:
-                raise UsageError(f"--loss-arg {item!r}: expected KEY=NUMBER, e.g. lam=12") from None
-            if not sep or not key:
-                raise UsageError(f"--loss-arg {item!r}: expected KEY=NUMBER, e.g. lam=12")
+                kwargs[key] = value  # a name, e.g. norm=linf
         device = resolve_device(args.device)
         dataset = load_dataset(args.dataset, split=args.split)
         classes = args.num_classes or dataset.num_classes or int(dataset.labels.max()) + 1

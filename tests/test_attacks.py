@@ -142,3 +142,11 @@ def test_smoothadv_training_attack_is_the_smoothed_pgd_attack_from_x():
     # two steps of 2 * eps / T = eps along -w: the full radius, straight against w
     assert torch.allclose((adv - x).norm(dim=1), torch.full((2,), 0.5, dtype=torch.float64))
     assert torch.allclose(adv, x - 0.5 * w / w.norm())
+
+
+def test_norm_names_from_the_command_line():
+    from costsmooth.attacks import norm_name
+    assert [norm_name(v) for v in ("l2", 2, "2", "linf", float("inf"), "inf")] == ["l2"] * 3 + ["linf"] * 3
+    for bad in ("l1", 1, True, None):
+        with pytest.raises(ValueError, match="norm must be l2 or linf"):
+            norm_name(bad)

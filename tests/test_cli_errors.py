@@ -244,3 +244,17 @@ def test_train_prints_one_line_per_epoch_unless_quiet(tmp_path, capsys):
     assert main(["train", "breast_cancer", "mlp", str(tmp_path / "b"), "--epochs", "2", "--batch", "200",
                  "--quiet"]) == 0
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+
+
+def test_loss_arguments_take_names_and_unknown_ones_are_refused_before_any_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "breast_cancer", "mlp", str(out), "--epochs", "1", "--loss", "pgd",
+                 "--loss-arg", "foo=1", "--quiet"]) == 2
+    one_line_error(capsys, "loss 'pgd' has no hyper-parameter 'foo'; it takes eps, steps")
+    assert main(["train", "breast_cancer", "mlp", str(out), "--epochs", "1", "--loss", "pgd",
+                 "--loss-arg", "eps=-1", "--quiet"]) == 2
+    one_line_error(capsys, "eps must be a finite number >= 0")
+    assert not out.exists()  # a rejected command creates no run directory
+    assert main(["train", "breast_cancer", "mlp", str(out), "--epochs", "1", "--loss", "pgd", "--batch", "200",
+                 "--loss-arg", "norm=linf", "--loss-arg", "eps=0.1", "--loss-arg", "steps=2", "--quiet"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["settings"]["loss_kwargs"]["norm"] == "linf"

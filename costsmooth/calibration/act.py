@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_count, check_positive_finite
-from ..attacks import NORMS, pgd, soft_smoothed_probs
+from ..attacks import norm_name, pgd, soft_smoothed_probs
 from ..losses import LOSSES, _check_batch, _Loss
 from .attacks import _eval
 from .bounds import bin_index, dece
@@ -46,9 +46,7 @@ class _ACT(_Loss):
         self.lam = float(lam)
         if not self.lam >= 0 or self.lam == float("inf"):
             raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        self.norm = norm
+        self.norm = norm_name(norm)
         self.step_size = None if step_size is None else check_positive_finite(step_size, "step_size")
 
     def _adversary(self, model, x, y, noise, start_seed: int):
