@@ -199,6 +199,38 @@ def release_run_lock(lock) -> None:
         lock.release()
 
 
+def begin_run(path: str, meta: dict, columns: List[str]) -> bool:
+    """Start a result file or check that it may be resumed; True when a new run was started.
+
+    A new run writes ``path.meta.json`` and the header ``columns`` (and drops counts left by an
+    earlier run whose TSV was deleted). An existing run is refused, naming each difference, unless
+    its certificate-changing settings equal ``meta`` (``settings_mismatch``) and it is of the same kind
+    (fixed-n or sequential); its metadata is then updated to describe the latest selection.
+    """
+    meta_path = path + ".meta.json"
+    if not os.path.isfile(path):
+        _write_atomic(meta_path, json.dumps(meta, indent=1))
+        _write_atomic(path, "\t".join(columns) + "\n")
+        if os.path.exists(path + ".counts.jsonl"):
+            os.remove(path + ".counts.jsonl")
+        return True
+    old = read_meta(path)
+    if not old:
+        raise ResultFileError(f"{path} exists but {meta_path} does not: it was not written by costsmooth certify, "
+                              f"or its metadata was deleted; choose another OUTFILE")
+    if bool(old.get("sequential")) != bool(meta.get("sequential")):
+        kind = "a sequential (certify --sequential)" if old.get("sequential") else "a fixed-n"
+        raise ResultFileError(f"{path} exists from {kind} certification run; choose another OUTFILE")
+    changed = settings_mismatch(old, meta)
+    if changed:
+        details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
+        raise ResultFileError(f"{path} exists from a run with different settings ({details}); use another "
+                              f"OUTFILE or delete it to start over")
+    if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
+        _write_atomic(meta_path, json.dumps(meta, indent=1))
+    return False
+
+
 class ResultWriter:
     """Appends certificates to OUTFILE and OUTFILE.counts.jsonl; resumes an existing run.
 
@@ -224,23 +256,8 @@ class ResultWriter:
             raise
 
     def _open(self, meta: dict) -> set:
-        if not os.path.isfile(self.path):
-            _write_atomic(self.meta_path, json.dumps(meta, indent=1))
-            _write_atomic(self.path, "\t".join(COLUMNS) + "\n")
-            if os.path.exists(self.counts_path):
-                os.remove(self.counts_path)  # counts of an earlier run whose TSV was deleted
+        if begin_run(self.path, meta, COLUMNS):
             return set()
-        old = read_meta(self.path)
-        if not old:
-            raise ResultFileError(f"{self.path} exists but {self.meta_path} does not: it was not written by "
-                                  f"costsmooth certify, or its metadata was deleted; choose another OUTFILE")
-        changed = settings_mismatch(old, meta)
-        if changed:
-            details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
-            raise ResultFileError(f"{self.path} exists from a run with different settings ({details}); use another "
-                                  f"OUTFILE or delete it to start over")
-        if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
-            _write_atomic(self.meta_path, json.dumps(meta, indent=1))
         rows, problems = read_tsv_checked(self.path)
         counts = read_counts(self.path, meta.get("num_classes")) if os.path.isfile(self.counts_path) else {}
         keep = [r for r in rows if int(r["idx"]) in counts]

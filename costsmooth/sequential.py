@@ -580,32 +580,15 @@ class SequentialWriter:
     """
 
     def __init__(self, path: str, meta: dict):
-        import json
-
-        from .results import ResultFileError, _short, _write_atomic, acquire_run_lock, read_meta, settings_mismatch
+        from .results import ResultFileError, _write_atomic, acquire_run_lock, begin_run
 
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._lock = acquire_run_lock(path)
         try:
-            if not os.path.isfile(path):
-                _write_atomic(path + ".meta.json", json.dumps(meta, indent=1))
-                _write_atomic(path, "\t".join(SEQUENTIAL_COLUMNS) + "\n")
-                if os.path.exists(path + ".counts.jsonl"):
-                    os.remove(path + ".counts.jsonl")
+            if begin_run(path, meta, SEQUENTIAL_COLUMNS):
                 self.done = set()
                 return
-            old = read_meta(path)
-            if old.get("sequential") is None:
-                raise ResultFileError(f"{path} exists but is not a sequential certification run; choose another "
-                                      f"OUTFILE")
-            changed = settings_mismatch(old, meta)
-            if changed:
-                details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
-                raise ResultFileError(f"{path} exists from a run with different settings ({details}); "
-                                      f"use another OUTFILE or delete it to start over")
-            if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
-                _write_atomic(path + ".meta.json", json.dumps(meta, indent=1))
             with open(path) as f:
                 text = f.read()
             lines = text.split("\n")

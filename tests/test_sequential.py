@@ -291,6 +291,13 @@ def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_pat
     assert "is a sequential run" in capsys.readouterr().err and not (tmp_path / "re.tsv").exists()
     assert main(["analyze", str(out)]) == 0
     assert "a sequential run at radius 0.3" in capsys.readouterr().out
+    # a fixed-n run never resumes into a sequential file, nor the reverse
+    fixed = [a for a in args if a not in ("--sequential", "--radius", "0.3", "--max-n", "3000")]
+    assert main(fixed) == 2
+    assert "exists from a sequential (certify --sequential) certification run" in capsys.readouterr().err
+    assert main(fixed[:4] + [str(tmp_path / "fixed.tsv")] + fixed[5:] + ["--N", "500", "--max", "2"]) == 0
+    assert main(args[:4] + [str(tmp_path / "fixed.tsv")] + args[5:]) == 2
+    assert "exists from a fixed-n certification run" in capsys.readouterr().err
 
 
 def test_certify_sequential_cli_refuses_settings_it_cannot_honour(tmp_path, capsys):
