@@ -375,11 +375,17 @@ def _schedule(smooth, X: torch.Tensor, indices: List[int], boundary: Boundary, c
     return counts.cpu().numpy()
 
 
-def _prepare(smooth, X, indices, alpha, max_n, n0, batch_size, first, growth):
+def _prepare(smooth, X, indices, labels, alpha, max_n, n0, batch_size, slots, first, growth):
+    """Checked arguments and the selection draw: (X on the device, indices, labels, boundary, batch_size,
+    selection counts, conservative sigma, cA per input)."""
     _check_smooth(smooth)
     check_float_tensor(X, "X")
     if X.dim() < 1:
         raise ValueError("X must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
+    if slots is not None:
+        check_count(slots, "slots")
+    if labels is not None:
+        labels = _labels(labels, X.shape[0], smooth.num_classes)
     alpha = check_alpha(alpha)
     max_n, n0 = check_count(max_n, "max_n"), check_count(n0, "n0")
     boundary = Boundary.geometric(alpha, max_n, first, growth)
@@ -391,7 +397,8 @@ def _prepare(smooth, X, indices, alpha, max_n, n0, batch_size, first, growth):
                          "data first")
     batch_size = check_count(batch_size, "batch_size") if batch_size is not None else smooth.batch_size
     selection = _selection(smooth, X, indices, n0, batch_size)
-    return X, indices, boundary, batch_size, selection
+    tops = selection.argmax(axis=1) if selection.size else np.zeros(0, dtype=np.int64)
+    return X, indices, labels, boundary, batch_size, selection, conservative_sigma(smooth.sigma), tops
 
 
 def certify_batch_at(smooth, X: torch.Tensor, radius: float, alpha: float = 0.001, *, max_n: int = 100000,
@@ -422,8 +429,6 @@ def certify_batch_at(smooth, X: torch.Tensor, radius: float, alpha: float = 0.00
 def _certify_at(smooth, X, radius, alpha, *, max_n, labels, cost, n0, indices, batch_size=None, slots=None,
                 first=DEFAULT_FIRST, growth=DEFAULT_GROWTH, progress=None) -> List[SequentialResult]:
     """``certify_batch_at`` with indices already checked (``Smooth.certify_at`` passes a fresh index)."""
-    if slots is not None:
-        check_count(slots, "slots")
     radius = float(radius)
     if not math.isfinite(radius) or radius < 0:
         raise ValueError(f"radius must be a finite number >= 0 (the L2 radius to certify), got {radius!r}")
@@ -431,12 +436,8 @@ def _certify_at(smooth, X, radius, alpha, *, max_n, labels, cost, n0, indices, b
         raise TypeError(f"cost must be a costsmooth.CostMatrix, got {type(cost).__name__}")
     if cost is not None:
         cost.check_num_classes(smooth.num_classes)
-    if labels is not None:
-        labels = _labels(labels, X.shape[0], smooth.num_classes)
-    X, indices, boundary, batch_size, selection = _prepare(smooth, X, indices, alpha, max_n, n0, batch_size,
-                                                           first, growth)
-    sigma = conservative_sigma(smooth.sigma)
-    tops = selection.argmax(axis=1) if selection.size else np.zeros(0, dtype=np.int64)
+    X, indices, labels, boundary, batch_size, selection, sigma, tops = _prepare(
+        smooth, X, indices, labels, alpha, max_n, n0, batch_size, slots, first, growth)
     cs = np.array([cost is not None and labels is not None and cost.is_seed(labels[b]) for b in range(X.shape[0])],
                   dtype=bool)
     done_at = {}
@@ -511,16 +512,10 @@ def estimate_radius_batch(smooth, X: torch.Tensor, tolerance: float, alpha: floa
     or at max_n. Guarantee: with probability >= 1 - alpha, g(x + delta) = prediction for ||delta|| < radius.
     """
     tolerance = check_positive_finite(tolerance, "tolerance")
-    if slots is not None:
-        check_count(slots, "slots")
     check_float_tensor(X, "X")
     indices = _indices(indices, X.shape[0] if X.dim() else 0)
-    if labels is not None:
-        labels = _labels(labels, X.shape[0], smooth.num_classes)
-    X, indices, boundary, batch_size, selection = _prepare(smooth, X, indices, alpha, max_n, n0, batch_size,
-                                                           first, growth)
-    sigma = conservative_sigma(smooth.sigma)
-    tops = selection.argmax(axis=1) if selection.size else np.zeros(0, dtype=np.int64)
+    X, indices, labels, boundary, batch_size, selection, sigma, tops = _prepare(
+        smooth, X, indices, labels, alpha, max_n, n0, batch_size, slots, first, growth)
     last = len(boundary) - 1
     r_cap = float(sigma * _phi_inv(stats.cp_lower(boundary.checkpoints[last], boundary.checkpoints[last],
                                                   boundary.levels[last])))
