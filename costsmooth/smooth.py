@@ -19,7 +19,7 @@ from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .certify import ABSTAIN, Certificate, _labels, certify_from_counts
 from .cost import CostMatrix
-from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, resolve_batch_size, sample_counts, sample_statistics
+from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, resolve_batch_size, sample_statistics
 
 __all__ = ["Smooth"]
 
@@ -95,21 +95,27 @@ class Smooth:
         """The noise level of each input: the number, or the sigma function's float64 ``[B]``."""
         return self.sigma(x) if callable(self.sigma) else self.sigma
 
-    def _counts(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
-                progress=None, sigma=None) -> torch.Tensor:
+    def _statistics(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
+                    progress=None, sigma=None, prob_sums: bool = False) -> SampleStatistics:
+        """Counts (and with ``prob_sums`` the float64 softmax sums) of one draw, on the CPU. A draw with
+        softmax sums runs without CUDA graphs; a sample split (never with prob_sums) sums the counts."""
         sigma = self._sigma_of(x) if sigma is None else sigma
         offset, m = (0, n) if self.sample_split is None else self.sample_split.piece(n)
         if m == 0:
-            counts = torch.zeros(x.shape[0], self.num_classes, dtype=torch.int64, device=x.device)
+            drawn = SampleStatistics(torch.zeros(x.shape[0], self.num_classes, dtype=torch.int64, device=x.device))
         else:
-            counts = sample_counts(self.model, x, m, sigma, seed=self.seed, stream=stream,
-                                   batch_size=batch_size or self.batch_size, index_offset=index_offset,
-                                   sample_offset=offset, num_classes=self.num_classes, dtype=self.dtype,
-                                   channels_last=self.channels_last, autocast=self.autocast,
-                                   cuda_graphs=self.cuda_graphs, progress=progress, graph_cache=self._graphs)
-        if self.sample_split is not None:
-            counts = self.sample_split.reduce(counts)
-        return counts.cpu()
+            drawn = sample_statistics(self.model, x, m, sigma, seed=self.seed, stream=stream,
+                                      batch_size=batch_size or self.batch_size, index_offset=index_offset,
+                                      sample_offset=offset, num_classes=self.num_classes, prob_sums=prob_sums,
+                                      dtype=self.dtype, channels_last=self.channels_last, autocast=self.autocast,
+                                      cuda_graphs=self.cuda_graphs and not prob_sums, progress=progress,
+                                      graph_cache=self._graphs)
+        counts = drawn.counts if self.sample_split is None else self.sample_split.reduce(drawn.counts)
+        return SampleStatistics(counts.cpu(), None if drawn.prob_sums is None else drawn.prob_sums.cpu())
+
+    def _counts(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
+                progress=None, sigma=None) -> torch.Tensor:
+        return self._statistics(x, n, stream, index_offset, batch_size, progress, sigma).counts
 
     def _single(self, x) -> torch.Tensor:
         check_float_tensor(x, "x")
@@ -208,15 +214,11 @@ class Smooth:
             xs = X[start:stop]
             sig = sigma[start:stop] if per_input else sigma
             selection.append(self._counts(xs, n0, STREAM_SELECTION, indices[start], batch_size, sigma=sig))
-            if self.prob_sums:  # the same estimation draw, with the softmax sums (costsmooth.calibration)
-                est = sample_statistics(self.model, xs, n, sig, seed=self.seed, stream=STREAM_ESTIMATION,
-                                        batch_size=batch_size or self.batch_size, index_offset=indices[start],
-                                        num_classes=self.num_classes, prob_sums=True, dtype=self.dtype,
-                                        channels_last=self.channels_last, autocast=self.autocast, progress=progress)
-                estimation.append(est.counts.cpu())
-                sums.append(est.prob_sums.cpu())
-                continue
-            estimation.append(self._counts(xs, n, STREAM_ESTIMATION, indices[start], batch_size, progress, sig))
+            est = self._statistics(xs, n, STREAM_ESTIMATION, indices[start], batch_size, progress, sig,
+                                   prob_sums=self.prob_sums)  # softmax sums for costsmooth.calibration
+            estimation.append(est.counts)
+            if self.prob_sums:
+                sums.append(est.prob_sums)
         if callable(self.sigma):
             from .input_dependent import certificates_from_counts
             certs = certificates_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha,
