@@ -199,6 +199,16 @@ def release_run_lock(lock) -> None:
         lock.release()
 
 
+def append_record(path: str, counts: dict, row: str) -> None:
+    """Append one input's counts record to ``path.counts.jsonl``, then its TSV ``row`` to ``path``, each
+    synced to disk: a row in the TSV always has its counts saved."""
+    for target, line in ((path + ".counts.jsonl", json.dumps(counts) + "\n"), (path, row)):
+        with open(target, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def begin_run(path: str, meta: dict, columns: List[str]) -> bool:
     """Start a result file or check that it may be resumed; True when a new run was started.
 
@@ -297,11 +307,7 @@ class ResultWriter:
         row = format_row(idx, cert, seconds)
         if self._width < len(COLUMNS):  # a file started before the last columns existed keeps its width
             row = "\t".join(row.rstrip("\n").split("\t")[:self._width]) + "\n"
-        for path, line in ((self.counts_path, json.dumps(rec) + "\n"), (self.path, row)):
-            with open(path, "a") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+        append_record(self.path, rec, row)
         self.done.add(idx)
 
     def sort(self) -> None:

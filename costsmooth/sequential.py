@@ -598,14 +598,10 @@ class SequentialWriter:
             raise
 
     def write(self, idx: int, res: SequentialResult) -> None:
-        import json
+        from .results import append_record
         rec = {"idx": idx, "label": res.label, "selection": res.selection_counts.tolist(),
                "estimation": res.counts.tolist(), "decision": res.decision}
-        for path, line in ((self.path + ".counts.jsonl", json.dumps(rec) + "\n"), (self.path, _format_row(idx, res))):
-            with open(path, "a") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+        append_record(self.path, rec, _format_row(idx, res))
         self.done.add(idx)
 
     def close(self) -> None:
