@@ -58,6 +58,17 @@ def check_positive_finite(value, name: str) -> float:
     return float(value)
 
 
+def check_non_negative_finite(value, name: str) -> float:
+    """A finite number >= 0 (a radius, an attack's eps, a loss weight), as a float."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
 def sigma_tensor(sigma, batch: int, device) -> torch.Tensor:
     """sigma as a float32 tensor [batch] on `device`, from a number or a [batch] (or 0-d) tensor."""
     if isinstance(sigma, torch.Tensor):

@@ -15,13 +15,13 @@ reproducible. Attacks are empirical: a failed attack proves nothing; certificate
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_count, check_float_tensor, check_positive_finite
+from ._checks import check_count, check_float_tensor, check_non_negative_finite, check_positive_finite
+from .sampling import eval_mode
 
 __all__ = ["NORMS", "norm_name", "pgd", "pgd_attack", "smoothed_pgd_attack", "soft_smoothed_probs", "project"]
 
@@ -98,9 +98,7 @@ def pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, e
     """
     check_float_tensor(x, "x")
     norm = _check_norm(norm)
-    eps = float(eps)
-    if not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_non_negative_finite(eps, "eps")
     steps = check_count(steps, "steps")
     step_size = 2.5 * eps / steps if step_size is None else check_positive_finite(step_size, "step_size")
     x = x.detach()
@@ -135,20 +133,6 @@ def pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, e
     return adv.detach()
 
 
-@contextlib.contextmanager
-def _eval(model):
-    """The model in eval mode (batch-norm statistics frozen, gradients on), its mode restored afterwards."""
-    is_module = isinstance(model, torch.nn.Module)
-    was_training = is_module and model.training
-    if is_module:
-        model.eval()
-    try:
-        yield model
-    finally:
-        if is_module:
-            model.train(was_training)
-
-
 def pgd_attack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "l2", steps: int = 10,
                step_size: Optional[float] = None, random_start: bool = True, targeted: bool = False,
                seed: int = 0, clamp: Optional[Tuple[float, float]] = None) -> torch.Tensor:
@@ -156,7 +140,7 @@ def pgd_attack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str
     (``targeted=True``: ``y`` are the target classes, minimise their CE). Returns x' (see ``pgd``)."""
     y = y.to(x.device).long()
     sign = -1.0 if targeted else 1.0
-    with _eval(model):
+    with eval_mode(model, inference=False):
         return pgd(lambda z: sign * F.cross_entropy(model(z), y, reduction="none"), x, eps=eps, norm=norm,
                    steps=steps, step_size=step_size, random_start=random_start, seed=seed, clamp=clamp)
 
@@ -186,6 +170,6 @@ def smoothed_pgd_attack(model, x: torch.Tensor, y: torch.Tensor, noise: torch.Te
         p = soft_smoothed_probs(model, z, noise).gather(1, y[:, None]).squeeze(1)
         return -sign * torch.log(p + 1e-10)
 
-    with _eval(model):
+    with eval_mode(model, inference=False):
         return pgd(objective, x, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
                    seed=seed, clamp=clamp)

@@ -71,7 +71,8 @@ def classwise_robustness(model, X: torch.Tensor, y: torch.Tensor, *, eps: float,
     error), "classes": [{"class", "count", "natural_error", "robust_error"}], "natural_error",
     "robust_error"}`` (overall error rates).
     """
-    from .attacks import _eval, pgd_attack, smoothed_pgd_attack
+    from .attacks import pgd_attack, smoothed_pgd_attack
+    from .sampling import eval_mode
     from .losses import NoiseSource
 
     check_float_tensor(X, "X")
@@ -89,7 +90,7 @@ def classwise_robustness(model, X: torch.Tensor, y: torch.Tensor, *, eps: float,
     device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") \
         else torch.device("cpu")
     natural, robust = [], []
-    with _eval(model):
+    with eval_mode(model, inference=False):
         for start in range(0, X.shape[0], batch):
             xb, yb = X[start:start + batch].to(device), y[start:start + batch].to(device)
             bseed = seed * 1000003 + start

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from ._checks import check_count, check_positive_finite
+from ._checks import check_count, check_non_negative_finite, check_positive_finite
 from .cost import CostMatrix
 from .sampling import STREAM_TRAINING
 
@@ -324,9 +324,7 @@ class PGDTraining(_Loss):
     def __init__(self, sigma: float, eps: float = 0.25, steps: int = 7, step_size: Optional[float] = None,
                  norm="l2", noise: int = 0, seed: int = 0):
         super().__init__(sigma, seed)
-        self.eps = float(eps)
-        if not self.eps >= 0 or self.eps == float("inf"):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.eps = check_non_negative_finite(eps, "eps")
         self.steps = check_count(steps, "steps")
         self.step_size = None if step_size is None else check_positive_finite(step_size, "step_size")
         from .attacks import norm_name

@@ -36,8 +36,9 @@ class SampleStatistics:
 
 
 @contextlib.contextmanager
-def eval_mode(model):
-    """Put ``model`` in eval mode under inference_mode; restore its previous mode afterwards.
+def eval_mode(model, inference: bool = True):
+    """Put ``model`` in eval mode (under inference_mode unless ``inference=False``, e.g. for attacks
+    that need gradients); restore its previous mode afterwards.
 
     Any callable works; only ``torch.nn.Module`` objects have a mode to switch.
     """
@@ -46,7 +47,7 @@ def eval_mode(model):
     if is_module:
         model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode() if inference else contextlib.nullcontext():
             yield model
     finally:
         if is_module:

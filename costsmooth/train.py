@@ -60,8 +60,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
     optimizer, scheduler, loss state, epoch and the run's settings) and ``out_dir/log.jsonl`` (one JSON
     line per epoch; non-finite values as null). For every loss with an ``eps`` (smoothadv, pgd,
-    act_brier, act_ece), eps ramps linearly over the first ``eps_warmup`` epochs. ``stop_after`` ends this call after that epoch (the schedule still targets
-    ``epochs``): a run can be split into pieces, e.g. to fit time-limited job slots, and continued
+    act_brier, act_ece), eps ramps linearly over the first ``eps_warmup`` epochs. ``stop_after``
+    ends this call after that epoch (the schedule still targets ``epochs``): a run can be split into pieces, e.g. to fit time-limited job slots, and continued
     with ``resume=True``.
 
     ``out_dir`` holding a checkpoint is refused unless ``resume``; resuming refuses a checkpoint
@@ -202,14 +202,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
 
 def _finite_outputs(model, x: torch.Tensor) -> bool:
-    """Whether the model's logits on ``x`` are finite (eval mode, no gradient; the mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return bool(torch.isfinite(model(x)).all())
-    finally:
-        model.train(was_training)
+    """Whether the model's logits on ``x`` are finite (``sampling.eval_mode``: its mode is restored)."""
+    from .sampling import eval_mode
+    with eval_mode(model):
+        return bool(torch.isfinite(model(x)).all())
 
 
 def _load_init(path: str, arch: str):

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_count, check_positive_finite
+from .._checks import check_count, check_non_negative_finite, check_positive_finite
 from ..attacks import norm_name, pgd, soft_smoothed_probs
 from ..losses import LOSSES, _check_batch, _Loss
-from .attacks import _eval
+from ..sampling import eval_mode
 from .bounds import bin_index, dece
 
 __all__ = ["ACTBrier", "ACTECE"]
@@ -39,19 +39,15 @@ class _ACT(_Loss):
     def __init__(self, sigma: float, eps: float = 0.25, steps: int = 4, m: int = 4, lam: float = 1.0,
                  norm: str = "l2", step_size: Optional[float] = None, seed: int = 0):
         super().__init__(sigma, seed)
-        self.eps = float(eps)
-        if not self.eps >= 0 or self.eps == float("inf"):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        self.eps = check_non_negative_finite(eps, "eps")
         self.steps, self.m = check_count(steps, "steps"), check_count(m, "m")
-        self.lam = float(lam)
-        if not self.lam >= 0 or self.lam == float("inf"):
-            raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+        self.lam = check_non_negative_finite(lam, "lam")
         self.norm = norm_name(norm)
         self.step_size = None if step_size is None else check_positive_finite(step_size, "step_size")
 
     def _adversary(self, model, x, y, noise, start_seed: int):
         """(x', cA [B], c [B] float, clean confidences [B]) -- the adversary runs in eval mode."""
-        with _eval(model):
+        with eval_mode(model, inference=False):
             with torch.no_grad():
                 probs = soft_smoothed_probs(model, x, noise)
             pred = probs.argmax(1)

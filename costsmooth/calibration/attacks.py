@@ -14,31 +14,18 @@ broken, and bound the certified values from below; certificates come from ``cert
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from ..attacks import pgd, soft_smoothed_probs
+from ..sampling import eval_mode
 
 __all__ = ["ace_attack", "ace_eta", "predictions", "OMEGAS", "ETAS"]
 
 OMEGAS = ("prediction", "label")
 ETAS = ("down", "up", "ece")
-
-
-@contextlib.contextmanager
-def _eval(model):
-    """The model in eval mode with gradients on; its mode restored afterwards."""
-    was_training = isinstance(model, torch.nn.Module) and model.training
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
-        yield model
-    finally:
-        if isinstance(model, torch.nn.Module):
-            model.train(was_training)
 
 
 def _votes(model, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -51,7 +38,7 @@ def _votes(model, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 def predictions(model, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """int64 ``[B]``: the base model's argmax (``noise=None``) or the hard vote over ``noise [B * m, *shape]``."""
-    with torch.no_grad(), _eval(model):
+    with torch.no_grad(), eval_mode(model, inference=False):
         return model(x).argmax(1) if noise is None else _votes(model, x, noise)
 
 
@@ -105,6 +92,6 @@ def ace_attack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, eta="ece"
     def keep(z):
         return (model(z).argmax(1) if noise is None else _votes(model, z, noise)) == pred
 
-    with _eval(model):
+    with eval_mode(model, inference=False):
         return pgd(objective, x, eps=eps, norm=norm, steps=steps, step_size=step_size, random_start=random_start,
                    seed=seed, clamp=clamp, keep=keep)

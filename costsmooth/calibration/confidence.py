@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy.special import ndtr, ndtri, xlogy
 
-from .._checks import check_alpha
+from .._checks import check_alpha, check_non_negative_finite
 from ..certify import ABSTAIN, certify_from_counts, conservative_sigma
 
 __all__ = ["CI_METHODS", "confidence_interval", "confidence_box", "CertifiedConfidences", "certified_confidences",
@@ -106,9 +106,7 @@ def confidence_box(low, up, eps: float, sigma: float) -> Tuple[np.ndarray, np.nd
     low, up = _as_float_array(low, "low"), _as_float_array(up, "up")
     if low.shape != up.shape or np.any(low > up) or np.any(low < 0) or np.any(up > 1):
         raise ValueError("low and up must be arrays of the same shape with 0 <= low <= up <= 1")
-    eps = float(eps)
-    if not (eps >= 0 and np.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_non_negative_finite(eps, "eps")
     if eps == 0:
         return low.copy(), up.copy()
     shift = eps / conservative_sigma(sigma)
