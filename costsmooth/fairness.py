@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from . import metrics
 from ._checks import check_count, check_float_tensor, check_positive_finite
 
 __all__ = ["disparity", "classwise_robustness", "fairness_report", "format_report", "plot_report",
@@ -37,15 +38,9 @@ _METRICS = (("natural_error", "natural"), ("robust_error", "robust (PGD)"), ("ce
 
 def disparity(values: Mapping) -> Dict[str, object]:
     """Spread of per-class errors ``{class: error}`` (NaN entries ignored): the worst class (largest
-    error) and its error, the best, the max-min gap and the population standard deviation over
-    classes (``numpy.std``, as ``metrics.classwise``)."""
-    items = [(k, float(v)) for k, v in values.items() if not np.isnan(float(v))]
-    if not items:
-        return {"worst_class": None, "worst": float("nan"), "best": float("nan"), "gap": float("nan"),
-                "std": float("nan"), "mean": float("nan")}
-    arr = np.array([v for _, v in items])
-    return {"worst_class": items[int(np.argmax(arr))][0], "worst": float(arr.max()), "best": float(arr.min()),
-            "gap": float(arr.max() - arr.min()), "std": float(arr.std()), "mean": float(arr.mean())}
+    error) and its error, the best, the max-min gap, the population standard deviation over classes
+    and the mean (``metrics.spread``, as ``metrics.classwise`` uses it for accuracies)."""
+    return metrics.spread(values, worst="max")
 
 
 def _soft_predict(model, x: torch.Tensor, m: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
@@ -145,7 +140,6 @@ def fairness_report(model, dataset, sigma: float, outdir: str, *, eps: float = 0
     Natural and robust errors come from ``classwise_robustness`` on the same inputs (every
     ``skip``-th index below ``max_index``). Writes ``outdir/fairness.json``; returns the report dict.
     """
-    from . import metrics
     from .results import load_records
     from .runs import certify_dataset, select_indices
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .results import Records
 
-__all__ = ["certified_accuracy", "rob_std", "rob_cs", "worst_case_cost", "acr", "summary", "classwise",
+__all__ = ["certified_accuracy", "rob_std", "rob_cs", "worst_case_cost", "acr", "summary", "spread", "classwise",
            "format_table"]
 
 
@@ -85,6 +85,21 @@ def summary(rec: Records, radii: Sequence[float]) -> List[Dict[str, float]]:
              "rob_cs": rob_cs(rec, r), "wc_cost": worst_case_cost(rec, r), "acr": acr(rec)} for r in radii]
 
 
+def spread(by_class, worst: str = "min") -> Dict[str, object]:
+    """Spread of a per-class metric ``{class: value}`` (NaN entries ignored): the worst class and its
+    value (``worst="min"`` for accuracies, ``"max"`` for errors; the first class on ties), the best
+    value, the max-min gap, the population standard deviation over classes and the mean."""
+    items = [(k, float(v)) for k, v in by_class.items() if not np.isnan(float(v))]
+    if not items:
+        return {"worst_class": None, "worst": float("nan"), "best": float("nan"), "gap": float("nan"),
+                "std": float("nan"), "mean": float("nan")}
+    values = np.array([v for _, v in items])
+    pick, other = (np.argmin, values.max) if worst == "min" else (np.argmax, values.min)
+    k = int(pick(values))
+    return {"worst_class": items[k][0], "worst": float(values[k]), "best": float(other()),
+            "gap": float(values.max() - values.min()), "std": float(values.std()), "mean": float(values.mean())}
+
+
 def classwise(rec: Records, r: float, class_names=None) -> Dict[str, object]:
     """Per-class metrics at radius r: certified accuracy, ACR, and for seed classes Rob_cs and the
     worst-case cost (a seed class's Rob_std is its certified accuracy). ``spread`` gives, for certified
@@ -99,13 +114,11 @@ def classwise(rec: Records, r: float, class_names=None) -> Dict[str, object]:
                     "cert_acc": certified_accuracy(rec, r, where), "acr": acr(rec, where),
                     "rob_cs": rob_cs(rec, r, where) if is_seed else float("nan"),
                     "wc_cost": worst_case_cost(rec, r, where) if is_seed else float("nan")})
-    spread = {}
+    spreads = {}
     for key in ("cert_acc", "acr"):
-        values = np.array([p[key] for p in per])
-        spread[key] = ({"worst_class": per[int(np.argmin(values))]["class"], "worst": float(values.min()),
-                        "gap": float(values.max() - values.min()), "std": float(values.std())} if per else
-                       {"worst_class": None, "worst": float("nan"), "gap": float("nan"), "std": float("nan")})
-    return {"radius": r, "classes": per, "spread": spread, **spread["cert_acc"]}
+        s = spread({p["class"]: p[key] for p in per}, worst="min")
+        spreads[key] = {k: s[k] for k in ("worst_class", "worst", "gap", "std")}
+    return {"radius": r, "classes": per, "spread": spreads, **spreads["cert_acc"]}
 
 
 def _seed_classes(rec: Records):
