@@ -24,8 +24,16 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_cifar10", "load_mnist",
+__all__ = ["NORMALIZATION", "Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_cifar10", "load_mnist",
            "load_ham10000", "load_image_folder", "ham10000_cost_matrix", "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError"]
+
+
+# Per-channel input normalisation of the published randomized-smoothing models (Cohen et al.'s
+# ``datasets.py``): (mean, std). Models built for these datasets carry it as their first layer.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 
 
 class DatasetError(ValueError):
