@@ -66,10 +66,20 @@ fi
 grep -m1 "^costsmooth build:" build/costsmooth-build.log >&2 || true
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+# pytest's default folder, unless the arguments name test files or folders (tests/test_x.py[::name])
+default_paths() {
+  local default=$1 arg
+  shift
+  for arg in "$@"; do
+    [[ $arg != -* && -e ${arg%%::*} ]] && return 0
+  done
+  echo "$default"
+}
+
 [ $# -gt 0 ] && shift
 cd "$CALLER"
 case "$cmd" in
-  test)  exec "$PY" -m pytest "$ROOT/tests" --rootdir "$ROOT" "$@" ;;
-  bench) exec "$PY" -m pytest "$ROOT/benchmarks" --rootdir "$ROOT" --benchmark-only "$@" ;;
+  test)  exec "$PY" -m pytest $(default_paths "$ROOT/tests" "$@") --rootdir "$ROOT" "$@" ;;
+  bench) exec "$PY" -m pytest $(default_paths "$ROOT/benchmarks" "$@") --rootdir "$ROOT" --benchmark-only "$@" ;;
   *)     exec "$PY" -m costsmooth "$cmd" "$@" ;;
 esac

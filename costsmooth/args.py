@@ -18,7 +18,7 @@ from .cost import CostMatrix
 
 __all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
-           "probability", "max_arg"]
+           "probability", "max_arg", "check_data_model_order"]
 
 
 class UsageError(ValueError):
@@ -33,7 +33,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults in --help and keeps the description's line breaks."""
+    """Shows defaults in --help, once, and keeps the description's line breaks.
+
+    An option whose help already names its default (``(default: ...)``), and an option without a
+    default (None, or a flag's False), gets no ``(default: ...)`` appended."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "(default" in text or "%(default)" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def _ham10000_cost():
@@ -107,6 +116,29 @@ def resolve_device(name: Optional[str]) -> torch.device:
                 raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_BUILTIN_DATASETS = ("digits", "breast_cancer")
+_MODEL_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".pkl")
+
+
+def check_data_model_order(command: str, data: str, model: str) -> None:
+    """Refuse MODEL DATA given where DATA MODEL is expected (every command takes DATA then MODEL, as
+    Cohen et al.'s certify.py does), with a one-line hint: ``data`` is an existing model file and
+    ``model`` names a dataset (a built-in one, NAME:ROOT, or a .pt file holding ``inputs`` and ``labels``)."""
+    looks_like_model = data.endswith(_MODEL_SUFFIXES) and os.path.isfile(data)
+    if not looks_like_model:
+        return
+    looks_like_data = model in _BUILTIN_DATASETS or (":" in model and not os.path.exists(model))
+    if not looks_like_data and model.endswith(".pt") and os.path.isfile(model):
+        try:  # tensors only (weights_only), memory-mapped: a model file fails or lacks the keys
+            obj = torch.load(model, map_location="cpu", weights_only=True, mmap=True)
+            looks_like_data = isinstance(obj, dict) and "inputs" in obj and "labels" in obj
+        except Exception:  # not a dataset file (TorchScript, a pickled module, a legacy file ...)
+            pass
+    if looks_like_data:
+        raise UsageError(f"{command} takes DATA then MODEL (as certify does), got the model {data} first: "
+                         f"costsmooth {command} {model} {data} ...")
 
 
 def _typed(convert, check, describe: str):

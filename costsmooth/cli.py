@@ -10,8 +10,8 @@ from typing import List, Optional
 
 import torch
 
-from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_sampling_args, float_list, parse_cost,
-                   positive_float, probability, resolve_device)
+from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_sampling_args, check_data_model_order,
+                   float_list, parse_cost, positive_float, probability, resolve_device)
 from .runs import analyze, probe_num_classes, recertify
 from .input_dependent import add_sigma_fn_args, sigma_from_args
 
@@ -25,6 +25,7 @@ def cmd_certify(args) -> None:
     from .runs import certify_dataset, summarize_run
     from .sequential import run_certify_command
 
+    check_data_model_order("certify", args.dataset, args.model)
     if run_certify_command(args) is not None:  # --sequential --radius R (costsmooth.sequential)
         return
     if args.N0 > args.N:

@@ -11,7 +11,7 @@
   natural and robust errors of a linear model under Gaussian classes are computed exactly (no test
   sampling). ``population_optimum()`` gives the same errors at the exact minimiser of the expected
   (adversarial) logistic loss, i.e. what the theory predicts for infinitely many training samples.
-- ``register_cli``: ``costsmooth fairness MODEL DATA`` and ``costsmooth fairness --synthetic``.
+- ``register_cli``: ``costsmooth fairness DATA MODEL`` and ``costsmooth fairness --synthetic``.
 
 Robust errors from PGD are empirical (an upper bound on robust accuracy: a stronger attack can only
 raise them); certified errors are certificates at level alpha (``costsmooth.certify``). An input
@@ -437,8 +437,8 @@ def format_synthetic(study: Mapping, population: bool = True) -> str:
 
 # -- command line ------------------------------------------------------------------------------------
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_sampling_args, positive_float, positive_int, probability,
-                       resolve_device)
+    from .args import (HelpFormatter, UsageError, add_sampling_args, check_data_model_order, positive_float,
+                       positive_int, probability, resolve_device)
 
     p = sub.add_parser("fairness", help="class-wise natural, PGD robust and certified error (robustness disparity)",
                        formatter_class=HelpFormatter,
@@ -446,9 +446,9 @@ def register_cli(sub) -> None:
                                    "--radius, with the worst class, max-min gap and standard deviation of each; "
                                    "saves a bar plot. --synthetic runs the two-Gaussian study of same-class mixup "
                                    "(Zhong & Tandon 2024) instead, in seconds.")
-    p.add_argument("model", nargs="?", metavar="MODEL", help="TorchScript, torch.save'd module or checkpoint")
     p.add_argument("dataset", nargs="?", metavar="DATA", help="digits, breast_cancer, cifar10:ROOT, ... or a .pt file")
-    p.add_argument("--synthetic", action="store_true", help="run the two-Gaussian study (no MODEL or DATA)")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="TorchScript, torch.save'd module or checkpoint")
+    p.add_argument("--synthetic", action="store_true", help="run the two-Gaussian study (no DATA or MODEL)")
     p.add_argument("--seeds", type=positive_int, default=5, help="--synthetic: number of seeds")
     p.add_argument("--sigma", type=positive_float, help="noise level of the smoothed classifier (required with MODEL)")
     p.add_argument("--out", help="output directory (certify.tsv, fairness.json, fairness.png; default "
@@ -467,7 +467,7 @@ def register_cli(sub) -> None:
     def run(args):
         if args.synthetic:
             if args.model or args.dataset:
-                raise UsageError("--synthetic takes no MODEL or DATA: drop them, or drop --synthetic")
+                raise UsageError("--synthetic takes no DATA or MODEL: drop them, or drop --synthetic")
             study = synthetic_study(seeds=range(args.seeds))
             print(format_synthetic(study))
             if args.out:
@@ -478,7 +478,8 @@ def register_cli(sub) -> None:
                 print(f"json: {os.path.join(args.out, 'synthetic.json')}")
             return
         if not (args.model and args.dataset):
-            raise UsageError("fairness needs MODEL and DATA (or --synthetic for the two-Gaussian study)")
+            raise UsageError("fairness needs DATA and MODEL (or --synthetic for the two-Gaussian study)")
+        check_data_model_order("fairness", args.dataset, args.model)
         if args.sigma is None:
             raise UsageError("fairness needs --sigma, the noise level the model is certified at (e.g. --sigma 0.25)")
         if not (args.eps >= 0 and np.isfinite(args.eps)):

@@ -14,7 +14,7 @@ import torch
 from .cost import CostMatrix
 
 __all__ = ["certify_dataset", "recertify", "analyze", "plot_curves", "fingerprint_model", "fingerprint_dataset",
-           "select_indices", "probe_num_classes"]
+           "select_indices", "probe_num_classes", "invalid_inputs"]
 
 
 def fingerprint_model(model) -> str:
@@ -145,7 +145,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
             "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
             **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
-    invalid = _invalid_inputs(dataset, indices)
+    invalid = invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
         i, what = invalid[0]
         raise ValueError(f"input {i} of {dataset.name} contains {what} values"
@@ -201,8 +201,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     return outfile
 
 
-def _invalid_inputs(dataset, indices) -> List:
-    """(index, "NaN"/"infinite") for each selected input with non-finite values."""
+def invalid_inputs(dataset, indices) -> List:
+    """(index, "NaN"/"infinite") for each of the inputs ``indices`` of ``dataset`` with non-finite values."""
     x = dataset.inputs[indices].flatten(1) if indices else dataset.inputs[:0]
     bad = ~torch.isfinite(x).all(dim=1)
     out = []

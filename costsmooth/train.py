@@ -40,6 +40,20 @@ def _scheduler(opt, schedule: str, epochs: int):
     raise ValueError(f"unknown lr schedule {schedule!r}; choose cosine, step or constant")
 
 
+def _schedule_at(lr: float, schedule: str, epochs: int, epoch: int) -> dict:
+    """The state of the learning-rate schedule of an ``epochs``-epoch run after ``epoch`` epochs (stepped
+    exactly as that run steps it), for a run resumed with more epochs than it was started with."""
+    import warnings
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = _scheduler(opt, schedule, epochs)
+    with warnings.catch_warnings():  # "scheduler stepped before the optimiser": no optimiser runs here
+        warnings.simplefilter("ignore")
+        for _ in range(epoch):
+            sched.step()
+    return sched.state_dict()
+
+
 class TrainingDiverged(ValueError):
     """The loss or a gradient stopped being finite; the last finite checkpoint is kept."""
 
@@ -65,8 +79,9 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     with ``resume=True``.
 
     ``out_dir`` holding a checkpoint is refused unless ``resume``; resuming refuses a checkpoint
-    written with other settings (arch, loss, sigma, lr, epochs, schedule, cost, data, ...), naming
-    them. When the loss or a gradient is not finite, training stops with ``TrainingDiverged`` naming
+    written with other settings (arch, loss, sigma, lr, schedule, cost, data, ...), naming them, except
+    a larger ``epochs``: the run is extended, and from the resumed epoch on the learning rate follows
+    the schedule of a run started with the new ``epochs`` (the epochs already done keep their weights). When the loss or a gradient is not finite, training stops with ``TrainingDiverged`` naming
     the epoch and step; the checkpoint of the last finished epoch is kept. ``log`` (a callable taking
     a string) receives one line per epoch. ``num_classes`` defaults to the dataset's class count (or,
     for a dataset without class names, the largest label + 1).
@@ -82,7 +97,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     from tqdm import tqdm
 
     from ._checks import check_count, check_positive_finite, check_seed
-    from .runs import fingerprint_dataset
+    from .runs import fingerprint_dataset, invalid_inputs
 
     epochs = check_count(epochs, "epochs")
     check_seed(seed)
@@ -103,6 +118,12 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     if int(dataset.labels.min()) < 0 or int(dataset.labels.max()) >= classes:
         raise ValueError(f"labels of {dataset.name} must lie in [0, {classes}), got {int(dataset.labels.min())}.."
                          f"{int(dataset.labels.max())}")
+    invalid = invalid_inputs(dataset, list(range(len(dataset))))
+    if invalid:  # the same check as certify's, before any file is written
+        i, what = invalid[0]
+        raise ValueError(f"input {i} of {dataset.name} contains {what} values"
+                         f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data "
+                         f"before training")
     device = torch.device(device)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     settings = {"arch": arch, "loss": loss, "sigma": sigma_setting or sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
@@ -115,7 +136,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         mixer = SameClassMixup(mixup, seed)
     settings["mixup"] = mixer.alpha if mixer is not None else None
     init_state, settings["init_sha256"] = _load_init(init, arch) if init is not None else (None, None)
-    state = None
+    state, extended = None, False
     if os.path.isfile(ckpt_path):
         if not resume:
             raise ValueError(f"{out_dir} already holds a training run ({ckpt_path}); pass --resume to continue it "
@@ -123,6 +144,9 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         old = state.get("settings") or {"arch": state.get("arch"), "loss": state.get("loss")}
         changed = sorted(k for k in old if old.get(k) != settings.get(k))
+        extended = changed == ["epochs"] and isinstance(old.get("epochs"), int) and old["epochs"] < epochs
+        if extended:
+            changed = []
         if changed:
             details = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {settings.get(k)!r} now" if k != "data_sha256"
                                 else "the training data differ" for k in changed)
@@ -144,7 +168,15 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     if state is not None:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        if extended:  # the schedule of a run planned for ``epochs`` from the start, at the resumed epoch
+            sched.load_state_dict(_schedule_at(lr, schedule, epochs, state["epoch"]))
+            for group in opt.param_groups:
+                group["lr"] = sched.get_last_lr()[0]
+            if log is not None:
+                log(f"extending {out_dir} from {old['epochs']} to {epochs} epochs: the learning-rate schedule is "
+                    f"recomputed for {epochs} epochs from epoch {state['epoch'] + 1} on")
+        else:
+            sched.load_state_dict(state["scheduler"])
         objective.load_state_dict(state["loss_state"])
         if mixer is not None:
             if "mixup_state" not in state:
@@ -262,7 +294,8 @@ def register_cli(sub) -> None:
                         "largest label + 1)")
     p.add_argument("--split", default="train", choices=["train", "all"],
                    help="the part of DATASET to train on ('all' for folder:/.pt datasets without a split)")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required)")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT (same settings required, except a larger --epochs: "
+                        "the run is extended and the learning-rate schedule recomputed for the new length)")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (fine-tuning); its sha256 is recorded and checked on "
                         "--resume")

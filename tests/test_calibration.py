@@ -256,7 +256,9 @@ def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_s
     saved = [json.loads(line) for line in open(run + ".counts.jsonl")]
     assert len(saved) == 24 and all(abs(sum(r["prob_sums"]) - 300) < 1e-9 for r in saved)
     eps = ["--eps", "0,0.2,0.4"]
-    assert main(["calibration", model, data, "0.5", str(tmp_path / "a")] + common + eps) == 0
+    assert main(["calibration", model, data, "0.5", str(tmp_path / "a")] + common + eps) == 2  # MODEL DATA: a hint
+    assert not (tmp_path / "a").exists()
+    assert main(["calibration", data, model, "0.5", str(tmp_path / "a")] + common + eps) == 0
     assert main(["calibration", "--from", run, str(tmp_path / "b")] + eps) == 0
     a = json.load(open(tmp_path / "a" / "calibration.json"))
     b = json.load(open(tmp_path / "b" / "calibration.json"))

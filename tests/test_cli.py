@@ -171,9 +171,9 @@ def test_train_then_certify_by_arch_checkpoint(tmp_path, capsys):
     assert len(open(run / "log.jsonl").readlines()) == 2
     capsys.readouterr()
     assert main(["train", "breast_cancer", "mlp", str(run), "--loss", "cs_rs", "--seed-classes", "0",
-                 "--targets", "1", "--epochs", "3", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
-                 "--lr", "0.001", "--resume"]) == 2  # another schedule length: refused
-    assert "other settings (epochs: 2 in the checkpoint, 3 now)" in capsys.readouterr().err
+                 "--targets", "1", "--epochs", "1", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
+                 "--lr", "0.001", "--resume"]) == 2  # fewer epochs than were run: refused (more extend the run)
+    assert "other settings (epochs: 2 in the checkpoint, 1 now)" in capsys.readouterr().err
     assert main(["train", "breast_cancer", "mlp", str(run), "--loss", "cs_rs", "--seed-classes", "0",
                  "--targets", "1", "--epochs", "2", "--batch", "64", "--loss-arg", "k=2", "--optimizer", "adam",
                  "--lr", "0.001"]) == 2  # an existing run is not overwritten without --resume

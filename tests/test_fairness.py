@@ -152,18 +152,23 @@ def test_fairness_command(tmp_path, capsys):
     torch.save({"inputs": ds.inputs, "labels": ds.labels, "class_names": ds.class_names}, tmp_path / "toy.pt")
     torch.save(model, tmp_path / "model.pt")
     out = tmp_path / "f"
-    code = main(["fairness", str(tmp_path / "model.pt"), str(tmp_path / "toy.pt"), "--split", "all", "--sigma", "0.5",
+    code = main(["fairness", str(tmp_path / "toy.pt"), str(tmp_path / "model.pt"), "--split", "all", "--sigma", "0.5",
                  "--N0", "16", "--N", "100", "--steps", "3", "--out", str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "max-min gap" in text and "narrow" in text and "wide" in text
     assert (out / "fairness.png").stat().st_size > 1000 and (out / "certify.tsv").exists()
-    assert main(["fairness", str(tmp_path / "model.pt"), str(tmp_path / "toy.pt"), "--split", "all"]) == 2
+    assert main(["fairness", str(tmp_path / "toy.pt"), str(tmp_path / "model.pt"), "--split", "all"]) == 2
     assert "needs --sigma" in capsys.readouterr().err
+    # the order of earlier versions (MODEL DATA) gets a one-line hint, not a run
+    assert main(["fairness", str(tmp_path / "model.pt"), str(tmp_path / "toy.pt"), "--split", "all", "--sigma",
+                 "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "fairness takes DATA then MODEL" in err and len(err.strip().splitlines()) == 1
     assert main(["fairness"]) == 2
-    assert "needs MODEL and DATA" in capsys.readouterr().err
+    assert "needs DATA and MODEL" in capsys.readouterr().err
     assert main(["fairness", "m.pt", "--synthetic"]) == 2
-    assert "--synthetic takes no MODEL" in capsys.readouterr().err
+    assert "--synthetic takes no DATA" in capsys.readouterr().err
 
 
 def test_fairness_synthetic_command(tmp_path, capsys):

@@ -3,7 +3,7 @@
 ``calibration_table`` computes, at each radius eps, over the inputs whose prediction is certified at
 eps: accuracy, the clean ECE and Brier score (point estimates z_hat), CBS and CECE (the certified worst
 cases over the boxes), and the two cheap lower estimates of CECE (ECE at the Brier-worst confidences;
-dECE ascent). ``costsmooth calibration MODEL DATA SIGMA OUT`` samples the confidences with the engine;
+dECE ascent). ``costsmooth calibration DATA MODEL SIGMA OUT`` samples the confidences with the engine;
 ``costsmooth calibration --from RUN.tsv OUT`` computes the same tables from a ``certify --prob-sums``
 run without sampling (same seed and settings give the same numbers).
 """
@@ -161,11 +161,11 @@ def _bins_arg(text: str) -> int:
 
 
 def register_cli(sub) -> None:
-    from ..args import HelpFormatter, UsageError, add_sampling_args, float_list, probability
+    from ..args import HelpFormatter, UsageError, add_sampling_args, check_data_model_order, float_list, probability
 
     p = sub.add_parser("calibration", formatter_class=HelpFormatter,
                        help="certified calibration: ECE, Brier, certified Brier score and certified ECE at radii",
-                       usage="costsmooth calibration MODEL DATA SIGMA OUT [options]\n"
+                       usage="costsmooth calibration DATA MODEL SIGMA OUT [options]\n"
                              "       costsmooth calibration --from RUN.tsv OUT [options]",
                        description="Smoothed top-label confidences with certified boxes (Kumar et al. 2020) and the "
                                    "certified calibration of Emde et al.: at each --eps, over the inputs whose "
@@ -175,8 +175,8 @@ def register_cli(sub) -> None:
                                    "OUT/reliability.png. alpha is split alpha/2 for the predictions' certificates "
                                    "and alpha/2 for the confidence intervals (per input; --joint: for all inputs "
                                    "together). With --from, the tables come from a certify --prob-sums run.")
-    p.add_argument("positional", nargs="*", metavar="MODEL DATA SIGMA OUT",
-                   help="model file, dataset, noise level and output directory (with --from: OUT only)")
+    p.add_argument("positional", nargs="*", metavar="DATA MODEL SIGMA OUT",
+                   help="dataset, model file, noise level and output directory (with --from: OUT only)")
     p.add_argument("--from", dest="from_run", metavar="RUN.tsv", help="a certify --prob-sums run: the tables come from its saved statistics (no sampling; the sampling options are not used)")
     p.add_argument("--eps", default="0,0.125,0.25,0.5", help="comma-separated L2 radii")
     p.add_argument("--bins", type=_bins_arg, default=10, help="equal-width ECE bins on [0, 1] (1 to 100)")
@@ -200,9 +200,10 @@ def register_cli(sub) -> None:
             source = f"from {args.from_run}"
         else:
             if len(args.positional) != 4:
-                raise UsageError(f"expected MODEL DATA SIGMA OUT, got {len(args.positional)} argument(s); or use "
+                raise UsageError(f"expected DATA MODEL SIGMA OUT, got {len(args.positional)} argument(s); or use "
                                  f"--from RUN.tsv OUT")
-            model_path, data, sigma_text, out = args.positional
+            data, model_path, sigma_text, out = args.positional
+            check_data_model_order("calibration", data, model_path)
             try:
                 sigma = float(sigma_text)
             except ValueError:
