@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "certify.py, plus cost-sensitive certificates). Writes OUTFILE (TSV), "
                                    "OUTFILE.meta.json and OUTFILE.counts.jsonl; re-running the command resumes, and "
                                    "another --skip/--max extends the run.")
-    p.add_argument("dataset", help="digits, breast_cancer, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, "
+    p.add_argument("dataset", help="digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, "
                                    "or a .pt file (see the README for its keys)")
     p.add_argument("base_classifier", metavar="MODEL", help="TorchScript, torch.save'd module, or checkpoint")
     p.add_argument("sigma", type=positive_float, help="noise level")

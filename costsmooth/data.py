@@ -6,6 +6,9 @@ Embedded (shipped with scikit-learn):
 - ``breast_cancer``: 569 tumours (Wisconsin diagnostic), 30 features standardised with the training
   split's mean and std; classes 0 = malignant, 1 = benign (malignant -> benign is the harmful error).
   Fixed stratified split: 30% test (171), ``random_state=0``.
+- ``wine``: 178 wines of three cultivars, 13 features standardised with the training split's mean and
+  std; classes 0, 1, 2 (class 1 lies between 0 and 2). Fixed stratified split: 30% test (54),
+  ``random_state=0``.
 Loaders of files the user has: CIFAR-10 (python pickle batches), MNIST (IDX files, optionally .gz),
 HAM10000 (images + ``HAM10000_metadata.csv``), and a generic image folder ``root/{train,test}/<class>/<image>``
 (or ``root/<class>/<image>``, split "all"). ``load_dataset`` also reads a ``.pt`` file (``PT_LAYOUT``).
@@ -24,7 +27,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["NORMALIZATION", "Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_cifar10", "load_mnist",
+__all__ = ["NORMALIZATION", "Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_wine", "load_cifar10", "load_mnist",
            "load_ham10000", "load_image_folder", "ham10000_cost_matrix", "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError"]
 
 
@@ -92,15 +95,25 @@ def load_digits(split: str = "test") -> Dataset:
                    mean, std)
 
 
+def _standardised_table(name: str, bunch, split: str) -> Dataset:
+    """A scikit-learn table as a Dataset: features standardised with the training split's mean and std."""
+    train = _split(len(bunch.target), bunch.target, "train")
+    idx = _split(len(bunch.target), bunch.target, split)
+    mu, sd = bunch.data[train].mean(0), bunch.data[train].std(0)
+    x = torch.tensor((bunch.data[idx] - mu) / sd, dtype=torch.float32)
+    features = bunch.data.shape[1]
+    return Dataset(name, x, torch.tensor(bunch.target[idx], dtype=torch.int64), [str(c) for c in bunch.target_names],
+                   [0.0] * features, [1.0] * features)
+
+
 def load_breast_cancer(split: str = "test") -> Dataset:
     from sklearn.datasets import load_breast_cancer as sk_bc
-    d = sk_bc()
-    train = _split(len(d.target), d.target, "train")
-    idx = _split(len(d.target), d.target, split)
-    mu, sd = d.data[train].mean(0), d.data[train].std(0)
-    x = torch.tensor((d.data[idx] - mu) / sd, dtype=torch.float32)
-    return Dataset("breast_cancer", x, torch.tensor(d.target[idx], dtype=torch.int64), [str(c) for c in d.target_names],
-                   [0.0] * 30, [1.0] * 30)
+    return _standardised_table("breast_cancer", sk_bc(), split)
+
+
+def load_wine(split: str = "test") -> Dataset:
+    from sklearn.datasets import load_wine as sk_wine
+    return _standardised_table("wine", sk_wine(), split)
 
 
 CIFAR10_LAYOUT = ("a CIFAR-10 'python version' folder: ROOT/data_batch_1 .. data_batch_5, ROOT/test_batch "
@@ -333,7 +346,7 @@ def _load_pt(path: str, split: str = "all") -> Dataset:
 
 
 def load_dataset(spec: str, split: str = "test") -> Dataset:
-    """``digits``, ``breast_cancer``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``, ``folder:ROOT`` or a .pt file.
+    """``digits``, ``breast_cancer``, ``wine``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``, ``folder:ROOT`` or a .pt file.
 
     ``split``: train, test, or all (every input; only for ``folder:`` and ``.pt`` datasets, whose split
     is optional — asking a split of one that has none is refused).
@@ -350,10 +363,12 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
         return load_digits(split)
     if name == "breast_cancer":
         return load_breast_cancer(split)
+    if name == "wine":
+        return load_wine(split)
     loaders = {"cifar10": load_cifar10, "mnist": load_mnist, "ham10000": load_ham10000}
     if name in loaders and root:
         return loaders[name](root, split)
     if name == "folder" and root:
         return load_image_folder(root, split)
-    raise DatasetError(f"unknown dataset {spec!r}: use digits, breast_cancer, cifar10:ROOT, mnist:ROOT, "
+    raise DatasetError(f"unknown dataset {spec!r}: use digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, "
                        f"ham10000:ROOT, folder:ROOT, or a .pt file with {{'inputs', 'labels'}}")

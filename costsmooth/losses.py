@@ -23,7 +23,7 @@ from .cost import CostMatrix
 from .sampling import STREAM_TRAINING
 
 __all__ = ["NoiseSource", "GaussianAugmentation", "GaussianReweighted", "MACER", "CSRSSeedwise", "CSRSPairwise",
-           "SmoothAdv", "LOSSES", "make_loss"]
+           "CSRSSeedwiseReference", "CSRSPairwiseReference", "SmoothAdv", "LOSSES", "COST_SENSITIVE_LOSSES", "make_loss"]
 
 Diagnostics = Dict[str, float]
 
@@ -220,17 +220,29 @@ class CSRSSeedwise(_Loss):
     Seed-class inputs with ``|xi| < gamma1`` add ``gamma1 - xi`` (misclassified ones included, pushing
     them back); other inputs with ``0 < xi < gamma2`` add ``gamma2 - xi``.
     ``L = [sum CE + lambda1 * sigma/2 * (sum_seed + sum_other)] / B``, CE = ``-log(g_hat_y + 1e-10)``.
-    With an input-dependent sigma function, each input's noise is drawn at ``sigma(x)`` and the hinge
-    weight uses the batch mean of sigma.
+    ``window="correct"`` applies the seed hinge only where ``0 < xi < gamma1`` (misclassified seed inputs
+    are left to the cross-entropy). With an input-dependent sigma function, each input's noise is drawn
+    at ``sigma(x)`` and the hinge weight uses the batch mean of sigma.
     """
     name = "cs_rs"
     accepts_sigma_fn = True
 
     def __init__(self, sigma: float, cost: CostMatrix, k: int = 16, beta: float = 16.0, gamma1: float = 16.0,
-                 gamma2: float = 4.0, lambda1: float = 3.0, seed: int = 0):
+                 gamma2: float = 4.0, lambda1: float = 3.0, window: str = "both", anchor: str = "label",
+                 seed: int = 0):
         super().__init__(sigma, seed)
         self.cost, self.k, self.beta = cost, check_count(k, "k"), float(beta)
         self.gamma1, self.gamma2, self.lambda1 = float(gamma1), float(gamma2), float(lambda1)
+        if window not in ("both", "correct"):
+            raise ValueError(f"window must be 'both' (|xi| < gamma1) or 'correct' (0 < xi < gamma1), got {window!r}")
+        if anchor not in ("label", "top"):
+            raise ValueError(f"anchor must be 'label' or 'top', got {anchor!r}")
+        self.window, self.anchor = window, anchor
+
+    def _seed_select(self, seed):
+        if self.window == "both":
+            return lambda xi: seed & (xi.abs() < self.gamma1)
+        return lambda xi: seed & (xi > 0) & (xi < self.gamma1)
 
     def _terms(self, model, x, y):
         _check_batch(x, y, self.cost.num_classes)
@@ -244,7 +256,7 @@ class CSRSSeedwise(_Loss):
 
     def __call__(self, model, x, y):
         ce, _, p_y, p_other, seed = self._terms(model, x, y)
-        seed_sum, seed_used, xi = _hinge(self.gamma1, p_y, p_other, lambda xi: seed & (xi.abs() < self.gamma1))
+        seed_sum, seed_used, xi = _hinge(self.gamma1, p_y, p_other, self._seed_select(seed))
         other_sum, other_used, _ = _hinge(self.gamma2, p_y, p_other, lambda xi: ~seed & (xi > 0) & (xi < self.gamma2))
         loss = (ce.sum() + self.lambda1 * self._batch_sigma / 2 * (seed_sum + other_sum)) / x.shape[0]
         return loss, {"ce": float(ce.mean().detach()), "seed_hinge_inputs": float(seed_used),
@@ -252,24 +264,52 @@ class CSRSSeedwise(_Loss):
 
 
 class CSRSPairwise(CSRSSeedwise):
-    """CS-RS (pairwise): seed inputs use ``xi_cs = Phi^-1(top) - Phi^-1(max_{j in Omega_y} g_beta_j)``
-    with the hinge ``gamma1 - xi_cs`` on ``|xi_cs| < gamma1``; ``top`` is the largest g_beta, or the
-    label's g_beta when the top class is itself a target (so the term keeps a gradient). All inputs
-    also get the MACER-style term ``gamma2 - xi`` on correct inputs with ``xi < gamma2``."""
+    """CS-RS (pairwise): seed inputs use ``xi_cs = Phi^-1(p) - Phi^-1(max_{j in Omega_y} g_beta_j)``
+    with the hinge ``gamma1 - xi_cs`` on ``|xi_cs| < gamma1``. ``anchor="label"``: p is the label's
+    g_beta_y. ``anchor="top"`` (Xin et al.): p is the largest g_beta, or the label's when the top class is
+    itself a target (so the term keeps a gradient). All inputs also get the MACER-style term
+    ``gamma2 - xi`` on correct inputs with ``xi < gamma2``."""
     name = "cs_rs_pairwise"
 
     def __call__(self, model, x, y):
         ce, g_beta, p_y, p_other, seed = self._terms(model, x, y)
         target_mask = torch.as_tensor(self.cost.matrix > 0, device=y.device)[y]  # [B, C]: Omega_y
         p_target = g_beta.masked_fill(~target_mask, -1.0).max(1).values.clamp_min(0.0)
-        top_val, top_idx = g_beta.max(1)
-        top_is_target = target_mask.gather(1, top_idx[:, None]).squeeze(1)
-        p_top = torch.where(top_is_target, p_y, top_val)
-        seed_sum, seed_used, _ = _hinge(self.gamma1, p_top, p_target, lambda xi: seed & (xi.abs() < self.gamma1))
+        if self.anchor == "top":
+            top_val, top_idx = g_beta.max(1)
+            top_is_target = target_mask.gather(1, top_idx[:, None]).squeeze(1)
+            p_top = torch.where(top_is_target, p_y, top_val)
+        else:
+            p_top = p_y
+        seed_sum, seed_used, _ = _hinge(self.gamma1, p_top, p_target, self._seed_select(seed))
         std_sum, std_used, _ = _hinge(self.gamma2, p_y, p_other, lambda xi: (xi > 0) & (xi < self.gamma2))
         loss = (ce.sum() + self.lambda1 * self._batch_sigma / 2 * (seed_sum + std_sum)) / x.shape[0]
         return loss, {"ce": float(ce.mean().detach()), "seed_hinge_inputs": float(seed_used),
                       "other_hinge_inputs": float(std_used)}
+
+
+class CSRSSeedwiseReference(CSRSSeedwise):
+    """Xin et al.'s seedwise objective with the paper's settings (gamma1 = 16, gamma2 = 4, lambda1 = 3,
+    the two-sided seed window ``|xi| < gamma1``), kept by name beside the ``cs_rs`` default."""
+    name = "cs_rs_reference"
+
+    def __init__(self, sigma: float, cost: CostMatrix, k: int = 16, beta: float = 16.0, gamma1: float = 16.0,
+                 gamma2: float = 4.0, lambda1: float = 3.0, window: str = "both", seed: int = 0):
+        super().__init__(sigma, cost, k=k, beta=beta, gamma1=gamma1, gamma2=gamma2, lambda1=lambda1, window=window,
+                         anchor="top", seed=seed)
+
+
+class CSRSPairwiseReference(CSRSPairwise):
+    """Xin et al.'s pairwise objective: the seed term anchored on the top class (``anchor="top"``), the
+    paper's settings (gamma1 = 16, gamma2 = 4, lambda1 = 3, ``|xi_cs| < gamma1``), kept by name beside
+    the ``cs_rs_pairwise`` default. Its seed term rewards moving a seed input to a harmless class."""
+    name = "cs_rs_pairwise_reference"
+
+    def __init__(self, sigma: float, cost: CostMatrix, k: int = 16, beta: float = 16.0, gamma1: float = 16.0,
+                 gamma2: float = 4.0, lambda1: float = 3.0, window: str = "both", anchor: str = "top",
+                 seed: int = 0):
+        super().__init__(sigma, cost, k=k, beta=beta, gamma1=gamma1, gamma2=gamma2, lambda1=lambda1, window=window,
+                         anchor=anchor, seed=seed)
 
 
 class SmoothAdv(_Loss):
@@ -304,7 +344,7 @@ class SmoothAdv(_Loss):
 
 
 LOSSES = {cls.name: cls for cls in (GaussianAugmentation, GaussianReweighted, MACER, CSRSSeedwise, CSRSPairwise,
-                                    SmoothAdv)}
+                                    CSRSSeedwiseReference, CSRSPairwiseReference, SmoothAdv)}
 
 
 class PGDTraining(_Loss):
@@ -357,7 +397,8 @@ class PGDTraining(_Loss):
 
 LOSSES[PGDTraining.name] = PGDTraining
 __all__.append("PGDTraining")
-_NEEDS_COST = {"gaussian_r", "cs_rs", "cs_rs_pairwise"}
+# the losses that take a cost matrix (make_loss refuses them without one)
+COST_SENSITIVE_LOSSES = {"gaussian_r", "cs_rs", "cs_rs_pairwise", "cs_rs_reference", "cs_rs_pairwise_reference"}
 # Losses defined in modules built on this one (they import it, so it cannot import them at import time):
 # name -> module, imported by make_loss on first use; the module adds its classes to LOSSES.
 LAZY_LOSSES = {"act_brier": "costsmooth.calibration", "act_ece": "costsmooth.calibration"}
@@ -375,7 +416,7 @@ def make_loss(name: str, sigma: float, cost: Optional[CostMatrix] = None, seed: 
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(f"loss {name!r} has no hyper-parameter {unknown[0]!r}; it takes {', '.join(accepted) or 'none'}")
-    if name in _NEEDS_COST:
+    if name in COST_SENSITIVE_LOSSES:
         if cost is None:
             raise ValueError(f"loss {name!r} needs a cost matrix (--cost or --seed-classes)")
         return LOSSES[name](sigma, cost, seed=seed, **kwargs)

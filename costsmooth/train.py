@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Optional
+import warnings
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -73,7 +74,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
     optimizer, scheduler, loss state, epoch and the run's settings) and ``out_dir/log.jsonl`` (one JSON
-    line per epoch; non-finite values as null). For every loss with an ``eps`` (smoothadv, pgd,
+    line per epoch; non-finite values as null), each line with ``noisy_acc``, the base model's accuracy
+    under one noise draw on a fixed random subset of at most ``NOISY_ACCURACY_INPUTS`` training inputs,
+    and for each seed class c of ``cost`` ``noisy_acc_<c>``, the fraction of its inputs there predicted
+    as c; a ``RuntimeWarning`` names a seed class predicted for fewer than half of them. For every loss with an ``eps`` (smoothadv, pgd,
     act_brier, act_ece), eps ramps linearly over the first ``eps_warmup`` epochs. ``stop_after``
     ends this call after that epoch (the schedule still targets ``epochs``): a run can be split into pieces, e.g. to fit time-limited job slots, and continued
     with ``resume=True``.
@@ -186,6 +190,9 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         start = state["epoch"]
     target_eps = getattr(objective, "eps", None)
     x_all, y_all = dataset.inputs, dataset.labels
+    seed_classes = cost.seed_classes if cost is not None else []
+    watch = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:NOISY_ACCURACY_INPUTS]
+    held = {}  # seed class -> whether it was predicted for most of its inputs at the last epoch
     log_path = os.path.join(out_dir, "log.jsonl")
     last = epochs if stop_after is None else min(epochs, stop_after)
     for epoch in range(start, last):
@@ -220,6 +227,9 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         if not _finite_outputs(model, x_all[:batch_size].to(device)):  # finite weights can still overflow
             _diverged("the model's logits are not finite after the epoch", epoch, epochs, batches, ckpt_path, start)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
+        noisy = noisy_accuracy(model, x_all[watch], y_all[watch], sigma, seed_classes, seed=seed * 100003 + epoch,
+                               batch_size=max(batch_size, 256), device=device)
+        record.update(noisy)
         save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
                         sigma=settings["sigma"], seed=seed, cost=settings["cost"], settings=settings,
@@ -229,8 +239,65 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs}  loss {record.get('loss', float('nan')):.4f}  "
                 + "".join(f"{k} {record[k]:.4g}  " for k in ("acc", "ce") if k in record)
+                + f"noisy acc {record['noisy_acc']:.3f}  "
+                + "".join(f"class {c} {record[f'noisy_acc_{c}']:.3f}  " for c in seed_classes
+                          if f"noisy_acc_{c}" in record)
                 + f"lr {record['lr']:.3g}")
+        _warn_lost_seed_classes(record, seed_classes, held, epoch + 1, last, epochs, loss)
     return ckpt_path
+
+
+NOISY_ACCURACY_INPUTS = 4096  # training inputs (a fixed random subset) of the per-epoch accuracy under noise
+
+
+def noisy_accuracy(model, x: torch.Tensor, y: torch.Tensor, sigma, seed_classes: Sequence[int] = (), *,
+                   seed: int = 0, batch_size: int = 256, device="cpu") -> Dict[str, float]:
+    """Accuracy of the base model on one Gaussian draw ``x + N(0, sigma^2)`` per input (eval mode, no grad).
+
+    ``x`` ``[N, *shape]``, ``y`` ``[N]``; ``sigma`` a number or an input-dependent sigma function
+    (``[B, *shape] -> [B]``); the noise comes from a generator seeded with ``seed``, apart from the
+    training noise. Returns ``{"noisy_acc": ...}`` over all inputs and ``{"noisy_acc_<c>": ...}`` for each
+    seed class c with inputs in ``x``: the fraction of class-c inputs predicted as c.
+    """
+    from .sampling import eval_mode
+
+    gen = torch.Generator().manual_seed(seed)
+    preds = []
+    with eval_mode(model), torch.no_grad():
+        for b0 in range(0, len(y), batch_size):
+            xb = x[b0:b0 + batch_size].to(device)
+            s = sigma(xb) if callable(sigma) else sigma
+            if isinstance(s, torch.Tensor):
+                s = s.view(-1, *([1] * (xb.dim() - 1)))
+            noise = torch.randn(xb.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=xb.dtype)
+            preds.append(model(xb + s * noise).argmax(1).cpu())
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
+    correct = pred == y.cpu()
+    out = {"noisy_acc": float(correct.float().mean()) if len(y) else float("nan")}
+    for c in seed_classes:
+        mine = y.cpu() == c
+        if mine.any():
+            out[f"noisy_acc_{c}"] = float(correct[mine].float().mean())
+    return out
+
+
+def _warn_lost_seed_classes(record: dict, seed_classes, held: dict, epoch: int, last: int, epochs: int,
+                            loss: str) -> None:
+    """A RuntimeWarning when a seed class stops being predicted for most of its inputs (noisy_acc_<c> < 0.5):
+    at the epoch where it drops (after having been above) and, if it is still below, at the run's last epoch."""
+    lost = []
+    for c in seed_classes:
+        value = record.get(f"noisy_acc_{c}")
+        if value is None:
+            continue
+        if value < 0.5 and (held.get(c) or epoch == last):
+            lost.append((c, value))
+        held[c] = value >= 0.5
+    if lost:
+        warnings.warn(f"epoch {epoch}/{epochs}: seed class " + ", ".join(f"{c} is predicted for {v:.0%}" for c, v in lost)
+                      + f" of its training inputs under noise (all classes: {record['noisy_acc']:.0%}); the {loss} "
+                      f"objective is giving the seed class away: lower the weight of its hinge terms "
+                      f"(--loss-arg lambda1=...)", RuntimeWarning, stacklevel=3)
 
 
 def _finite_outputs(model, x: torch.Tensor) -> bool:
@@ -274,7 +341,7 @@ def register_cli(sub) -> None:
     p = sub.add_parser("train", help="train a base classifier for randomized smoothing", formatter_class=HelpFormatter,
                        description="Train a base classifier under Gaussian noise (or a smoothing-aware loss). Writes "
                                    "OUT/checkpoint.pt after every epoch and OUT/log.jsonl; --resume continues.")
-    p.add_argument("dataset", help="digits, breast_cancer, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT or "
+    p.add_argument("dataset", help="digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT or "
                                    "a .pt file (its train split)")
     p.add_argument("arch", help=f"architecture: one of {', '.join(sorted(ARCHS))}")
     p.add_argument("out", help="output directory (checkpoint.pt, log.jsonl)")

@@ -22,6 +22,9 @@ def test_embedded_datasets_have_fixed_documented_splits():
     bc = data.load_breast_cancer("test")
     assert len(bc) == 171 and bc.input_shape == (30,) and bc.class_names == ["malignant", "benign"]
     assert abs(float(data.load_breast_cancer("train").inputs.mean())) < 1e-5  # standardised on the train split
+    wine = data.load_wine("test")
+    assert len(wine) == 54 and wine.input_shape == (13,) and wine.num_classes == 3
+    assert torch.allclose(data.load_wine("train").inputs.std(0, unbiased=False), torch.ones(13), atol=1e-5)
 
 
 def test_cifar10_layout(tmp_path):

@@ -237,8 +237,8 @@ def test_every_loss_is_finite_with_finite_gradients_for_extreme_logits(name):
         scale = float(10 ** torch.empty(1).uniform_(0, 3, generator=gen))  # logits up to ~1e3 apart
         torch.manual_seed(trial)
         model = _Extreme(4, 3, scale)
-        loss = losses.make_loss(name, 0.25, cost if name in ("gaussian_r", "cs_rs", "cs_rs_pairwise") else None,
-                                seed=trial, **({"k": 4} if name in ("macer", "cs_rs", "cs_rs_pairwise") else {}))
+        loss = losses.make_loss(name, 0.25, cost if name in losses.COST_SENSITIVE_LOSSES else None,
+                                seed=trial, **({"k": 4} if name == "macer" or name.startswith("cs_rs") else {}))
         x = torch.randn(16, 4, generator=gen) * 3
         y = torch.randint(0, 3, (16,), generator=gen)
         value, diag = loss(model, x, y)
