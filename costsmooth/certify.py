@@ -12,6 +12,11 @@ Guarantees (over the Monte Carlo noise of the estimation draw, selection draw in
   K + 1 bounds hold together with probability >= 1 - alpha. The per-target radii come from that
   same event.
 The two statements are separate claims, each at level alpha.
+
+Rounding: every bound and radius is rounded toward its conservative side (``costsmooth.stats``):
+lower bounds and Phi^-1 of a lower bound down, upper bounds, ``1 - pA_lower`` and Phi^-1 of an upper
+bound up, and each radius one ulp toward 0 after every float operation that forms it. A radius
+written to a result file is therefore never above the one the exact bounds give.
 """
 from __future__ import annotations
 
@@ -19,14 +24,12 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy.stats import norm
-
 from . import stats
 from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
 
 __all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts",
-           "conservative_sigma"]
+           "conservative_sigma", "half_gap_radius"]
 
 ABSTAIN = -1
 
@@ -124,15 +127,20 @@ def conservative_sigma(sigma: float) -> float:
     return min(float(sigma), float(np.float32(sigma)))
 
 
-def _phi_inv(p) -> np.ndarray:
-    return norm.ppf(np.clip(p, 0.0, 1.0))
+def half_gap_radius(p_lower, p_upper, sigma: float):
+    """``sigma/2 * (Phi^-1(p_lower) - Phi^-1(p_upper))`` rounded down: Phi^-1 of the lower bound down, of
+    the upper bound up, the difference and the product one ulp toward 0 when positive (the value is
+    certified only when positive). Vectorised over ``p_upper``."""
+    gap = stats.norm_ppf_down(p_lower) - stats.norm_ppf_up(p_upper)
+    return stats.round_toward_zero(sigma / 2 * stats.round_toward_zero(gap))
 
 
 def standard_certificate(top_class: int, counts, alpha: float, sigma: float):
     """Cohen et al.'s CERTIFY from the estimation counts, given cA from the selection draw.
 
     Returns (prediction, radius, pA_lower): prediction -1 and radius 0.0 when pA_lower < 1/2,
-    else ``radius = sigma * Phi^-1(pA_lower)``, pA_lower at level alpha.
+    else ``radius = sigma * Phi^-1(pA_lower)``, pA_lower at level alpha; Phi^-1 and the product
+    rounded down.
     """
     counts = _counts_vector(counts, "counts")
     sigma = conservative_sigma(sigma)
@@ -140,7 +148,7 @@ def standard_certificate(top_class: int, counts, alpha: float, sigma: float):
     p_low = float(stats.cp_lower(counts[top_class], n, alpha))
     if p_low < 0.5:
         return ABSTAIN, 0.0, p_low
-    return int(top_class), float(sigma * _phi_inv(p_low)), p_low
+    return int(top_class), float(stats.round_toward_zero(sigma * stats.norm_ppf_down(p_low))), p_low
 
 
 def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMatrix, alpha: float, sigma: float):
@@ -149,6 +157,8 @@ def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMat
     ``pA_low`` = CP lower bound of n_cA at alpha/2; ``pj_up`` = CP upper bound of n_j at alpha/(2K) for
     each target j; ``pOmega_up = min(max_j pj_up, 1 - pA_low)``; ``cs_radius = sigma/2 *
     (Phi^-1(pA_low) - Phi^-1(pOmega_up))`` when positive. If cA is itself a target, nothing is certified.
+    ``1 - pA_low`` is rounded up, Phi^-1(pA_low) down and Phi^-1(pOmega_up) up, and the difference and
+    the product toward 0 (``half_gap_radius``).
     """
     counts = _counts_vector(counts, "counts")
     targets = cost.targets(label)
@@ -158,10 +168,10 @@ def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMat
     sigma = conservative_sigma(sigma)
     p_low = float(stats.cp_lower(counts[top_class], n, alpha / 2))
     p_up = np.atleast_1d(stats.cp_upper(counts[targets], n, stats.bonferroni(alpha / 2, k)))
-    cap = 1.0 - p_low
+    cap = float(stats.complement_up(p_low))
     top_is_target = top_class in targets
-    radii = sigma / 2 * (_phi_inv(p_low) - _phi_inv(np.minimum(p_up, cap)))
-    cs = float(sigma / 2 * (_phi_inv(p_low) - _phi_inv(min(float(p_up.max()), cap))))
+    radii = half_gap_radius(p_low, np.minimum(p_up, cap), sigma)
+    cs = float(half_gap_radius(p_low, min(float(p_up.max()), cap), sigma))
     certified = (not top_is_target) and cs > 0
     return dict(
         cs_radius=cs if certified else 0.0,

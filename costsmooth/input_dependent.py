@@ -445,7 +445,7 @@ def _cost_sensitive(top: int, counts: np.ndarray, label: int, cost: CostMatrix, 
     n, k = int(counts.sum()), len(targets)
     p_low = float(stats.cp_lower(counts[top], n, alpha / 2))
     p_up = np.atleast_1d(stats.cp_upper(counts[targets], n, stats.bonferroni(alpha / 2, k)))
-    cap = 1.0 - p_low
+    cap = float(stats.complement_up(p_low))  # an upper bound: 1 - p_low rounded up
     top_is_target = top in targets
 
     def radius(upper: float) -> float:

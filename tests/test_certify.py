@@ -170,3 +170,49 @@ def test_bad_input_to_certification():
         smooth.certify(torch.full((10,), float("nan")), 10, 10, 0.01)
     with pytest.raises(ValueError, match="sigma must be a positive"):
         Smooth(model, 2, 0.0)
+
+
+def test_radii_written_to_the_tsv_are_never_above_the_exact_ones():
+    # Exact arithmetic (mpmath, 40 digits) on what the TSV row holds. Standard radius r: sound iff
+    # Phi(r / sigma) is at most the exact CP lower bound p*, i.e. iff the exact tail
+    # P(Bin(n, Phi(r / sigma)) >= k) <= alpha. Cost-sensitive: each written bound is checked by its exact
+    # tail, and every radius against sigma/2 (Phi^-1(pA_low) - Phi^-1(min(pj_up, 1 - pA_low))) computed
+    # exactly from those bounds. Float64 without outward rounding fails the first check on some rows.
+    mpmath = pytest.importorskip("mpmath")
+    from costsmooth.results import format_row
+    mpmath.mp.dps = 40
+
+    def phi_inv(p):
+        return mpmath.sqrt(2) * mpmath.erfinv(2 * mpmath.mpf(p) - 1)
+
+    def tail_at_least(k, n, p):  # P(Bin(n, p) >= k)
+        return mpmath.betainc(k, n - k + 1, 0, p, regularized=True) if k > 0 else mpmath.mpf(1)
+
+    rng = np.random.default_rng(8)
+    cost = CostMatrix.pairwise(4, {0: [2, 3]})
+    sigma = 0.12  # its float32 rounding is below it: the certificates use 0.1199999973
+    s = mpmath.mpf(float(np.float32(sigma)))
+    for trial in range(60):
+        n = int(rng.choice([100, 1000, 2000]))  # (mpmath's series for the tail converges slowly beyond)
+        alpha = float(rng.choice([0.05, 1e-3, 1e-10]))
+        est = rng.multinomial(n, rng.dirichlet([8.0, 1.0, 0.3, 0.1]))
+        cert = certify_from_counts([[50, 1, 1, 1]], [est], alpha, sigma, [0], cost)[0]
+        fields = format_row(0, cert, 0.0).split("\t")
+        radius, p_low = float(fields[3]), float(fields[9])
+        k = int(est[0])
+        assert tail_at_least(k, n, p_low) <= alpha
+        if radius > 0:
+            assert tail_at_least(k, n, mpmath.ncdf(mpmath.mpf(radius) / s)) <= alpha
+        cs_low = cert.cs_pA_lower
+        assert tail_at_least(k, n, cs_low) <= alpha / 2
+        for j, up in cert.target_upper.items():  # P(Bin(n, up) <= n_j) <= alpha / (2K), as an upper tail
+            assert mpmath.betainc(n - est[j], est[j] + 1, 0, 1 - mpmath.mpf(up), regularized=True) <= alpha / 4
+        cap = 1 - mpmath.mpf(cs_low)
+        radii = dict(item.split(":") for item in fields[10].split(";"))
+        for j, up in cert.target_upper.items():
+            written = float(radii[str(j)])
+            if written > 0:
+                assert written <= s / 2 * (phi_inv(cs_low) - phi_inv(min(mpmath.mpf(up), cap)))
+        if float(fields[6]) > 0:
+            worst = max(mpmath.mpf(u) for u in cert.target_upper.values())
+            assert float(fields[6]) <= s / 2 * (phi_inv(cs_low) - phi_inv(min(worst, cap)))

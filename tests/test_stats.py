@@ -9,10 +9,17 @@ from costsmooth import stats
 @pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (10, 10), (3, 10), (500, 1000), (99990, 100000),
                                  (1, 100000)])
 @pytest.mark.parametrize("alpha", [0.05, 0.001, 1e-10])
-def test_clopper_pearson_matches_scipy_binomtest(k, n, alpha):
-    ci = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact")
-    assert stats.cp_lower(k, n, alpha) == pytest.approx(ci.low, abs=1e-9)
-    assert stats.cp_upper(k, n, alpha) == pytest.approx(ci.high, abs=1e-9)
+def test_clopper_pearson_matches_the_beta_quantiles(k, n, alpha):
+    # SPEC formulas from scipy.stats.beta directly; relative tolerances, so that bounds near 1e-15
+    # (k = 1, n = 100000, alpha = 1e-10) are compared in their own scale. The outward rounding moves a
+    # bound by about 1e-11 relative (never more than 1e-9). (scipy's binomtest interval is itself off by
+    # up to 3e-5 relative at k = 1, n = 100000: not a reference at this tolerance.)
+    low = 0.0 if k == 0 else scipy.stats.beta.ppf(alpha, k, n - k + 1)
+    up = 1.0 if k == n else scipy.stats.beta.isf(alpha, k + 1, n - k)  # isf: no rounding of 1 - alpha
+    assert stats.cp_lower(k, n, alpha) == pytest.approx(low, rel=1e-9, abs=0)
+    assert stats.cp_upper(k, n, alpha) == pytest.approx(up, rel=1e-9, abs=0)
+    if k == 1:  # closed form: 1 - (1 - p)^n = alpha
+        assert stats.cp_lower(k, n, alpha) == pytest.approx(-np.expm1(np.log1p(-alpha) / n), rel=1e-9, abs=0)
 
 
 def test_clopper_pearson_edges_and_vectorised():
@@ -53,3 +60,56 @@ def test_predict_abstains_on_a_close_race_and_answers_a_clear_one():
     assert stats.predict_from_counts([0, 90, 10], 0.001) == 1
     assert stats.predict_from_counts([30, 30, 0], 0.5) == -1  # exact tie: p-value 1
     assert stats.bonferroni(0.01, 4) == pytest.approx(0.0025)
+
+
+# -- outward rounding, against exact arithmetic (mpmath, 40 digits) ---------------------------------
+
+ROUNDING_CASES = [(1, 1, 0.05), (3, 10, 0.05), (7, 10, 1e-10), (500, 1000, 0.001), (999, 1000, 1e-10),
+                  (1, 100000, 1e-10), (2, 100000, 0.001), (99990, 100000, 1e-10), (100000, 100000, 0.001),
+                  (99999, 100000, 0.05), (10, 20, 0.5 - 1e-9)]
+
+
+@pytest.mark.parametrize("k,n,alpha", ROUNDING_CASES)
+def test_bounds_are_rounded_outward_against_exact_tails(k, n, alpha):
+    # The exact CP lower bound p* solves P(Bin(n, p*) >= k) = alpha and the tail grows with p, so a
+    # returned p is sound iff the exact tail at p is <= alpha; likewise for the upper bound with
+    # P(Bin(n, u) <= k) <= alpha. Checked in 40-digit arithmetic, where scipy's float64 bounds (the
+    # nearest floats) fail in about half of these cases.
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    low = float(stats.cp_lower(k, n, alpha))
+    assert mpmath.betainc(k, n - k + 1, 0, low, regularized=True) <= alpha
+    if k < n:  # the upper bound of k is 1 - (lower bound of n - k): the same tail, from the other side
+        up = float(stats.cp_upper(k, n, alpha))
+        assert mpmath.betainc(n - k, k + 1, 0, 1 - mpmath.mpf(up), regularized=True) <= alpha
+    # and tight: within a relative 1e-9 below the exact bound (the tail there is above alpha)
+    assert mpmath.betainc(k, n - k + 1, 0, low * (1 + 1e-9), regularized=True) > alpha
+
+
+def test_scipy_alone_would_round_some_bounds_the_optimistic_way():
+    # What the outward rounding guards against: the nearest float to the exact bound lies above it in
+    # some of the cases above (so a file written from scipy's value would publish an optimistic bound).
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    above = [(k, n, alpha) for k, n, alpha in ROUNDING_CASES
+             if mpmath.betainc(k, n - k + 1, 0, float(scipy.stats.beta.ppf(alpha, k, n - k + 1)),
+                               regularized=True) > alpha]
+    assert above
+
+
+def test_complement_and_phi_inverse_round_outward():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    rng = np.random.default_rng(0)
+    ps = np.concatenate([rng.random(300), 10.0 ** -rng.uniform(1, 300, 100), 1 - 10.0 ** -rng.uniform(1, 15, 100),
+                         [0.5, np.nextafter(0.5, 1), np.nextafter(0.5, 0), 0.25, 0.75]])
+    up = stats.complement_up(ps)
+    assert all(mpmath.mpf(float(u)) >= 1 - mpmath.mpf(float(p)) for p, u in zip(ps, up))
+    assert np.any(up > 1 - ps)  # some subtractions were inexact and moved up
+    assert stats.complement_up(0.0) == 1.0 and stats.complement_up(1.0) == 0.0
+    down, high = stats.norm_ppf_down(ps), stats.norm_ppf_up(ps)
+    for p, d, h in zip(ps, down, high):
+        assert mpmath.ncdf(float(d)) <= float(p) <= mpmath.ncdf(float(h))
+        assert abs(d - h) <= 1e-12 * max(abs(d), 1e-300)  # and tight
+    assert stats.norm_ppf_down(0.0) == -np.inf and stats.norm_ppf_up(1.0) == np.inf
+    assert stats.norm_ppf_down(0.5) == 0.0 == stats.norm_ppf_up(0.5)
