@@ -52,25 +52,34 @@ def cp_lower(k, n, alpha: float):
     alpha = check_alpha(alpha)
     k, n = _kn(k, n)
     k, n = np.broadcast_arrays(k, n)
+    b = n - k + 1
     with np.errstate(invalid="ignore"):
-        p = np.asarray(scipy.stats.beta.ppf(alpha, k, n - k + 1), dtype=np.float64)
-    p = np.where(k == 0, 0.0, p)
-    return _step_down_to_tail(p, k, n, alpha * (1.0 - TAIL_MARGIN))[()]
+        p = np.where(k == 0, 0.0, scipy.special.betaincinv(np.maximum(k, 1), b, alpha))
+    return _step_down_to_tail(p, k, b, alpha * (1.0 - TAIL_MARGIN))[()]
 
 
-def _step_down_to_tail(p: np.ndarray, k: np.ndarray, n: np.ndarray, level: float) -> np.ndarray:
-    """Lower each ``p`` (k >= 1) until ``P(Bin(n, p) >= k) = I_p(k, n - k + 1) <= level``: relative steps
-    of 2^-52, 2^-51, ... (the tail is increasing in p, and 0 at p = 0, so this ends)."""
-    p = np.array(p, dtype=np.float64, ndmin=1)
-    k1, n1 = np.atleast_1d(k), np.atleast_1d(n)
+def _step_down_to_tail(p: np.ndarray, a: np.ndarray, b: np.ndarray, level: float) -> np.ndarray:
+    """Lower each ``p`` (a = k >= 1, b = n - k + 1) until ``P(Bin(n, p) >= k) = I_p(a, b) <= level``.
+
+    One Newton step on the excess (doubled), then relative steps of 2^-52, 2^-51, ... while still
+    above: the tail is increasing in p and 0 at p = 0, so this ends."""
+    shape = np.shape(p)
+    p, a, b = (np.array(v, dtype=np.float64, ndmin=1).ravel() for v in (p, a, b))
+    todo = np.nonzero((a > 0) & (p > 0))[0]
+    excess = scipy.special.betainc(a[todo], b[todo], p[todo]) - level
+    todo, excess = todo[excess > 0], excess[excess > 0]
+    if todo.size:
+        log_pdf = ((a[todo] - 1) * np.log(p[todo]) + (b[todo] - 1) * np.log1p(-p[todo])
+                   - scipy.special.betaln(a[todo], b[todo]))
+        with np.errstate(over="ignore", invalid="ignore"):
+            newton = p[todo] - 2.0 * excess / np.exp(log_pdf)
+        p[todo] = np.where(np.isfinite(newton) & (newton >= 0), np.minimum(newton, p[todo]), p[todo])
     step = 2.0 ** -52
-    todo = np.nonzero((k1 > 0) & (scipy.special.betainc(np.maximum(k1, 1), n1 - k1 + 1, p) > level))[0]
     while todo.size:
+        todo = todo[(p[todo] > 0) & (scipy.special.betainc(a[todo], b[todo], p[todo]) > level)]
         p[todo] = p[todo] * (1.0 - step) if step < 1.0 else 0.0
         step *= 2.0
-        keep = scipy.special.betainc(k1[todo], n1[todo] - k1[todo] + 1, p[todo]) > level
-        todo = todo[keep & (p[todo] > 0)]
-    return p.reshape(np.shape(k))
+    return p.reshape(shape)
 
 
 def cp_upper(k, n, alpha: float):

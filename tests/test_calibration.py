@@ -160,10 +160,12 @@ def test_certified_confidences_split_alpha_and_match_smooth():
     model = torch.nn.Sequential(torch.nn.Linear(2, 3)).double()
     x = torch.randn(12, 2, dtype=torch.float64)
     y = torch.randint(0, 3, (12,))
-    conf, sel, est, sums = cal.sample_confidences(model, x, y, 0.5, n0=20, n=300, alpha=0.01, seed=3)
+    conf, sel, est, sums = cal.sample_confidences(model, x, y, 0.5, n0=20, n=300, alpha=0.01, seed=3,
+                                                  joint=False)
     certs = certify_from_counts(sel, est, 0.005, 0.5, y.tolist())  # alpha/2 for the prediction
     assert conf.prediction.tolist() == [c.prediction for c in certs]
     assert conf.alpha_prediction == conf.alpha_interval == 0.005
+    assert conf.level == pytest.approx(1 - 12 * 0.01)  # per-input intervals: the dataset level is 1 - N alpha
     # the same engine draw as Smooth without sums
     plain = costsmooth.Smooth(model, 3, 0.5, seed=3).certify_batch(x, y.tolist(), n0=20, n=300, alpha=0.005)
     assert np.array_equal(np.stack([c.counts for c in plain]), est)
@@ -171,8 +173,16 @@ def test_certified_confidences_split_alpha_and_match_smooth():
     top = np.array([c.top_class for c in certs])
     low, up = cal.confidence_interval(sums[np.arange(12), top], 300, 0.005)
     assert np.array_equal(conf.low, low) and np.array_equal(conf.up, up)
-    joint = cal.certified_confidences(sel, est, sums, y.tolist(), 0.01, 0.5, joint=True)
-    assert joint.alpha_interval == pytest.approx(0.01 / 12 / 2)
+    # the default: all 12 inputs together at 1 - alpha, each certificate and interval at alpha/(2N)
+    joint = cal.certified_confidences(sel, est, sums, y.tolist(), 0.01, 0.5)
+    assert joint.joint and joint.level == pytest.approx(0.99)
+    assert joint.alpha_interval == joint.alpha_prediction == pytest.approx(0.01 / 12 / 2)
+    jc = certify_from_counts(sel, est, 0.01 / 24, 0.5, y.tolist())
+    assert joint.prediction.tolist() == [c.prediction for c in jc]
+    j_low, j_up = cal.confidence_interval(sums[np.arange(12), top], 300, 0.01 / 24)
+    assert np.array_equal(joint.low, j_low) and np.array_equal(joint.up, j_up)
+    assert np.all(joint.low <= conf.low) and np.all(joint.up >= conf.up) and np.any(joint.low < conf.low)
+    assert cal.certified_confidences(sel, est, sums, y.tolist(), 0.1, 0.5, joint=False).level == 0.0  # N alpha > 1
     mask, lo, hi, c, _ = conf.box(0.2)
     assert np.array_equal(mask, (conf.prediction != -1) & (conf.radius > 0.2))
     assert np.all(lo <= conf.low[mask]) and np.all(hi >= conf.up[mask])
@@ -263,6 +273,15 @@ def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_s
     a = json.load(open(tmp_path / "a" / "calibration.json"))
     b = json.load(open(tmp_path / "b" / "calibration.json"))
     assert a["rows"] == b["rows"] and len(a["rows"]) == 3
+    # CBS and CECE are maxima over the 24 boxes: by default they hold at 1 - alpha for all inputs together
+    assert a["joint"] and a["level"] == pytest.approx(0.99) and a["rows"][0]["level"] == pytest.approx(0.99)
+    text = open(tmp_path / "a" / "calibration.md").read()
+    assert "probability >= 0.99 (1 - alpha, alpha=0.01 over all 24 inputs together" in text
+    # per-input intervals only on request, and then the printed level is 1 - N alpha
+    assert main(["calibration", "--from", run, str(tmp_path / "p"), "--per-input", "--alpha", "0.001"] + eps) == 0
+    per = json.load(open(tmp_path / "p" / "calibration.json"))
+    assert not per["joint"] and per["level"] == pytest.approx(1 - 24 * 0.001)
+    assert "hold only with probability >= 0.976 (1 - N * alpha, N=24)" in open(tmp_path / "p" / "calibration.md").read()
     for row in a["rows"]:
         assert row["cece_kind"] == "exact" and row["cbs"] >= row["brier"] and row["cece"] >= row["ece_brier_worst"]
     assert (tmp_path / "a" / "reliability.png").stat().st_size > 0

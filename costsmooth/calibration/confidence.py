@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from scipy.special import ndtr, ndtri, xlogy
+from scipy.special import ndtr, xlogy
 
+from .. import stats
 from .._checks import check_alpha, check_non_negative_finite
 from ..certify import ABSTAIN, certify_from_counts, conservative_sigma
 
@@ -87,7 +88,7 @@ def confidence_interval(conf_sum, n, alpha: float, method: str = "hoeffding") ->
         raise ValueError("conf_sum / n must lie in [0, 1]: conf_sum is a sum of n probabilities")
     mean = np.clip(mean, 0.0, 1.0) * np.ones(np.broadcast(mean, n).shape)
     if method == "hoeffding":
-        half = np.sqrt(np.log(2.0 / alpha) / (2.0 * n))
+        half = np.sqrt(np.log(2.0 / alpha) / (2.0 * n)) * (1.0 + stats.PPF_MARGIN)  # rounded up: 3 float ops
         low, up = mean - half, mean + half
     else:
         low = _kl_bound(mean, alpha / 2, n * np.ones_like(mean), upper=False)
@@ -101,7 +102,9 @@ def confidence_box(low, up, eps: float, sigma: float) -> Tuple[np.ndarray, np.nd
     ``(Phi(Phi^-1(low) - eps/sigma), Phi(Phi^-1(up) + eps/sigma))``: if ``low <= z(x) <= up`` then
     ``z(x + delta)`` lies in the box for every ``||delta||_2 <= eps``. sigma is the conservative one
     (``certify.conservative_sigma``: never more than the noise drawn); eps = 0 returns (low, up)
-    unchanged; otherwise the box is rounded outward by one ulp. Shapes ``[N]`` float64.
+    unchanged. Otherwise the box is rounded outward: eps/sigma up, Phi^-1 outward
+    (``stats.norm_ppf_down``/``norm_ppf_up``), the sum one ulp outward and Phi by a relative
+    ``stats.PPF_MARGIN`` (above the error of scipy's ndtr). Shapes ``[N]`` float64.
     """
     low, up = _as_float_array(low, "low"), _as_float_array(up, "up")
     if low.shape != up.shape or np.any(low > up) or np.any(low < 0) or np.any(up > 1):
@@ -109,10 +112,10 @@ def confidence_box(low, up, eps: float, sigma: float) -> Tuple[np.ndarray, np.nd
     eps = check_non_negative_finite(eps, "eps")
     if eps == 0:
         return low.copy(), up.copy()
-    shift = eps / conservative_sigma(sigma)
-    with np.errstate(divide="ignore"):
-        box_low = ndtr(ndtri(low) - shift)
-        box_up = ndtr(ndtri(up) + shift)
+    shift = np.nextafter(eps / conservative_sigma(sigma), np.inf)
+    with np.errstate(invalid="ignore"):
+        box_low = ndtr(np.nextafter(stats.norm_ppf_down(low) - shift, -np.inf)) * (1.0 - stats.PPF_MARGIN)
+        box_up = ndtr(np.nextafter(stats.norm_ppf_up(up) + shift, np.inf)) * (1.0 + stats.PPF_MARGIN)
     return np.clip(np.nextafter(box_low, -1.0), 0.0, 1.0), np.clip(np.nextafter(box_up, 2.0), 0.0, 1.0)
 
 
@@ -125,13 +128,15 @@ class CertifiedConfidences:
     estimate ``z_hat = prob_sums[cA] / n``. low, up: the confidence interval of z(x) at level
     ``alpha_interval``. Use ``box(eps)`` for the inputs certified at eps and their boxes.
 
-    The alpha split (union bound, per input): the prediction's certificate at alpha/2 and the two-sided
-    confidence interval at alpha/2, both from the estimation draw (cA from the independent selection
-    draw). With probability >= 1 - alpha, for every eps at once: the prediction is constant and the
-    confidence stays in ``box(eps)`` within ``||delta|| <= eps`` (``box`` is a deterministic function of
-    the interval). ``joint=True`` divides alpha by the number of inputs N (Bonferroni), so that every
-    input's statement -- and hence CBS and CECE over the dataset -- holds together with probability
-    >= 1 - alpha; otherwise the level is per input, as for certified accuracy.
+    The alpha split (union bound): each input's prediction certificate at alpha/(2N) and its two-sided
+    confidence interval at alpha/(2N), both from the estimation draw (cA from the independent selection
+    draw). With probability >= 1 - alpha, for all N inputs and every eps at once: each prediction is
+    constant and each confidence stays in ``box(eps)`` within ``||delta|| <= eps`` (``box`` is a
+    deterministic function of the interval). CBS and CECE are maxima over all N boxes, so this joint
+    statement is what they need: they hold with probability >= 1 - alpha (``level``).
+    ``joint=False`` (on request only) takes alpha per input (alpha/2 certificate, alpha/2 interval), as
+    for certified accuracy; then the dataset-level statement, and so every CBS and CECE, holds only with
+    probability >= 1 - N * alpha (``level``; 0 when N * alpha >= 1).
     """
     prediction: np.ndarray
     radius: np.ndarray
@@ -151,6 +156,24 @@ class CertifiedConfidences:
     def __len__(self) -> int:
         return int(self.prediction.size)
 
+    @property
+    def level(self) -> float:
+        """The probability with which the boxes of all inputs -- and so CBS and CECE -- hold together:
+        1 - alpha (joint), or 1 - N * alpha for per-input intervals (0 when that is negative)."""
+        return 1.0 - self.alpha if self.joint else max(0.0, 1.0 - len(self) * self.alpha)
+
+    def statement(self) -> str:
+        """The level in words, for the header of every table that reports CBS or CECE."""
+        if self.joint:
+            return (f"CBS and CECE hold with probability >= {self.level:.6g} (1 - alpha, alpha={self.alpha:g} over "
+                    f"all {len(self)} inputs together: each input's certificate and interval at "
+                    f"alpha/(2N)={self.alpha_interval:.3g})")
+        if self.level == 0:
+            return (f"per-input alpha={self.alpha:g} (--per-input): N * alpha = {len(self) * self.alpha:.3g} >= 1, so "
+                    f"CBS and CECE carry no dataset-level guarantee")
+        return (f"per-input alpha={self.alpha:g} (--per-input): CBS and CECE hold only with probability >= "
+                f"{self.level:.6g} (1 - N * alpha, N={len(self)})")
+
     def certified_at(self, eps: float) -> np.ndarray:
         """bool ``[N]``: the prediction is certified within ``||delta|| <= eps`` (radius > eps; at eps = 0,
         not abstained)."""
@@ -166,14 +189,16 @@ class CertifiedConfidences:
 
 
 def certified_confidences(selection_counts, counts, prob_sums, labels: Sequence[int], alpha: float, sigma: float,
-                          method: str = "hoeffding", joint: bool = False) -> CertifiedConfidences:
+                          method: str = "hoeffding", joint: bool = True) -> CertifiedConfidences:
     """Predictions, confidences and confidence intervals from the saved statistics of a certify run.
 
     Args:
         selection_counts, counts: int ``[N, C]`` votes of the selection (stream 0) and estimation
             (stream 1) draws; prob_sums: float64 ``[N, C]`` softmax sums of the estimation draw.
         labels: ``[N]`` class indices. alpha: total failure probability, split as described in
-            ``CertifiedConfidences`` (alpha/2 certificate, alpha/2 interval; divided by N if ``joint``).
+            ``CertifiedConfidences``: alpha/(2N) per input for the certificate and for the interval
+            (``joint``, the default), or with ``joint=False`` alpha/2 each per input, and then the
+            dataset-level statement holds at 1 - N * alpha only.
         sigma: the noise level; method: the interval ("hoeffding" or "kl").
     """
     alpha = check_alpha(alpha)
@@ -203,7 +228,7 @@ def certified_confidences(selection_counts, counts, prob_sums, labels: Sequence[
 
 def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int = 10000, alpha: float = 0.001,
                        seed: int = 0, batch_size=1000, indices: Optional[Sequence[int]] = None,
-                       method: str = "hoeffding", joint: bool = False, num_classes: Optional[int] = None,
+                       method: str = "hoeffding", joint: bool = True, num_classes: Optional[int] = None,
                        progress=None):
     """``certified_confidences`` from fresh samples of the engine, as certification draws them.
 

@@ -30,7 +30,8 @@ def calibration_table(conf: CertifiedConfidences, eps_list: Sequence[float], n_b
     """One row per eps: inputs (all), certified (fraction with a prediction certified at eps), accuracy,
     ece and brier (clean point estimates on those inputs), cbs, cece (with ``cece_kind`` "exact" or
     "attained (lower estimate)" and ``cece_method``), and the baselines ``ece_brier_worst`` and
-    ``ece_dece_ascent`` (attained lower estimates of CECE). ``_worst`` holds the CECE-attaining
+    ``ece_dece_ascent`` (attained lower estimates of CECE), and ``level``: the probability with which
+    CBS and CECE hold (``CertifiedConfidences.level``). ``_worst`` holds the CECE-attaining
     confidences and correctness (for the diagrams; not part of the printed table)."""
     rows = []
     for eps in eps_list:
@@ -41,7 +42,7 @@ def calibration_table(conf: CertifiedConfidences, eps_list: Sequence[float], n_b
             "accuracy": float(correct.mean()) if correct.size else float("nan"),
             "ece": expected_calibration_error(z_hat, correct, n_bins), "brier": brier_score(z_hat, correct),
             "cbs": certified_brier(low, up, correct), "cece": res.value, "cece_kind": res.label,
-            "cece_method": res.method,
+            "cece_method": res.method, "level": conf.level,
             "ece_brier_worst": ece_at_brier_worst(low, up, correct, n_bins) if baselines else None,
             "ece_dece_ascent": dece_ascent(low, up, correct, n_bins) if baselines and correct.size else None,
             "_worst": (res.confidences, correct, z_hat)})
@@ -63,6 +64,9 @@ def format_table(rows: List[dict]) -> str:
                      f"| {f(r['cbs'])} | {f(r['cece'])}{kind} | {f(r['ece_brier_worst'])} | {f(r['ece_dece_ascent'])} |")
     lines.append("\ncertified: the share of inputs whose prediction is certified at eps; every other column is over "
                  "those inputs (accuracy of certified = correct among them, not certified accuracy)")
+    if rows and rows[0].get("level") is not None:
+        lines.append(f"CBS and CECE hold, at every eps together, with probability >= {rows[0]['level']:.6g} over the "
+                     f"noise" + (" (per-input intervals: no dataset-level guarantee)" if rows[0]["level"] == 0 else ""))
     return "\n".join(lines)
 
 
@@ -112,10 +116,11 @@ def plot_reliability(rows: List[dict], path: str, n_bins: int = 10, title: str =
 
 
 def confidences_from_run(tsv: str, alpha: Optional[float] = None, method: str = "hoeffding",
-                         joint: bool = False) -> CertifiedConfidences:
+                         joint: bool = True) -> CertifiedConfidences:
     """``certified_confidences`` from a ``certify --prob-sums`` run's saved statistics (no sampling).
 
-    alpha: total failure probability (default: the run's alpha), split as in ``CertifiedConfidences``.
+    alpha: total failure probability (default: the run's alpha), split as in ``CertifiedConfidences``
+    (over all inputs together; ``joint=False``: per input, level 1 - N * alpha).
     Inputs recorded as invalid (not sampled) are left out.
     """
     from ..results import read_counts, read_meta
@@ -172,9 +177,11 @@ def register_cli(sub) -> None:
                                    "prediction is certified at eps, the clean ECE and Brier score, the certified "
                                    "Brier score (CBS, exact) and certified ECE (CECE; exact, or an attained lower "
                                    "estimate where labelled). Writes OUT/calibration.md, OUT/calibration.json and "
-                                   "OUT/reliability.png. alpha is split alpha/2 for the predictions' certificates "
-                                   "and alpha/2 for the confidence intervals (per input; --joint: for all inputs "
-                                   "together). With --from, the tables come from a certify --prob-sums run.")
+                                   "OUT/reliability.png. CBS and CECE are maxima over all N inputs, so they hold "
+                                   "with probability >= 1 - alpha over all inputs together: each input's "
+                                   "certificate and confidence interval take alpha/(2N). --per-input takes alpha/2 "
+                                   "each per input instead; the tables then hold only at 1 - N * alpha, and the "
+                                   "header says so. With --from, the tables come from a certify --prob-sums run.")
     p.add_argument("positional", nargs="*", metavar="DATA MODEL SIGMA OUT",
                    help="dataset, model file, noise level and output directory (with --from: OUT only)")
     p.add_argument("--from", dest="from_run", metavar="RUN.tsv", help="a certify --prob-sums run: the tables come from its saved statistics (no sampling; the sampling options are not used)")
@@ -184,7 +191,14 @@ def register_cli(sub) -> None:
                    help="CECE solver: signs/milp exact, admm an attained lower estimate")
     p.add_argument("--ci", default="hoeffding", choices=list(CI_METHODS),
                    help="confidence interval of the smoothed confidence (kl: Chernoff, tighter near 0 and 1)")
-    p.add_argument("--joint", action="store_true", help="divide alpha by the number of inputs (Bonferroni)")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--per-input", dest="joint", action="store_false",
+                       help="alpha per input (as for certified accuracy): CBS and CECE then hold only with "
+                            "probability 1 - N * alpha")
+    level.add_argument("--joint", dest="joint", action="store_true",
+                       help="alpha over all N inputs together (alpha/N each; the default, kept for old command "
+                            "lines)")
+    p.set_defaults(joint=True)
     p.add_argument("--alpha", type=probability, help="total failure probability (default 0.001; with --from the run's)")
     add_sampling_args(p, n0=100, n=10000)
 
@@ -213,15 +227,15 @@ def register_cli(sub) -> None:
             conf = _sample(args, model_path, data, sigma)
             source = f"{model_path} on {data}, N0={args.N0}, N={args.N}, seed={args.seed}"
         rows = calibration_table(conf, eps_list, args.bins, args.method)
-        level = "all inputs together (--joint)" if conf.joint else "per input"
-        header = (f"Certified calibration ({source}): {len(conf)} inputs, {args.bins} bins, alpha={conf.alpha:g} "
-                  f"{level} (certificate alpha/2, {conf.method} interval alpha/2), sigma={conf.sigma:g}")
+        header = (f"Certified calibration ({source}): {len(conf)} inputs, {args.bins} bins, {conf.method} "
+                  f"interval, sigma={conf.sigma:g}; {conf.statement()}")
         table = format_table(rows)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "calibration.md"), "w") as f:
             f.write(header + "\n\n" + table + "\n")
         with open(os.path.join(out, "calibration.json"), "w") as f:
-            json.dump({"source": source, "alpha": conf.alpha, "joint": conf.joint, "interval": conf.method,
+            json.dump({"source": source, "alpha": conf.alpha, "joint": conf.joint, "level": conf.level,
+                       "interval": conf.method,
                        "sigma": conf.sigma, "n": conf.n, "bins": args.bins, "rows": _json_rows(rows)}, f, indent=1)
         plot_reliability(rows, os.path.join(out, "reliability.png"), args.bins, header if len(header) < 120 else "")
         print(header + "\n\n" + table)
