@@ -10,6 +10,14 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 UINT32_MAX = 2**32 - 1
 
 
+def error_line(err: BaseException) -> str:
+    """An exception as one line of text (an OSError with its file name), for ``error: ...`` messages."""
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return " ".join(text.split())
+
+
 def check_count(value, name: str, minimum: int = 1) -> int:
     """An integer >= minimum (a sample count, a batch size)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -10,8 +11,10 @@ from typing import List, Optional
 
 import torch
 
+from ._checks import error_line
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_sampling_args, check_data_model_order,
                    float_list, parse_cost, positive_float, probability, resolve_device)
+from .distributed import RankError
 from .runs import analyze, probe_num_classes, recertify
 from .input_dependent import add_sigma_fn_args, sigma_from_args
 
@@ -20,7 +23,7 @@ __all__ = ["main", "build_parser"]
 
 def cmd_certify(args) -> None:
     from .data import load_dataset
-    from .distributed import certify_distributed, init_from_env, parse_shard
+    from .distributed import FailFast, certify_distributed, init_from_env, parse_shard
     from .models import load_model
     from .runs import certify_dataset, summarize_run
     from .sequential import run_certify_command
@@ -42,33 +45,35 @@ def cmd_certify(args) -> None:
         raise UsageError("--shard is for separate jobs (SLURM arrays); under torchrun the inputs are sharded across "
                          "ranks already: drop --shard")
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset, split=args.split)
-    model = load_model(args.model)
+    # under torchrun the process group comes first, so that a failure anywhere below (an unreadable
+    # file on one rank, a NaN input, out of memory) stops every rank at once (distributed.FailFast)
     ctx = init_from_env() if distributed else None
-    if ctx is not None and device.type == "cuda":
-        device = ctx["device"]  # each rank on its local GPU
-    num_classes = probe_num_classes(model.to(device), dataset, device)
-    cost = parse_cost(args, num_classes)
-    sigma = sigma_from_args(args, device)  # a number, or KNNSigma with --sigma-fn (costsmooth.input_dependent)
-    t0 = time.perf_counter()
-    kwargs = dict(n0=args.N0, n=args.N, alpha=args.alpha, batch=args.batch, skip=args.skip, max_index=args.max,
-                  cost=cost, seed=args.seed, device=device,
-                  meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
-                  autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
-                  channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
-                  progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums)
-    if ctx is not None:
-        import torch.distributed as dist
-        try:
+    guard = FailFast(ctx["rank"], ctx["world"]) if ctx is not None else contextlib.nullcontext()
+    with guard:
+        dataset = load_dataset(args.dataset, split=args.split)
+        model = load_model(args.model)
+        if ctx is not None and device.type == "cuda":
+            device = ctx["device"]  # each rank on its local GPU
+        num_classes = probe_num_classes(model.to(device), dataset, device)
+        cost = parse_cost(args, num_classes)
+        sigma = sigma_from_args(args, device)  # a number, or KNNSigma with --sigma-fn (costsmooth.input_dependent)
+        t0 = time.perf_counter()
+        kwargs = dict(n0=args.N0, n=args.N, alpha=args.alpha, batch=args.batch, skip=args.skip, max_index=args.max,
+                      cost=cost, seed=args.seed, device=device,
+                      meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
+                      autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
+                      channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
+                      progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums)
+        if ctx is None:
+            stats = certify_dataset(model, dataset, sigma, args.outfile, shard=shard, **kwargs)
+        else:
             stats = certify_distributed(model, dataset, sigma, args.outfile, split_samples=args.split_samples,
                                         ctx=ctx, **kwargs)
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
+    if ctx is not None:
+        import torch.distributed as dist
+        dist.destroy_process_group()  # after success only: on a failure the process ends (FailFast)
         if ctx["rank"] != 0:
             return
-    else:
-        stats = certify_dataset(model, dataset, sigma, args.outfile, shard=shard, **kwargs)
     print(summarize_run(stats["outfile"] if shard is not None else args.outfile, stats, time.perf_counter() - t0))
 
 
@@ -193,14 +198,9 @@ def main(argv=None) -> int:
                  else "run the same command again to resume")
         print(f"\ninterrupted: finished results are kept; {again}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, TypeError, OSError) as err:
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, TypeError, OSError, RankError) as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
-        text = f"{err.filename}: {text}"
-    return " ".join(text.split())

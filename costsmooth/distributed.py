@@ -14,18 +14,96 @@ its certificates:
 Both give TSV rows (all but the time column) and counts files identical to one process. torchrun
 starts the processes (``torchrun --nproc-per-node K -m costsmooth certify ...``); the backend is NCCL
 when CUDA is available (each rank on its local GPU), else gloo.
+
+**Fail fast** (``FailFast``): an error on any rank (a non-finite input, out of memory, an unreadable
+file, anything raised) is written to the rendezvous store under the rank's number, and every other
+rank polls the store twice a second and exits at once, wherever it is waiting (a collective, the
+process group's timeout is days). The failing rank prints one line, ``error: rank R of K: CAUSE``;
+the others stop silently. Every finished row is on disk (rows are appended and synced one by one), so
+running the same command again resumes.
 """
 from __future__ import annotations
 
 import datetime
 import json
 import os
+import sys
+import threading
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["SampleSplit", "init_from_env", "part_path", "certify_distributed", "merge_parts", "parse_shard"]
+from ._checks import error_line
+
+__all__ = ["SampleSplit", "init_from_env", "part_path", "certify_distributed", "merge_parts", "parse_shard",
+           "FailFast", "RankError"]
+
+POLL_SECONDS = 0.5  # how often each rank looks for another rank's failure
+
+
+class RankError(RuntimeError):
+    """An error on one rank of a distributed run; the message names the rank and the cause in one line."""
+
+
+class FailFast:
+    """Stop every rank within about ``poll`` seconds when one rank fails.
+
+    ``with FailFast(rank, world):`` around a rank's work. An exception inside is recorded in the
+    rendezvous store (``MASTER_ADDR:MASTER_PORT``, the TCPStore that torchrun's agent or rank 0 serves)
+    as ``rank R of K: CAUSE`` and re-raised as ``RankError`` with that message. A thread on every rank
+    polls the store and, when another rank has failed, ends its process at once (``os._exit(2)``):
+    what it was waiting for will never come. Finished rows are already synced to disk. When the store
+    cannot be reached the thread stops watching (the launcher then ends the ranks).
+    """
+
+    KEY = "costsmooth/failed"
+
+    def __init__(self, rank: int, world: int, poll: float = POLL_SECONDS):
+        import torch.distributed as dist
+
+        self.rank, self.world, self.poll = rank, world, poll
+        self._stop = threading.Event()
+        host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+        timeout = datetime.timedelta(seconds=30)
+        # one client connection per use: the watcher thread and the reporting thread never share one
+        self._report_store = dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
+        self._watch_store = dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
+        self._thread = threading.Thread(target=self._watch, name="costsmooth-fail-fast", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, RankError):  # done, or already reported by an inner FailFast
+            self._stop.set()
+            return False
+        message = f"rank {self.rank} of {self.world}: {error_line(err)}"
+        if isinstance(err, KeyboardInterrupt):
+            message = f"rank {self.rank} of {self.world}: interrupted"
+        try:  # the first failure wins; a rank stopped by another's failure never gets here
+            self._report_store.compare_set(self.KEY, "", message)
+        except Exception:  # noqa: BLE001  (the store is gone: the launcher stops the ranks)
+            pass
+        self._stop.set()
+        if isinstance(err, KeyboardInterrupt):
+            return False
+        raise RankError(message) from err
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                if not self._watch_store.check([self.KEY]):
+                    continue
+                message = self._watch_store.get(self.KEY).decode(errors="replace")
+            except Exception:  # noqa: BLE001  (store unreachable: stop watching)
+                return
+            if self._stop.is_set() or message.startswith(f"rank {self.rank} of "):
+                return
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)  # another rank failed (it printed the message); nothing this rank waits for will come
 
 
 def parse_shard(text: str) -> Tuple[int, int]:
@@ -99,14 +177,21 @@ def certify_distributed(model, dataset, sigma: float, outfile: str, *, split_sam
     (resumable as any run), then rank 0 merges the parts into ``outfile``. ``split_samples``: each
     input's samples are split across ranks and rank 0 writes ``outfile``. Returns what
     ``certify_dataset`` returns on this rank (rank 0's stats describe the whole run for sample splits).
+    An error on any rank stops every rank within a second (``FailFast``) and is raised there as
+    ``RankError`` naming the rank.
     """
+    ctx = ctx or init_from_env()
+    if ctx is None:
+        raise ValueError("certify_distributed needs several processes: start it with torchrun --nproc-per-node K")
+    with FailFast(ctx["rank"], ctx["world"]):
+        return _certify_ranks(model, dataset, sigma, outfile, split_samples, ctx, kwargs)
+
+
+def _certify_ranks(model, dataset, sigma: float, outfile: str, split_samples: bool, ctx: dict, kwargs: dict):
     import torch.distributed as dist
 
     from .runs import certify_dataset
 
-    ctx = ctx or init_from_env()
-    if ctx is None:
-        raise ValueError("certify_distributed needs several processes: start it with torchrun --nproc-per-node K")
     rank, world = ctx["rank"], ctx["world"]
     meta_extra = dict(kwargs.pop("meta_extra", None) or {})
     if split_samples:

@@ -136,3 +136,80 @@ def test_killing_one_rank_and_rerunning_loses_and_duplicates_nothing(files, sing
     assert res.returncode == 0, res.stderr[-3000:]
     assert rows_without_time(out) == rows_without_time(single)
     assert counts_text(out) == counts_text(single)
+
+
+FAIL_FAST_SCRIPT = """
+import sys, time
+from costsmooth.distributed import FailFast, RankError, init_from_env
+ctx = init_from_env()
+try:
+    with FailFast(ctx["rank"], ctx["world"], poll=0.2):
+        if ctx["rank"] == 1:
+            raise MemoryError("CUDA out of memory (simulated)")
+        time.sleep(600)  # rank 0: long work that nothing else would interrupt
+except RankError as err:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    time.sleep(60)  # the failing rank stays alive: only the fail-fast protocol can stop rank 0
+"""
+
+
+def test_a_failure_on_one_rank_stops_the_others_within_seconds(tmp_path):
+    # Two ranks launched directly (as a SLURM step would: no torchrun agent to kill the others), gloo.
+    # Rank 1 fails and stays alive; rank 0 sleeps for 600 s. Rank 0 must exit within 15 s of the start
+    # of the failure (polls every 0.2 s; the rest is process start-up on a loaded machine).
+    port = 31500 + os.getpid() % 1000
+    base = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port))
+    procs = [subprocess.Popen([sys.executable, "-c", FAIL_FAST_SCRIPT], env=dict(base, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (procs[1].poll() is None and _stderr_line(procs[1])):
+            time.sleep(0.05)
+        failed_at = time.time()
+        assert procs[0].wait(timeout=15) == 2  # stopped by rank 1's failure
+        assert time.time() - failed_at < 15
+        assert procs[1].poll() is None  # rank 1 is still alive: rank 0 did not stop because its peer left
+        assert procs[1]._line == "error: rank 1 of 2: CUDA out of memory (simulated)"
+        assert procs[0].stderr.read().strip() == ""  # one message in all: the failing rank's
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def _stderr_line(proc):
+    """Non-blocking: the first line rank 1 wrote to stderr, once it is there."""
+    import select
+    if getattr(proc, "_line", None):
+        return proc._line
+    if select.select([proc.stderr], [], [], 0)[0]:
+        proc._line = proc.stderr.readline().strip()
+    return getattr(proc, "_line", None)
+
+
+def test_torchrun_nan_input_on_one_rank_one_message_and_resume(files, single):
+    # Input 21 is NaN: rank 1 of 2 owns it (odd indices). One line names the rank and the cause; the
+    # finished rows are kept, and the same command with --skip-invalid resumes and completes the run.
+    data = torch.load(files / "data.pt")
+    data["inputs"][21, 2] = float("nan")
+    torch.save(data, files / "nan.pt")
+    out = files / "n.tsv"
+    args = ["certify", str(files / "nan.pt"), str(files / "model.pt"), "0.5", str(out), "--N0", "50", "--N", "2000",
+            "--alpha", "0.001", "--batch", "4000", "--quiet", "--device", "cpu", *COST]
+    torchrun_bin = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    launcher = [torchrun_bin] if os.path.exists(torchrun_bin) else [sys.executable, "-m", "torch.distributed.run"]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = launcher + ["--nproc-per-node", "2", "--master-port", str(32500 + os.getpid() % 1000), "-m", "costsmooth"]
+    res = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: rank 1 of 2: input 21 of nan.pt contains NaN values; clean the data, or pass "
+                      "--skip-invalid to record such inputs as not certified and go on"]
+    assert "[rank0]" not in res.stderr and "Connection closed" not in res.stderr  # rank 0 stopped quietly
+    res = subprocess.run(cmd + args + ["--skip-invalid"], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = rows_without_time(out)
+    assert [r for r in rows if r["idx"] != "21"] == [r for r in rows_without_time(single) if r["idx"] != "21"]
+    assert next(r for r in rows if r["idx"] == "21")["predict"] == "-1"
