@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
 from . import stats
 from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
