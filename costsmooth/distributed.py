@@ -64,15 +64,27 @@ class FailFast:
 
         self.rank, self.world, self.poll = rank, world, poll
         self._stop = threading.Event()
-        host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "29500"))
+        self._report_store = self._watch_store = None
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not (host and port):  # a process group started otherwise (file://, tcp:// init_method): no store to share
+            warnings.warn("MASTER_ADDR/MASTER_PORT are not set: a failure on one rank will not stop the others "
+                          "(start the processes with torchrun)")
+            return
         timeout = datetime.timedelta(seconds=30)
-        # one client connection per use: the watcher thread and the reporting thread never share one
-        self._report_store = dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
-        self._watch_store = dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
+        try:  # one client connection per use: the watcher thread and the reporting thread never share one
+            self._report_store = dist.TCPStore(host, int(port), is_master=False, timeout=timeout,
+                                               wait_for_workers=False)
+            self._watch_store = dist.TCPStore(host, int(port), is_master=False, timeout=timeout,
+                                              wait_for_workers=False)
+        except (RuntimeError, ValueError) as err:
+            warnings.warn(f"cannot reach the rendezvous store at {host}:{port} ({error_line(err)}): a failure on one "
+                          f"rank will not stop the others")
+            self._report_store = self._watch_store = None
         self._thread = threading.Thread(target=self._watch, name="costsmooth-fail-fast", daemon=True)
 
     def __enter__(self):
-        self._thread.start()
+        if self._watch_store is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, kind, err, tb):
@@ -83,7 +95,8 @@ class FailFast:
         if isinstance(err, KeyboardInterrupt):
             message = f"rank {self.rank} of {self.world}: interrupted"
         try:  # the first failure wins; a rank stopped by another's failure never gets here
-            self._report_store.compare_set(self.KEY, "", message)
+            if self._report_store is not None:
+                self._report_store.compare_set(self.KEY, "", message)
         except Exception:  # noqa: BLE001  (the store is gone: the launcher stops the ranks)
             pass
         self._stop.set()
