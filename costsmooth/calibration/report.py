@@ -191,14 +191,13 @@ def register_cli(sub) -> None:
                    help="CECE solver: signs/milp exact, admm an attained lower estimate")
     p.add_argument("--ci", default="hoeffding", choices=list(CI_METHODS),
                    help="confidence interval of the smoothed confidence (kl: Chernoff, tighter near 0 and 1)")
-    level = p.add_mutually_exclusive_group()
-    level.add_argument("--per-input", dest="joint", action="store_false",
+    level = p.add_mutually_exclusive_group()  # neither given: joint (args.joint is None)
+    level.add_argument("--per-input", dest="joint", action="store_false", default=None,
                        help="alpha per input (as for certified accuracy): CBS and CECE then hold only with "
                             "probability 1 - N * alpha")
-    level.add_argument("--joint", dest="joint", action="store_true",
-                       help="alpha over all N inputs together (alpha/N each; the default, kept for old command "
-                            "lines)")
-    p.set_defaults(joint=True)
+    level.add_argument("--joint", dest="joint", action="store_true", default=None,
+                       help="alpha over all N inputs together (alpha/N each), as without --per-input; kept for "
+                            "old command lines")
     p.add_argument("--alpha", type=probability, help="total failure probability (default 0.001; with --from the run's)")
     add_sampling_args(p, n0=100, n=10000)
 
@@ -210,7 +209,7 @@ def register_cli(sub) -> None:
             if len(args.positional) != 1:
                 raise UsageError("with --from RUN.tsv give exactly one argument, OUT (the output directory)")
             out = args.positional[0]
-            conf = confidences_from_run(args.from_run, args.alpha, args.ci, args.joint)
+            conf = confidences_from_run(args.from_run, args.alpha, args.ci, args.joint is not False)
             source = f"from {args.from_run}"
         else:
             if len(args.positional) != 4:
@@ -260,7 +259,7 @@ def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfiden
     bar = tqdm(total=len(ids) * args.N, unit="sample", unit_scale=True, disable=args.quiet, desc="calibration")
     conf, *_ = sample_confidences(model, dataset.inputs[ids].to(device), dataset.labels[ids], sigma, n0=args.N0,
                                   n=args.N, alpha=args.alpha or 0.001, seed=args.seed, batch_size=args.batch,
-                                  indices=ids, method=args.ci, joint=args.joint, num_classes=num_classes,
+                                  indices=ids, method=args.ci, joint=args.joint is not False, num_classes=num_classes,
                                   progress=bar)
     bar.close()
     return conf
