@@ -41,7 +41,7 @@ from scipy.stats import ncx2, norm
 
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
-from .certify import (ABSTAIN, Certificate, _counts_matrix, _labels, conservative_sigma,
+from .certify import (ABSTAIN, Certificate, _counts_matrix, _labels, conservative_sigma, half_gap_radius,
                       cost_sensitive_certificate, standard_certificate)
 from .cost import CostMatrix
 
@@ -141,8 +141,9 @@ def _passes(p_a: float, p_b: float, d, sigma0: float, r: float, dim: int, slack:
     d = np.asarray(d, dtype=np.float64)
     s = _ratios(d, sigma0, r, slack)
     dd = np.broadcast_to(d[:, None], s.shape)
-    xi_a = worst_case_probability(1.0 - p_a, dd, sigma0, sigma0 * s, dim).max(axis=1)
-    if p_b == 1.0 - p_a:
+    not_a = float(stats.complement_up(p_a))  # an upper bound on P(not A): 1 - p_a rounded up
+    xi_a = worst_case_probability(not_a, dd, sigma0, sigma0 * s, dim).max(axis=1)
+    if p_b == not_a:
         xi_b = xi_a
     else:
         xi_b = worst_case_probability(p_b, dd, sigma0, sigma0 * s, dim).max(axis=1)
@@ -187,7 +188,7 @@ def two_class_radius(p_lower: float, p_upper: float, sigma0: float, r: float, di
     p_a, p_b, sigma0, r, dim, slack = _check_radius_args(p_lower, p_upper, sigma0, r, dim, ratio_slack)
     if p_a <= 0.0 or p_b >= 1.0 or p_b >= p_a:
         return 0.0
-    cohen = sigma0 / 2.0 * (norm.ppf(p_a) - norm.ppf(p_b)) if p_a < 1.0 else math.inf
+    cohen = float(half_gap_radius(p_a, p_b, sigma0)) if p_a < 1.0 else math.inf  # rounded down
     if r == 0.0 and slack == 0.0:
         return float(max(cohen, 0.0))
     if not math.isfinite(cohen):
@@ -234,9 +235,9 @@ def certified_radius(p_lower: float, sigma0: float, r: float, dim: int, *, ratio
     if p_a <= 0.5:
         _check_radius_args(p_a, 1.0 - p_a, sigma0, r, dim, ratio_slack)
         return 0.0
-    if r == 0.0 and ratio_slack == 0.0:
-        return float(check_positive_finite(sigma0, "sigma0") * norm.ppf(p_a))
-    return two_class_radius(p_a, 1.0 - p_a, sigma0, r, dim, ratio_slack=ratio_slack)
+    if r == 0.0 and ratio_slack == 0.0:  # Cohen's closed form, rounded down (costsmooth.stats)
+        return float(stats.round_toward_zero(check_positive_finite(sigma0, "sigma0") * stats.norm_ppf_down(p_a)))
+    return two_class_radius(p_a, float(stats.complement_up(p_a)), sigma0, r, dim, ratio_slack=ratio_slack)
 
 
 def admissible_ratio(dim: int, sigma0: float, p_lower: float, d: float) -> Tuple[float, float]:
