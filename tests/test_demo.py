@@ -1,4 +1,5 @@
 """The demo end to end on the embedded breast-cancer data (shortened: one epoch, few samples)."""
+import hashlib
 import os
 
 from costsmooth import demo
@@ -37,3 +38,6 @@ def test_full_demo_after_quick_demo_trains_and_certifies_afresh(tmp_path, monkey
         assert read_meta(str(tmp_path / "quick" / f"{name}.tsv"))["n"] == 32
         ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
         assert ckpt["epoch"] == 2 and ckpt["settings"]["epochs"] == 2
+    # CS-RS fine-tunes the full run's own Gaussian model
+    init = torch.load(tmp_path / "cs_rs" / "checkpoint.pt", weights_only=False)["settings"]["init_sha256"]
+    assert init == hashlib.sha256((tmp_path / "gaussian" / "checkpoint.pt").read_bytes()).hexdigest()
