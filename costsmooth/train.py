@@ -296,8 +296,8 @@ def _warn_lost_seed_classes(record: dict, seed_classes, held: dict, epoch: int, 
     if lost:
         warnings.warn(f"epoch {epoch}/{epochs}: seed class " + ", ".join(f"{c} is predicted for {v:.0%}" for c, v in lost)
                       + f" of its training inputs under noise (all classes: {record['noisy_acc']:.0%}); the {loss} "
-                      f"objective is giving the seed class away: lower the weight of its hinge terms "
-                      f"(--loss-arg lambda1=...)", RuntimeWarning, stacklevel=3)
+                      f"objective is giving the seed class away: fine-tune a Gaussian model (--init), lower "
+                      f"--loss-arg lambda1, or use a label-anchored cs_rs loss", RuntimeWarning, stacklevel=3)
 
 
 def _finite_outputs(model, x: torch.Tensor) -> bool:

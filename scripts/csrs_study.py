@@ -146,7 +146,7 @@ COLUMNS = [("cert_acc_0", "cert acc r=0"), ("cert_acc_25", "cert acc r=0.25"), (
 
 def _mean_spread(values):
     v = np.array(values, dtype=float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"  # one seed: no spread
 
 
 def compare_table(rows, cases, labels) -> str:
