@@ -221,8 +221,11 @@ class CSRSSeedwise(_Loss):
     them back); other inputs with ``0 < xi < gamma2`` add ``gamma2 - xi``.
     ``L = [sum CE + lambda1 * sigma/2 * (sum_seed + sum_other)] / B``, CE = ``-log(g_hat_y + 1e-10)``.
     ``window="correct"`` applies the seed hinge only where ``0 < xi < gamma1`` (misclassified seed inputs
-    are left to the cross-entropy). With an input-dependent sigma function, each input's noise is drawn
-    at ``sigma(x)`` and the hinge weight uses the batch mean of sigma.
+    are left to the cross-entropy). ``anchor`` matters only for the pairwise loss (seedwise, the label and
+    the top class give the same term). With an input-dependent sigma function, each input's noise is drawn
+    at ``sigma(x)`` and the hinge weight uses the batch mean of sigma. Measured on digits and wine
+    (docs/cs_rs.md), fine-tuning a Gaussian-trained model (``costsmooth train --init``) keeps its
+    accuracy where training from scratch with the seed term loses 1.6 to 2 points.
     """
     name = "cs_rs"
     accepts_sigma_fn = True
