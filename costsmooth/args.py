@@ -18,7 +18,7 @@ from .cost import CostMatrix
 
 __all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
-           "probability", "max_arg", "check_data_model_order"]
+           "probability", "max_arg", "check_data_model_order", "add_model_args", "model_from_args"]
 
 
 class UsageError(ValueError):
@@ -187,3 +187,34 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n0: int, n: int, seed_help:
     p.add_argument("--seed", type=seed_arg, default=0, help=seed_help)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, arch: bool = True, normalize: bool = True) -> None:
+    """The options of every command that loads a model file: --arch (a bare state dict's architecture),
+    --normalize (the input normalisation of a file without one) and --trust-model-code."""
+    from .models import ARCHS, NORMALIZE_CHOICES
+
+    g = p.add_argument_group("model file (checkpoints and state dicts load without running code from the file)")
+    if arch:
+        g.add_argument("--arch", choices=sorted(ARCHS), metavar="ARCH",
+                       help="architecture of a bare state dict, e.g. torchvision's resnet50 weights (one of "
+                            f"{', '.join(sorted(ARCHS))}); a checkpoint names its own")
+    if normalize:
+        g.add_argument("--normalize", metavar=NORMALIZE_CHOICES,
+                       help="input normalisation of a file that carries none (Cohen et al.'s checkpoints, torchvision "
+                            "weights); default: DATASET's (cifar10 and imagenet: Cohen et al.'s constants). A file "
+                            "with its own normalisation keeps it")
+    g.add_argument("--trust-model-code", action="store_true",
+                   help="also load a torch.save'd whole nn.Module: a pickle, so loading it runs code from the file; "
+                        "use only for files you trust (not needed for TorchScript, checkpoints or state dicts)")
+
+
+def model_from_args(args, path: str, dataset_spec: Optional[str] = None, dataset=None, map_location="cpu"):
+    """The model in ``path`` loaded with the options of ``add_model_args`` (``costsmooth.models.load_model``);
+    ``dataset_spec`` (e.g. ``cifar10:ROOT``) decides the default normalisation, ``dataset`` gives the
+    input shape of a file that does not record it."""
+    from .models import load_model
+
+    return load_model(path, map_location, input_shape=getattr(dataset, "input_shape", None), dataset=dataset_spec,
+                      arch=getattr(args, "arch", None), normalize=getattr(args, "normalize", None),
+                      trust_code=args.trust_model_code)

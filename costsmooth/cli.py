@@ -12,8 +12,9 @@ from typing import List, Optional
 import torch
 
 from ._checks import error_line
-from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_sampling_args, check_data_model_order,
-                   float_list, parse_cost, positive_float, probability, resolve_device)
+from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_model_args, add_sampling_args,
+                   check_data_model_order, float_list, model_from_args, parse_cost, positive_float, probability,
+                   resolve_device)
 from .distributed import RankError
 from .runs import analyze, probe_num_classes, recertify
 from .input_dependent import add_sigma_fn_args, sigma_from_args
@@ -24,7 +25,6 @@ __all__ = ["main", "build_parser"]
 def cmd_certify(args) -> None:
     from .data import load_dataset
     from .distributed import FailFast, certify_distributed, init_from_env, parse_shard
-    from .models import load_model
     from .runs import certify_dataset, summarize_run
     from .sequential import run_certify_command
 
@@ -51,7 +51,7 @@ def cmd_certify(args) -> None:
     guard = FailFast(ctx["rank"], ctx["world"]) if ctx is not None else contextlib.nullcontext()
     with guard:
         dataset = load_dataset(args.dataset, split=args.split)
-        model = load_model(args.model)
+        model = model_from_args(args, args.model, args.dataset, dataset)
         if ctx is not None and device.type == "cuda":
             device = ctx["device"]  # each rank on its local GPU
         num_classes = probe_num_classes(model.to(device), dataset, device)
@@ -115,11 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "another --skip/--max extends the run.")
     p.add_argument("dataset", help="digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, "
                                    "or a .pt file (see the README for its keys)")
-    p.add_argument("base_classifier", metavar="MODEL", help="TorchScript, torch.save'd module, or checkpoint")
+    p.add_argument("base_classifier", metavar="MODEL",
+                   help="checkpoint (costsmooth's or Cohen et al.'s layout), state dict (with --arch), TorchScript, "
+                        "or a torch.save'd module (with --trust-model-code)")
     p.add_argument("sigma", type=positive_float, help="noise level")
     p.add_argument("outfile", help="output TSV (re-running the same command resumes it)")
     p.add_argument("--alpha", type=probability, default=0.001, help="failure probability")
     add_sampling_args(p, n0=100, n=100000)  # --N0 --N --batch --skip --max --split --seed --device --quiet
+    add_model_args(p)  # --arch --normalize --trust-model-code
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the model (a reduced-precision run certifies that model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")

@@ -120,6 +120,22 @@ CIFAR10_LAYOUT = ("a CIFAR-10 'python version' folder: ROOT/data_batch_1 .. data
                   "(pickled dicts with b'data' uint8 [N, 3072] and b'labels'), optional ROOT/batches.meta")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch (a dict of bytes, ints, lists and a uint8 numpy array) and nothing else:
+    any other class or function the file names (e.g. ``os.system``) is refused, never imported or called."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # bytes in protocol-2 pickles written by Python 3 (text -> latin-1 bytes)
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds (refused: "
+                                         f"unpickling it could run code)")
+        return super().find_class(module, name)
+
+
 def load_cifar10(root: str, split: str = "test") -> Dataset:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     xs, ys = [], []
@@ -129,7 +145,7 @@ def load_cifar10(root: str, split: str = "test") -> Dataset:
             raise DatasetError(f"CIFAR-10: {path} not found. Expected {CIFAR10_LAYOUT}")
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _CifarUnpickler(f, encoding="bytes").load()
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels = np.asarray(batch[b"labels"], dtype=np.int64)
         except Exception as err:

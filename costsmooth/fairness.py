@@ -437,8 +437,8 @@ def format_synthetic(study: Mapping, population: bool = True) -> str:
 
 # -- command line ------------------------------------------------------------------------------------
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_sampling_args, check_data_model_order, positive_float,
-                       positive_int, probability, resolve_device)
+    from .args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order,
+                       model_from_args, positive_float, positive_int, probability, resolve_device)
 
     p = sub.add_parser("fairness", help="class-wise natural, PGD robust and certified error (robustness disparity)",
                        formatter_class=HelpFormatter,
@@ -447,7 +447,9 @@ def register_cli(sub) -> None:
                                    "saves a bar plot. --synthetic runs the two-Gaussian study of same-class mixup "
                                    "(Zhong & Tandon 2024) instead, in seconds.")
     p.add_argument("dataset", nargs="?", metavar="DATA", help="digits, breast_cancer, cifar10:ROOT, ... or a .pt file")
-    p.add_argument("model", nargs="?", metavar="MODEL", help="TorchScript, torch.save'd module or checkpoint")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="checkpoint, state dict (with --arch), TorchScript, or a torch.save'd module (with "
+                        "--trust-model-code)")
     p.add_argument("--synthetic", action="store_true", help="run the two-Gaussian study (no DATA or MODEL)")
     p.add_argument("--seeds", type=positive_int, default=5, help="--synthetic: number of seeds")
     p.add_argument("--sigma", type=positive_float, help="noise level of the smoothed classifier (required with MODEL)")
@@ -463,6 +465,7 @@ def register_cli(sub) -> None:
     p.add_argument("--radius", type=float, default=0.25, help="radius of the certified error")
     p.add_argument("--alpha", type=probability, default=0.001, help="failure probability of each certificate")
     add_sampling_args(p, n0=64, n=1000, seed_help="seed of the noise and the attack's random start")
+    add_model_args(p)  # --arch --normalize --trust-model-code
 
     def run(args):
         if args.synthetic:
@@ -487,11 +490,10 @@ def register_cli(sub) -> None:
         if not (args.radius >= 0 and np.isfinite(args.radius)):
             raise UsageError(f"--radius must be a finite number >= 0, got {args.radius}")
         from .data import load_dataset
-        from .models import load_model
         from .runs import probe_num_classes
         device = resolve_device(args.device)
         dataset = load_dataset(args.dataset, split=args.split)
-        model = load_model(args.model)
+        model = model_from_args(args, args.model, args.dataset, dataset)
         probe_num_classes(model.to(device), dataset, device)
         out = args.out or "fairness_out"
         report = fairness_report(model, dataset, args.sigma, out, eps=args.eps, norm=args.norm, steps=args.steps,

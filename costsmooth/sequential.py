@@ -702,9 +702,8 @@ def add_sequential_args(p) -> None:
 
 def run_certify_command(args) -> Optional[dict]:
     """``costsmooth certify ... --sequential --radius R``: returns None (and does nothing) without --sequential."""
-    from .args import UsageError, parse_cost, resolve_device
+    from .args import UsageError, model_from_args, parse_cost, resolve_device
     from .data import load_dataset
-    from .models import load_model
 
     if not args.sequential:
         for flag, value in (("--radius", args.radius), ("--max-n", args.max_n)):
@@ -724,7 +723,7 @@ def run_certify_command(args) -> Optional[dict]:
         raise UsageError(f"{refused[0]} is not available with --sequential (one process, constant sigma); drop it")
     device = resolve_device(args.device)
     dataset = load_dataset(args.dataset, split=args.split)
-    model = load_model(args.model)
+    model = model_from_args(args, args.model, args.dataset, dataset)
     from .runs import probe_num_classes
     cost = parse_cost(args, probe_num_classes(model.to(device), dataset, device))
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 from .cost import CostMatrix
 from .data import Dataset
 from .losses import make_loss
-from .models import build_model, save_checkpoint
+from .models import build_model, load_weights, read_checkpoint, save_checkpoint
 
 __all__ = ["train", "register_cli", "TrainingDiverged"]
 
@@ -69,7 +69,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
           stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None,
-          mixup: Optional[float] = None, init: Optional[str] = None) -> str:
+          mixup: Optional[float] = None, init: Optional[str] = None, trust_code: bool = False) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -96,7 +96,9 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
     ``init``: a checkpoint (same arch and class count) whose weights start the run (fine-tuning, e.g.
     ``--loss act_brier`` from a Gaussian-trained model); the sha256 of its file is a recorded setting,
-    so a resume with another (or no) init file is refused.
+    so a resume with another (or no) init file is refused. It may be costsmooth's or Cohen et al.'s
+    checkpoint, a bare state dict or TorchScript; a ``torch.save``d whole module only with ``trust_code``
+    (loading it runs code from the file). Checkpoints are read with ``torch.load(weights_only=True)``.
     """
     from tqdm import tqdm
 
@@ -139,13 +141,16 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         from .mixup import SameClassMixup
         mixer = SameClassMixup(mixup, seed)
     settings["mixup"] = mixer.alpha if mixer is not None else None
-    init_state, settings["init_sha256"] = _load_init(init, arch) if init is not None else (None, None)
+    init_state, settings["init_sha256"] = _load_init(init, arch, trust_code) if init is not None else (None, None)
     state, extended = None, False
     if os.path.isfile(ckpt_path):
         if not resume:
             raise ValueError(f"{out_dir} already holds a training run ({ckpt_path}); pass --resume to continue it "
                              f"or choose another output directory")
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = read_checkpoint(ckpt_path, device, what="training checkpoint")
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError(f"{ckpt_path} is not a checkpoint written by costsmooth train; choose another output "
+                             f"directory")
         old = state.get("settings") or {"arch": state.get("arch"), "loss": state.get("loss")}
         changed = sorted(k for k in old if old.get(k) != settings.get(k))
         extended = changed == ["epochs"] and isinstance(old.get("epochs"), int) and old["epochs"] < epochs
@@ -160,12 +165,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(arch, classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
-    if init_state is not None and state is None:
-        try:
-            model.load_state_dict(init_state)
-        except RuntimeError as err:
-            raise ValueError(f"--init {init}: its weights do not fit a {arch} model for {classes} classes "
-                             f"({str(err).splitlines()[0]})") from None
+    if init_state is not None and state is None:  # its normalisation, if it carries one, replaces the dataset's
+        load_weights(model, init_state, f"--init {init}", arch)
     opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
     sched = _scheduler(opt, schedule, epochs)
     start = 0
@@ -307,18 +308,20 @@ def _finite_outputs(model, x: torch.Tensor) -> bool:
         return bool(torch.isfinite(model(x)).all())
 
 
-def _load_init(path: str, arch: str):
+def _load_init(path: str, arch: str, trust_code: bool = False):
     """(state_dict, sha256 of the file) of the checkpoint that starts a fine-tuning run."""
     import hashlib
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--init {path}: checkpoint not found")
+    ckpt = read_checkpoint(path, "cpu", trust_code=trust_code, what="--init")
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(ckpt, torch.nn.Module):  # TorchScript, or a trusted pickled module
+        ckpt = {"state_dict": ckpt.state_dict()}
+    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        ckpt = {"state_dict": ckpt}  # a bare state dict
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"--init {path} is not a checkpoint {{'arch', 'state_dict'}} (e.g. OUT/checkpoint.pt of "
-                         f"costsmooth train)")
+                         f"costsmooth train) or a state dict")
     if ckpt.get("arch") not in (None, arch):
         raise ValueError(f"--init {path} holds a {ckpt['arch']} model, not {arch}; fine-tune the same architecture")
     return ckpt["state_dict"], digest
@@ -332,8 +335,8 @@ def _diverged(what: str, epoch: int, epochs: int, step: int, ckpt_path: str, sta
 
 
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_cost_args, seed_arg, parse_cost, positive_float,
-                       positive_int, resolve_device)
+    from .args import (HelpFormatter, UsageError, add_cost_args, add_model_args, seed_arg, parse_cost,
+                       positive_float, positive_int, resolve_device)
     from .data import load_dataset
     from .losses import LOSSES
     from .models import ARCHS
@@ -373,6 +376,7 @@ def register_cli(sub) -> None:
     p.add_argument("--loss-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="loss hyper-parameter, e.g. k=16, gamma=8, lam=12, eps=0.5, norm=linf (repeatable)")
     add_cost_args(p)
+    add_model_args(p, arch=False, normalize=False)  # --trust-model-code (a --init file that is a pickled module)
 
     def run(args):
         kwargs = {}
@@ -391,7 +395,8 @@ def register_cli(sub) -> None:
                      epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,
                      weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
                      resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
-                     log=None if args.quiet else print, num_classes=classes, mixup=args.mixup, init=args.init)
+                     log=None if args.quiet else print, num_classes=classes, mixup=args.mixup, init=args.init,
+                     trust_code=args.trust_model_code)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)

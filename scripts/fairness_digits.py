@@ -64,7 +64,7 @@ def main():
             run_dir = os.path.join(args.out, f"{name}_s{seed}")
             ckpt = os.path.join(run_dir, "checkpoint.pt")
             t0 = time.perf_counter()
-            done = os.path.isfile(ckpt) and torch.load(ckpt, weights_only=False)["epoch"] == args.epochs
+            done = os.path.isfile(ckpt) and torch.load(ckpt, weights_only=True)["epoch"] == args.epochs
             if not done:
                 train(train_set, "digits_cnn", spec["loss"], SIGMA, run_dir, epochs=args.epochs, lr=0.001,
                       batch_size=64, optimizer="adam", schedule="cosine", seed=seed, loss_kwargs=spec["loss_kwargs"],

@@ -260,7 +260,7 @@ def _toy_run(tmp_path):
 def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_sums(tmp_path):
     from costsmooth.cli import main
     data, model = _toy_run(tmp_path)
-    common = ["--N0", "20", "--N", "300", "--split", "all", "--alpha", "0.01", "--quiet"]
+    common = ["--N0", "20", "--N", "300", "--split", "all", "--alpha", "0.01", "--quiet", "--trust-model-code"]
     run = str(tmp_path / "run.tsv")
     assert main(["certify", data, model, "0.5", run, "--prob-sums"] + common) == 0
     saved = [json.loads(line) for line in open(run + ".counts.jsonl")]

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -25,7 +26,9 @@ def files(tmp_path):
     with torch.no_grad():
         y = model(x).argmax(1)
     y[::7] = (y[::7] + 1) % 3  # a few wrong labels
-    torch.save(model, tmp_path / "model.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(model).save(str(tmp_path / "model.pt"))  # TorchScript: loads without running Python code
     torch.save({"inputs": x, "labels": y, "split": ["test"] * 40}, tmp_path / "data.pt")
     return tmp_path
 

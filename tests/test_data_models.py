@@ -167,16 +167,16 @@ def test_model_files(tmp_path):
     x = torch.rand(4, 5)
     expected = model(x)
     save_checkpoint(str(tmp_path / "ckpt.pt"), model, "mlp", 3, (5,))
-    torch.save(model, tmp_path / "module.pt")
+    torch.save(model, tmp_path / "module.pt")  # a pickled module: only with trust_code=True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(model).save(str(tmp_path / "script.pt"))
     cohen = {"arch": "mlp", "state_dict": {"module." + k: v for k, v in model.state_dict().items()}}
     torch.save(cohen, tmp_path / "cohen.pt")
-    for name, kw in (("ckpt.pt", {}), ("module.pt", {}), ("script.pt", {}),
+    for name, kw in (("ckpt.pt", {}), ("module.pt", {"trust_code": True}), ("script.pt", {}),
                      ("cohen.pt", {"num_classes": 3, "input_shape": (5,)})):
         torch.testing.assert_close(load_model(str(tmp_path / name), **kw).eval()(x), expected)
-    with pytest.raises(ValueError, match="pass num_classes and input_shape"):
+    with pytest.raises(ValueError, match="does not record the mlp model's input shape"):
         load_model(str(tmp_path / "cohen.pt"))
     with pytest.raises(ValueError, match="unknown arch 'vgg'; choose one of"):
         build_model("vgg", 3, (5,))

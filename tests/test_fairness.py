@@ -153,7 +153,7 @@ def test_fairness_command(tmp_path, capsys):
     torch.save(model, tmp_path / "model.pt")
     out = tmp_path / "f"
     code = main(["fairness", str(tmp_path / "toy.pt"), str(tmp_path / "model.pt"), "--split", "all", "--sigma", "0.5",
-                 "--N0", "16", "--N", "100", "--steps", "3", "--out", str(out), "--quiet"])
+                 "--N0", "16", "--N", "100", "--steps", "3", "--out", str(out), "--quiet", "--trust-model-code"])
     assert code == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "max-min gap" in text and "narrow" in text and "wide" in text

@@ -259,7 +259,8 @@ def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_pat
     torch.save({"inputs": x, "labels": y, "split": ["test"] * 30}, tmp_path / "data.pt")
     out = tmp_path / "seq.tsv"
     args = ["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5", str(out), "--sequential",
-            "--radius", "0.3", "--max-n", "3000", "--N0", "50", "--alpha", "0.01", "--quiet", "--seed-classes", "0"]
+            "--radius", "0.3", "--max-n", "3000", "--N0", "50", "--alpha", "0.01", "--quiet", "--seed-classes", "0",
+            "--trust-model-code"]
     assert main(args + ["--max", "20"]) == 0
     assert "estimation samples" in capsys.readouterr().out
     assert open(out).readline().rstrip("\n").split("\t") == SEQUENTIAL_COLUMNS

@@ -166,7 +166,8 @@ def _bins_arg(text: str) -> int:
 
 
 def register_cli(sub) -> None:
-    from ..args import HelpFormatter, UsageError, add_sampling_args, check_data_model_order, float_list, probability
+    from ..args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order, float_list,
+                        probability)
 
     p = sub.add_parser("calibration", formatter_class=HelpFormatter,
                        help="certified calibration: ECE, Brier, certified Brier score and certified ECE at radii",
@@ -200,6 +201,7 @@ def register_cli(sub) -> None:
                             "old command lines")
     p.add_argument("--alpha", type=probability, help="total failure probability (default 0.001; with --from the run's)")
     add_sampling_args(p, n0=100, n=10000)
+    add_model_args(p)  # --arch --normalize --trust-model-code
 
     def run(args):
         eps_list = float_list(args.eps, "--eps")
@@ -246,14 +248,13 @@ def register_cli(sub) -> None:
 def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfidences:
     from tqdm import tqdm
 
-    from ..args import resolve_device
+    from ..args import model_from_args, resolve_device
     from ..data import load_dataset
-    from ..models import load_model
     from ..runs import probe_num_classes, select_indices
 
     device = resolve_device(args.device)
     dataset = load_dataset(data, split=args.split)
-    model = load_model(model_path, map_location=device).to(device)
+    model = model_from_args(args, model_path, data, dataset, map_location=device).to(device)
     num_classes = probe_num_classes(model, dataset, device)
     ids = select_indices(len(dataset), args.skip, args.max)
     bar = tqdm(total=len(ids) * args.N, unit="sample", unit_scale=True, disable=args.quiet, desc="calibration")
