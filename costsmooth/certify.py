@@ -30,7 +30,7 @@ from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
 
 __all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts",
-           "conservative_sigma", "half_gap_radius"]
+           "conservative_sigma", "half_gap_radius", "check_labels"]
 
 ABSTAIN = -1
 
@@ -102,7 +102,7 @@ def _counts_matrix(counts, name: str) -> np.ndarray:
     return c.astype(np.int64)
 
 
-def _labels(labels, batch: int, num_classes: int) -> List[int]:
+def check_labels(labels, batch: int, num_classes: int) -> List[int]:
     """Labels as Python ints, refusing floats, booleans and out-of-range values (never coerced)."""
     labels = list(labels.tolist() if hasattr(labels, "tolist") else labels)
     if len(labels) != batch:
@@ -201,7 +201,7 @@ def certify_from_counts(selection_counts, counts, alpha: float, sigma: float, la
     if cost is not None:
         cost.check_num_classes(sel.shape[1])
     if labels is not None:
-        labels = _labels(labels, sel.shape[0], sel.shape[1])
+        labels = check_labels(labels, sel.shape[0], sel.shape[1])
     out = []
     for b in range(sel.shape[0]):
         top = int(np.argmax(sel[b]))

@@ -13,23 +13,23 @@ import torch
 
 from ._checks import error_line
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_model_args, add_sampling_args,
-                   check_data_model_order, float_list, model_from_args, parse_cost, positive_float, probability,
-                   resolve_device)
+                   check_data_model_order, float_list, model_from_args, parse_cost, positive_float, positive_int,
+                   probability, resolve_device)
+from .data import load_dataset
 from .distributed import RankError
-from .runs import analyze, probe_num_classes, recertify
+from .runs import analyze, certify_dataset_at, probe_num_classes, recertify, summarize_sequential
+from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
 from .input_dependent import add_sigma_fn_args, sigma_from_args
 
 __all__ = ["main", "build_parser"]
 
 
 def cmd_certify(args) -> None:
-    from .data import load_dataset
     from .distributed import FailFast, certify_distributed, init_from_env, parse_shard
     from .runs import certify_dataset, summarize_run
-    from .sequential import run_certify_command
 
     check_data_model_order("certify", args.dataset, args.model)
-    if run_certify_command(args) is not None:  # --sequential --radius R (costsmooth.sequential)
+    if certify_sequential(args) is not None:  # --sequential --radius R (costsmooth.sequential)
         return
     if args.N0 > args.N:
         warnings.warn(f"--N0 {args.N0} > --N {args.N}: the selection draw is larger than the estimation draw; "
@@ -75,6 +75,57 @@ def cmd_certify(args) -> None:
         if ctx["rank"] != 0:
             return
     print(summarize_run(stats["outfile"] if shard is not None else args.outfile, stats, time.perf_counter() - t0))
+
+
+def add_sequential_args(p) -> None:
+    """--sequential / --radius / --max-n / --first / --growth for ``costsmooth certify``."""
+    g = p.add_argument_group("sequential certification at one radius (costsmooth.sequential, docs/sequential.md)")
+    g.add_argument("--sequential", action="store_true",
+                   help="decide per input 'certified at --radius R?' with an anytime-valid test, stopping each "
+                        "input as soon as it is decided (columns decision and samples); --N0 is the selection draw")
+    g.add_argument("--radius", type=positive_float, help="the L2 radius R tested by --sequential")
+    g.add_argument("--max-n", type=positive_int, help="--sequential: most estimation samples per input (default --N)")
+    g.add_argument("--first", type=positive_int, default=DEFAULT_FIRST, help="--sequential: first checkpoint")
+    g.add_argument("--growth", type=positive_float, default=DEFAULT_GROWTH,
+                   help="--sequential: ratio of consecutive checkpoints (> 1); half of alpha is spent at max-n, the "
+                        "other half evenly over the earlier checkpoints (the levels are recorded in the metadata)")
+
+
+def certify_sequential(args) -> Optional[dict]:
+    """``costsmooth certify ... --sequential --radius R`` (``runs.certify_dataset_at``): returns None (and does
+    nothing) without --sequential."""
+    if not args.sequential:
+        for flag, value in (("--radius", args.radius), ("--max-n", args.max_n)):
+            if value is not None:
+                raise UsageError(f"{flag} is a setting of sequential certification: add --sequential")
+        return None
+    if args.radius is None:
+        raise UsageError("--sequential needs --radius R (the L2 radius to decide)")
+    if args.growth <= 1:
+        raise UsageError(f"--growth {args.growth}: the ratio of consecutive checkpoints must be > 1 (e.g. 1.25)")
+    refused = [flag for flag, on in (("--shard", args.shard), ("--split-samples", args.split_samples),
+                                     ("--sigma-fn", args.sigma_fn), ("--cuda-graphs", args.cuda_graphs),
+                                     ("--skip-invalid", args.skip_invalid),
+                                     ("--prob-sums", getattr(args, "prob_sums", False)),
+                                     ("torchrun", int(os.environ.get("WORLD_SIZE", "1")) > 1)) if on]
+    if refused:
+        raise UsageError(f"{refused[0]} is not available with --sequential (one process, constant sigma); drop it")
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.dataset, split=args.split)
+    model = model_from_args(args, args.model, args.dataset, dataset)
+    cost = parse_cost(args, probe_num_classes(model.to(device), dataset, device))
+    t0 = time.perf_counter()
+    out = certify_dataset_at(model, dataset, args.sigma, args.outfile, args.radius, n0=args.N0,
+                             max_n=args.max_n or args.N, alpha=args.alpha,
+                             batch=args.batch, skip=args.skip, max_index=args.max,
+                             cost=cost, seed=args.seed, device=device, progress=not args.quiet, first=args.first,
+                             growth=args.growth,
+                             meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
+                                         "split": args.split},
+                             autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
+                             channels_last=args.channels_last)
+    print(summarize_sequential(out, args.radius, args.max_n or args.N, time.perf_counter() - t0))
+    return out
 
 
 def cmd_recertify(args) -> None:
@@ -142,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of sharding the inputs")
     add_cost_args(p)
     add_sigma_fn_args(p)  # --sigma-fn knn --sigma-r --sigma-k --sigma-m (costsmooth.input_dependent)
-    from .sequential import add_sequential_args
     add_sequential_args(p)  # --sequential --radius R --max-n N (costsmooth.sequential)
     p.set_defaults(func=lambda a: (setattr(a, "model", a.base_classifier), cmd_certify(a)))
 

@@ -41,7 +41,7 @@ from scipy.stats import ncx2, norm
 
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
-from .certify import (ABSTAIN, Certificate, _counts_matrix, _labels, conservative_sigma, half_gap_radius,
+from .certify import (ABSTAIN, Certificate, _counts_matrix, check_labels, conservative_sigma, half_gap_radius,
                       cost_sensitive_certificate, standard_certificate)
 from .cost import CostMatrix
 
@@ -501,7 +501,7 @@ def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: 
     if cost is not None:
         cost.check_num_classes(sel.shape[1])
     if labels is not None:
-        labels = _labels(labels, batch, sel.shape[1])
+        labels = check_labels(labels, batch, sel.shape[1])
     out = []
     for b in range(batch):
         top = int(np.argmax(sel[b]))

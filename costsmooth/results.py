@@ -23,9 +23,11 @@ import numpy as np
 
 from .certify import Certificate
 from .cost import CostMatrix
+from .sequential import SequentialResult
 
 __all__ = ["COLUMNS", "ResultWriter", "ResultFileError", "read_tsv", "read_tsv_checked", "read_meta", "read_counts",
-           "settings_mismatch", "format_row", "Records", "load_records"]
+           "settings_mismatch", "format_row", "Records", "load_records", "SEQUENTIAL_COLUMNS", "SequentialWriter",
+           "format_sequential_row"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
            "pA_lower", "target_radii", "sigma0"]
@@ -325,6 +327,69 @@ class ResultWriter:
                     self.sort()
             finally:
                 release_run_lock(self._lock)
+
+
+SEQUENTIAL_COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class",
+                      "top_is_target", "pA_lower", "decision", "samples", "radius_tested", "target_radii"]
+
+
+def format_sequential_row(idx: int, res: SequentialResult) -> str:
+    """One line of a sequential run's TSV: ``radius`` is the standard radius at the stop, ``cs_radius`` and
+    ``target_radii`` (``j:r`` pairs joined by ``;``) those of a cost-sensitive test (empty otherwise)."""
+    label = "" if res.label is None else str(res.label)
+    correct = "" if res.label is None else str(int(bool(res.correct)))
+    cs = _exact(res.certified_radius) if res.test == "cost_sensitive" else ""
+    radii = ";".join(f"{j}:{_exact(r)}" for j, r in res.target_radii.items())
+    fields = [str(idx), label, str(res.prediction), _exact(res.standard_radius), correct, f"{res.seconds:.4f}", cs,
+              str(res.top_class), str(int(res.top_is_target)), _exact(res.pA_lower), res.decision, str(res.samples),
+              _exact(res.radius), radii]
+    return "\t".join(fields) + "\n"
+
+
+class SequentialWriter:
+    """Appends rows of ``SEQUENTIAL_COLUMNS`` to OUTFILE (and counts to OUTFILE.counts.jsonl); resumes.
+
+    OUTFILE.meta.json records the settings; reopening with other settings is refused (as
+    ``ResultWriter``). ``OUTFILE.lock`` (filelock) is held while open. A torn last line is dropped on
+    reopening, so the input is certified again. A file started before ``target_radii`` existed keeps
+    its columns.
+    """
+
+    def __init__(self, path: str, meta: dict):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock = acquire_run_lock(path)
+        try:
+            self._width = len(SEQUENTIAL_COLUMNS)
+            if begin_run(path, meta, SEQUENTIAL_COLUMNS):
+                self.done = set()
+                return
+            with open(path) as f:
+                text = f.read()
+            lines = text.split("\n")
+            header = lines[0].split("\t")
+            if header != SEQUENTIAL_COLUMNS[:len(header)] or len(header) < SEQUENTIAL_COLUMNS.index("radius_tested") + 1:
+                raise ResultFileError(f"{path} does not have the columns of a sequential run; choose another OUTFILE")
+            self._width = len(header)
+            good = [ln for ln in lines[1:-1] if len(ln.split("\t")) == self._width]
+            if len(good) != len(lines) - 2 or lines[-1] != "":
+                _write_atomic(path, lines[0] + "\n" + "".join(ln + "\n" for ln in good))
+            self.done = {int(ln.split("\t")[0]) for ln in good}
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, idx: int, res: SequentialResult) -> None:
+        rec = {"idx": idx, "label": res.label, "selection": res.selection_counts.tolist(),
+               "estimation": res.counts.tolist(), "decision": res.decision}
+        row = format_sequential_row(idx, res)
+        if self._width < len(SEQUENTIAL_COLUMNS):
+            row = "\t".join(row.rstrip("\n").split("\t")[:self._width]) + "\n"
+        append_record(self.path, rec, row)
+        self.done.add(idx)
+
+    def close(self) -> None:
+        release_run_lock(self._lock)
 
 
 def _short(value, limit: int = 40) -> str:

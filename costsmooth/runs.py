@@ -2,7 +2,9 @@
 commands do, callable from Python (the demo uses them too)."""
 from __future__ import annotations
 
+import collections
 import hashlib
+import math
 import os
 import sys
 import time
@@ -10,10 +12,16 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from . import __version__
+from ._checks import check_alpha, check_count, check_positive_finite
 from .cost import CostMatrix
+from .results import SequentialWriter
+from .sequential import DEFAULT_FINAL_SHARE, DEFAULT_FIRST, DEFAULT_GROWTH, Boundary
+from .smooth import Smooth
 
-__all__ = ["certify_dataset", "recertify", "analyze", "plot_curves", "fingerprint_model", "fingerprint_dataset",
+__all__ = ["certify_dataset", "certify_dataset_at", "summarize_sequential", "recertify", "analyze", "plot_curves", "fingerprint_model", "fingerprint_dataset",
            "select_indices", "probe_num_classes", "invalid_inputs"]
 
 
@@ -241,6 +249,101 @@ def summarize_run(outfile: str, stats: dict, seconds: float, radii=(0.0, 0.25, 0
     rate = stats["samples"] / seconds if seconds > 0 else float("nan")
     parts.append(f"{seconds:.1f} s, {stats['samples']:,} samples ({rate:,.0f} samples/s)")
     return "\n".join(parts)
+
+
+def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float, *, n0: int = 100,
+                       max_n: int = 100000, alpha: float = 0.001, batch: int = 1000, skip: int = 1,
+                       max_index: int = -1, cost: Optional[CostMatrix] = None, seed: int = 0, device=None,
+                       meta_extra=None, progress: bool = True, first: int = DEFAULT_FIRST,
+                       growth: float = DEFAULT_GROWTH, chunk: int = 64, autocast: Optional[torch.dtype] = None,
+                       channels_last: bool = False) -> dict:
+    """``certify --sequential``: test every selected input of ``dataset`` at ``radius`` into ``outfile``.
+
+    Inputs as in ``certify_dataset`` (``i % skip == 0``, ``i < max_index``); rows are written as
+    inputs of each chunk of ``chunk`` inputs finish; re-running resumes. Returns a summary dict
+    (inputs, decisions, estimation samples used, the fixed-n total ``max_n * inputs``, and what
+    ``analyze`` counts at the radius: ``accurate``, correct with a standard radius >= r; ``cs_certified``
+    of ``seed_inputs``, seed-class inputs certified by the cost-sensitive test).
+    """
+    sigma = check_positive_finite(sigma, "sigma")
+    radius = float(radius)
+    if not math.isfinite(radius) or radius < 0:
+        raise ValueError(f"--radius must be a finite number >= 0, got {radius!r}")
+    alpha, n0, max_n = check_alpha(alpha), check_count(n0, "n0"), check_count(max_n, "max_n")
+    boundary = Boundary.geometric(alpha, max_n, first, growth)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    indices = select_indices(len(dataset), skip, max_index)
+    model = model.to(device)
+    num_classes = probe_num_classes(model, dataset, device)
+    if cost is not None:
+        cost.check_num_classes(num_classes)
+    if not bool(torch.isfinite(dataset.inputs[indices]).all()):
+        raise ValueError(f"{dataset.name} has NaN or infinite values in the selected inputs; clean the data first")
+    meta = {"sigma": sigma, "n0": n0, "max_n": max_n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
+            "radius": radius, "sequential": {"boundary": "clopper_pearson_geometric_grid", "first": first,
+                                             "growth": growth, "final_share": DEFAULT_FINAL_SHARE,
+                                             **boundary.describe()},  # checkpoints and their levels
+            "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
+            "class_names": dataset.class_names, "version": __version__, "model_sha256": fingerprint_model(model),
+            "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
+            "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
+            **(meta_extra or {})}
+    if channels_last and dataset.inputs.dim() != 4:
+        raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
+                         f"{list(dataset.inputs.shape)}")
+    writer = SequentialWriter(outfile, meta)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
+                    channels_last=channels_last)
+    summary = collections.Counter()
+    seeds = set(cost.seed_classes) if cost is not None else set()
+    try:
+        todo = [i for i in indices if i not in writer.done]
+        bar = tqdm(total=len(todo), unit="input", disable=not progress, desc=os.path.basename(outfile),
+                   dynamic_ncols=True)
+        for start in range(0, len(todo), chunk):
+            ids = todo[start:start + chunk]
+            results = smooth.certify_batch_at(dataset.inputs[ids], radius, alpha, max_n=max_n,
+                                              labels=dataset.labels[ids].tolist(), cost=cost, n0=n0, indices=ids,
+                                              first=first, growth=growth)
+            for i, res in zip(ids, results):
+                writer.write(i, res)
+                summary[res.decision] += 1
+                summary["samples"] += res.samples
+                summary["certified_correct"] += int(res.certified and bool(res.correct))
+                # what analyze counts: certified accuracy (standard radius >= r), Rob_cs (cost-sensitive test)
+                summary["accurate"] += int(bool(res.correct) and res.standard_radius >= radius)
+                summary["seed"] += int(res.label in seeds)
+                summary["cs_certified"] += int(res.test == "cost_sensitive" and res.certified)
+            bar.update(len(ids))
+        bar.close()
+    finally:
+        writer.close()
+    return {"outfile": outfile, "inputs_now": len(todo), "selected": len(indices), "samples": summary["samples"],
+            "fixed_n_samples": max_n * len(todo), "certified": summary["certified"],
+            "not_certified": summary["not_certified"], "undecided": summary["undecided"],
+            "certified_correct": summary["certified_correct"], "accurate": summary["accurate"],
+            "seed_inputs": summary["seed"], "cs_certified": summary["cs_certified"]}
+
+
+def summarize_sequential(out: dict, radius: float, max_n: int, seconds: float) -> str:
+    """The lines printed after ``certify --sequential``: decisions, and the counts ``analyze`` gives at the
+    radius (a seed-class input certified only by the cost-sensitive test is not standard-certified)."""
+    n = out["inputs_now"]
+    lines = [f"wrote {out['outfile']}: {n} inputs tested now at radius {radius:g} ({out['certified']} certified, "
+             f"{out['not_certified']} not certified, {out['undecided']} undecided)"]
+    if n:
+        cs = (f"; cost-sensitive test: {out['cs_certified']} of {out['seed_inputs']} seed-class inputs certified"
+              if out["seed_inputs"] else "")
+        lines.append(f"certified accuracy at r={radius:g}: {out['accurate']} of {n} inputs correct with a standard "
+                     f"radius >= {radius:g} ({out['accurate'] / n:.3f}){cs}")
+    if out["samples"]:
+        lines.append(f"{out['samples']:,} estimation samples ({out['fixed_n_samples'] / out['samples']:.1f}x fewer than "
+                     f"{out['fixed_n_samples']:,} at fixed n = {max_n}); {seconds:.1f} s")
+    else:
+        lines.append(f"no estimation samples drawn now (every selected input was already decided); {seconds:.1f} s")
+    return "\n".join(lines)
 
 
 def probe_num_classes(model, dataset, device) -> int:

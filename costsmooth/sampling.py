@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -17,7 +17,7 @@ from . import ops
 from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
 __all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
-           "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode"]
+           "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options"]
 
 STREAM_SELECTION = 0
 STREAM_ESTIMATION = 1
@@ -140,6 +140,96 @@ def _replays(batch: int, n: int, batch_size: int) -> int:
     return batch * (n // batch_size)
 
 
+@dataclass
+class Chunk:
+    """One model call planned for a batch size: ``rows`` noisy rows that ``write(out)`` fills.
+
+    graph_m: rows per vote group when this chunk may replay a CUDA graph (model -> vote_count with
+    ``n = graph_m``), None when it always runs eagerly; replays: how often its shape is expected to
+    repeat (a graph is captured only for at least ``GRAPH_MIN_REPLAYS``); span: the planner's own
+    description of the chunk (which inputs and samples), returned with it.
+    """
+    rows: int
+    write: Callable[[torch.Tensor], None]
+    graph_m: Optional[int] = None
+    replays: int = 0
+    span: tuple = ()
+
+
+class ModelCalls:
+    """Model calls on noisy rows: one reused noise buffer, CUDA graphs for a repeated chunk shape, and
+    out-of-memory recovery. Shared by ``sample_statistics`` and the sequential scheduler
+    (``costsmooth.packing``).
+
+    ``call(plan)`` plans a chunk for the current batch size, writes its noise, runs the model (or
+    replays the chunk shape's graph) and returns ``(chunk, logits, graph_votes)``: the logits
+    (checked to be ``[rows, num_classes]``) of an eager call, or the graph's ``(counts, nan_rows)``
+    (``[rows / graph_m, C]``, ``[rows / graph_m]``) of a replay. When a call runs out of device
+    memory, the batch size is halved and the chunk planned again (the counts do not change: the
+    noise depends on indices only); with ``auto`` the size that fitted is remembered for later calls
+    with the same model and input shape.
+    """
+
+    def __init__(self, model, x: torch.Tensor, batch_size, *, dtype: Optional[torch.dtype] = None,
+                 channels_last: bool = False, autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False,
+                 graph_cache: Optional[dict] = None, num_classes: Optional[int] = None):
+        self.model, self.x, self.dtype, self.num_classes = model, x, dtype, num_classes
+        self.auto = batch_size == "auto"
+        self.batch_size = resolve_batch_size(batch_size, x.device)
+        self.fit_key = _fit_key(model, x, dtype, autocast)
+        if self.auto and self.fit_key in _FITTING_BATCH:
+            self.batch_size = min(self.batch_size, _FITTING_BATCH[self.fit_key])
+        self.amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
+                    else contextlib.nullcontext())
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.key = (id(model), str(dtype or x.dtype), str(self.fmt), str(autocast), str(x.device))
+        self.cuda_graphs = cuda_graphs
+        self.graphs = graph_cache if graph_cache is not None else {}
+        self.buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
+
+    def call(self, plan: Callable[[int], Chunk]):
+        while True:
+            chunk = plan(self.batch_size)
+            graph_key = self.key + (chunk.rows, chunk.graph_m, self.num_classes)
+            use_graph = (self.cuda_graphs and chunk.graph_m is not None
+                         and (graph_key in self.graphs or chunk.replays >= GRAPH_MIN_REPLAYS))
+            logits = graph = votes = None
+            out_of_memory = False
+            try:
+                if use_graph and graph_key not in self.graphs:
+                    self.graphs[graph_key] = _GraphedVotes(self.model, _empty_rows(self.x, chunk.rows, self.dtype,
+                                                                                   self.fmt),
+                                                           chunk.graph_m, self.amp, self.num_classes)
+                elif not use_graph and (self.buffer is None or self.buffer.shape[0] < chunk.rows):
+                    self.buffer = None
+                    self.buffer = _empty_rows(self.x, chunk.rows, self.dtype, self.fmt)
+                graph = self.graphs.get(graph_key) if use_graph else None
+                noisy = graph.static_in if use_graph else self.buffer[:chunk.rows]
+                chunk.write(noisy)
+                if use_graph:
+                    votes = graph.replay()
+                else:
+                    with self.amp:
+                        logits = self.model(noisy)
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                out_of_memory = True
+            if out_of_memory:  # outside the except block: the traceback no longer holds the activations
+                noisy = logits = self.buffer = graph = None
+                self.graphs.pop(graph_key, None)
+                if self.x.is_cuda:
+                    torch.cuda.empty_cache()
+                warnings.warn(f"out of memory at batch size {self.batch_size}; continuing at {self.batch_size // 2}")
+                self.batch_size //= 2
+                if self.auto:
+                    _FITTING_BATCH[self.fit_key] = self.batch_size
+                continue
+            if logits is not None:
+                _check_logits(logits, chunk.rows, self.num_classes)
+            return chunk, logits, votes
+
+
 def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0,
                       batch_size: int = 1000, stream: int = STREAM_ESTIMATION, index_offset: int = 0,
                       sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
@@ -180,17 +270,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     check_float_tensor(x, "x")
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
-    if dtype is not None and dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be one of float32, float64, float16, bfloat16 (or None for x's dtype), got {dtype}")
-    if channels_last and x.dim() != 4:
-        raise ValueError(f"channels_last needs image inputs [B, C, H, W], got x of shape {list(x.shape)}; "
-                         f"drop channels_last for other inputs")
+    check_sampling_options(x, dtype, channels_last)
     n = check_count(n, "n")
-    auto = batch_size == "auto"
-    batch_size = resolve_batch_size(batch_size, x.device)
-    fit_key = _fit_key(model, x, dtype, autocast)
-    if auto and fit_key in _FITTING_BATCH:
-        batch_size = min(batch_size, _FITTING_BATCH[fit_key])
     check_index(index_offset, "index_offset", x.shape[0])
     check_index(sample_offset, "sample_offset", n)
     seed64, stream = check_seed(seed), check_index(stream, "stream")
@@ -202,6 +283,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         raise ValueError("cuda_graphs needs inputs on a CUDA device and prob_sums=False")
     batch = x.shape[0]
     sig = sigma_tensor(sigma, batch, x.device)
+    calls = ModelCalls(model, x, batch_size, dtype=dtype, channels_last=channels_last, autocast=autocast,
+                       cuda_graphs=cuda_graphs, graph_cache=graph_cache, num_classes=num_classes)
     counts = sums = None  # allocated once the class count is known
 
     def accumulators(classes: int):
@@ -210,74 +293,51 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
 
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
     bad_softmax = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
-           else contextlib.nullcontext())
     b = j = 0
-    buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    graphs = graph_cache if graph_cache is not None else {}
+
+    def plan(batch_size: int) -> Chunk:
+        b0, b1, j0, m = _next_chunk(b, j, batch, n, batch_size)
+        _, first_b1, _, first_m = _next_chunk(0, 0, batch, n, batch_size)  # the common chunk shape
+
+        def write(out):
+            # Arguments were validated once above; the op is called directly so that no chunk
+            # re-validates sigma (a device synchronisation per model call).
+            torch.ops.costsmooth.noisy_batch_into(x[b0:b1], sig[b0:b1], m, seed64, stream, index_offset + b0,
+                                                  sample_offset + j0, out)
+
+        return Chunk((b1 - b0) * m, write, m if (b1 - b0, m) == (first_b1, first_m) else None,
+                     _replays(batch, n, batch_size), (b0, b1, j0, m))
+
     with eval_mode(model):
         while b < batch:
-            b0, b1, j0, m = _next_chunk(b, j, batch, n, batch_size)
-            rows = (b1 - b0) * m
-            graph_key = (id(model), b1 - b0, m, str(dtype or x.dtype), str(fmt), str(autocast), str(x.device),
-                         num_classes)
-            _, first_b1, _, first_m = _next_chunk(0, 0, batch, n, batch_size)  # the common chunk shape
-            use_graph = (cuda_graphs and (b1 - b0, m) == (first_b1, first_m)
-                         and (graph_key in graphs or _replays(batch, n, batch_size) >= GRAPH_MIN_REPLAYS))
-            logits = None
-            out_of_memory = False
-            try:
-                if use_graph and graph_key not in graphs:
-                    graphs[graph_key] = _GraphedVotes(model, _empty_rows(x, rows, dtype, fmt), m, amp, num_classes)
-                elif not use_graph and (buffer is None or buffer.shape[0] < rows):
-                    buffer = None
-                    buffer = _empty_rows(x, rows, dtype, fmt)
-                graph = graphs.get(graph_key) if use_graph else None
-                # Arguments were validated once above; the op is called directly so that no chunk
-                # re-validates sigma (a device synchronisation per model call).
-                noisy = graph.static_in if use_graph else buffer[:rows]
-                torch.ops.costsmooth.noisy_batch_into(x[b0:b1], sig[b0:b1], m, seed64, stream, index_offset + b0,
-                                                      sample_offset + j0, noisy)
-                if use_graph:
-                    chunk_counts, chunk_nan = graph.replay()
-                else:
-                    with amp:
-                        logits = model(noisy)
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise
-                out_of_memory = True
-            if out_of_memory:  # outside the except block: the traceback no longer holds the activations
-                noisy = logits = buffer = graph = None
-                graphs.pop(graph_key, None)
-                if x.is_cuda:
-                    torch.cuda.empty_cache()
-                warnings.warn(f"out of memory at batch size {batch_size}; continuing at {batch_size // 2}")
-                batch_size //= 2
-                if auto:
-                    _FITTING_BATCH[fit_key] = batch_size
-                continue
-            if logits is not None:
-                _check_logits(logits, rows, num_classes)
+            chunk, logits, votes = calls.call(plan)
+            b0, b1, j0, m = chunk.span
             if counts is None:
-                num_classes = (logits if logits is not None else chunk_counts).shape[1]
-                counts, sums = accumulators(num_classes)
-            if use_graph:
-                counts[b0:b1] += chunk_counts
-                nan_rows[b0:b1] += chunk_nan
+                counts, sums = accumulators((logits if logits is not None else votes[0]).shape[1])
+            if votes is not None:
+                counts[b0:b1] += votes[0]
+                nan_rows[b0:b1] += votes[1]
             else:
                 nan_rows[b0:b1] += ops.vote_count_nan(logits, m, counts[b0:b1])
                 if prob_sums:
                     bad_softmax[b0:b1] += torch.ops.costsmooth.prob_sum_(logits, sums[b0:b1], m, float(temperature))
             if progress is not None:
-                progress.update(rows)
+                progress.update(chunk.rows)
             b, j = (b1, 0) if (b1 > b0 + 1 or j0 + m == n) else (b, j0 + m)
     if counts is None:  # no inputs
         counts, sums = accumulators(num_classes or 0)
     ops.raise_on_nan(nan_rows, "the vote counts")
     ops.raise_on_nan(bad_softmax, "the probability sums", ops.UNDEFINED_SOFTMAX)
     return SampleStatistics(counts=counts, prob_sums=sums)
+
+
+def check_sampling_options(x: torch.Tensor, dtype: Optional[torch.dtype], channels_last: bool) -> None:
+    """Refuse a noise dtype that is not a float type, and channels_last for inputs that are not images."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of float32, float64, float16, bfloat16 (or None for x's dtype), got {dtype}")
+    if channels_last and x.dim() != 4:
+        raise ValueError(f"channels_last needs image inputs [B, C, H, W], got x of shape {list(x.shape)}; "
+                         f"drop channels_last for other inputs")
 
 
 def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0, batch_size: int = 1000,

@@ -11,15 +11,20 @@ inputs were certified with it. Selection (stream 0) and estimation (stream 1) dr
 """
 from __future__ import annotations
 
+import time
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
-from .certify import ABSTAIN, Certificate, _labels, certify_from_counts
+from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
 from .cost import CostMatrix
+from .packing import sample_until
 from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, resolve_batch_size, sample_statistics
+from .sequential import (DEFAULT_FIRST, DEFAULT_GROWTH, Boundary, RadiusEstimate, RadiusTest, SequentialResult,
+                         SequentialTest)
 
 __all__ = ["Smooth"]
 
@@ -159,24 +164,106 @@ class Smooth:
 
     # -- sequential certification at a radius (costsmooth.sequential) ------------------------------
     def certify_at(self, x: torch.Tensor, radius: float, alpha: float, *, max_n: int, cost: Optional[CostMatrix] = None,
-                   label: Optional[int] = None, n0: int = 100, batch_size: Optional[int] = None, **options):
+                   label: Optional[int] = None, n0: int = 100, batch_size: Optional[int] = None,
+                   **options) -> SequentialResult:
         """Sequential test of "certified at L2 ``radius``" for one input (no batch dimension).
 
         Returns a ``costsmooth.sequential.SequentialResult`` (``decision`` "certified", "not_certified" or
         "undecided" at ``max_n``; ``samples``; ``prediction``). Each decision errs with probability <= alpha
         (anytime-valid boundary; see ``costsmooth.sequential``). A fresh input index per call, as ``certify``.
         """
-        from .sequential import _certify_at
-        return _certify_at(self, self._single(x), radius, alpha, max_n=max_n, labels=None if label is None else [label],
-                           cost=cost, n0=n0, indices=[self._fresh_index()], batch_size=batch_size, **options)[0]
+        return self._certify_at(self._single(x), radius, alpha, max_n=max_n, labels=None if label is None else [label],
+                                cost=cost, n0=n0, indices=[self._fresh_index()], batch_size=batch_size, **options)[0]
 
     def certify_batch_at(self, X: torch.Tensor, radius: float, alpha: float = 0.001, *, max_n: int = 100000,
-                         labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None, **options):
-        """Sequential tests at L2 ``radius`` for many inputs ``X[B, *shape]``, samples packed into shared model
-        calls; see ``costsmooth.sequential.certify_batch_at`` (options: n0, indices, batch_size, slots, first,
-        growth, progress). Returns a list of ``SequentialResult``."""
-        from .sequential import certify_batch_at
-        return certify_batch_at(self, X, radius, alpha, max_n=max_n, labels=labels, cost=cost, **options)
+                         labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None, n0: int = 100,
+                         indices: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
+                         slots: Optional[int] = None, first: int = DEFAULT_FIRST, growth: float = DEFAULT_GROWTH,
+                         progress=None) -> List[SequentialResult]:
+        """Sequential test of "certified at L2 radius ``radius``" for each input of ``X[B, *shape]``.
+
+        Per input: cA from ``n0`` selection samples (stream 0), then estimation samples (stream 1) drawn
+        up to the checkpoints of ``Boundary.geometric(alpha, max_n, first, growth)`` until the decision
+        is made (``costsmooth.sequential`` for the boundary, its validity and the alpha split), packed
+        into shared model calls of ``batch_size`` rows (``costsmooth.packing``; ``slots`` caps the
+        inputs in flight). With ``cost`` and ``labels``, inputs whose label is a seed class are tested
+        for the cost-sensitive condition at ``radius`` instead (SPEC 3.2); the others for the standard one.
+
+        Guarantee: for each input, P(decision "certified" while the smoothed classifier is not robust at
+        ``radius``) <= alpha, and P("not_certified" while it is) <= alpha; the samples used and the
+        decisions do not depend on ``batch_size`` or ``slots`` (noise keyed by (seed, stream, index,
+        sample)). ``indices`` are dataset indices (default 0..B-1), as in ``certify_batch``.
+        """
+        check_float_tensor(X, "X")
+        indices = self._dataset_indices(indices, X.shape[0] if X.dim() else 0)
+        return self._certify_at(X, radius, alpha, max_n=max_n, labels=labels, cost=cost, n0=n0, indices=indices,
+                                batch_size=batch_size, slots=slots, first=first, growth=growth, progress=progress)
+
+    def estimate_radius_batch(self, X: torch.Tensor, tolerance: float, alpha: float = 0.001, *, max_n: int = 100000,
+                              labels: Optional[Sequence[int]] = None, n0: int = 100,
+                              indices: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
+                              slots: Optional[int] = None, first: int = DEFAULT_FIRST, growth: float = DEFAULT_GROWTH,
+                              progress=None) -> List[RadiusEstimate]:
+        """Adaptive-n standard certificates: each input stops when its certified radius is within
+        ``tolerance`` of what sampling up to ``max_n`` could reach (``costsmooth.sequential.RadiusTest``).
+
+        Guarantee: with probability >= 1 - alpha, g(x + delta) = prediction for ||delta|| < radius.
+        """
+        tolerance = check_positive_finite(tolerance, "tolerance")
+        check_float_tensor(X, "X")
+        indices = self._dataset_indices(indices, X.shape[0] if X.dim() else 0)
+        X, labels, boundary, batch_size, selection, tops = self._sequential_start(X, indices, labels, alpha, max_n, n0,
+                                                                                  batch_size, slots, first, growth)
+        test = RadiusTest(boundary, tolerance, self.sigma, tops, labels)
+        return test.results(self._sample_until(X, indices, boundary, test.check, batch_size, slots, progress))
+
+    def _certify_at(self, X, radius, alpha, *, max_n, labels, cost, n0, indices, batch_size=None, slots=None,
+                    first=DEFAULT_FIRST, growth=DEFAULT_GROWTH, progress=None) -> List[SequentialResult]:
+        if cost is not None and not isinstance(cost, CostMatrix):
+            raise TypeError(f"cost must be a costsmooth.CostMatrix, got {type(cost).__name__}")
+        if cost is not None:
+            cost.check_num_classes(self.num_classes)
+        X, labels, boundary, batch_size, selection, tops = self._sequential_start(X, indices, labels, alpha, max_n, n0,
+                                                                                  batch_size, slots, first, growth)
+        test = SequentialTest(boundary, radius, self.sigma, tops, labels, cost)
+        t0 = time.perf_counter()
+        counts = self._sample_until(X, indices, boundary, test.check, batch_size, slots, progress)
+        return test.results(counts, selection, t0)
+
+    def _sequential_start(self, X, indices, labels, alpha, max_n, n0, batch_size, slots, first, growth):
+        """Checked arguments and the selection draw: (X on the device, labels, boundary, batch_size, selection
+        counts, cA per input)."""
+        if callable(self.sigma):
+            raise ValueError("sequential certification needs a constant sigma; input-dependent sigma "
+                             "(costsmooth.input_dependent) is certified with Smooth.certify_batch")
+        if self.sample_split is not None:
+            raise ValueError("sequential certification runs in one process; drop sample_split (each input stops "
+                             "at its own sample count)")
+        if X.dim() < 1:
+            raise ValueError("X must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
+        if slots is not None:
+            check_count(slots, "slots")
+        if labels is not None:
+            labels = check_labels(labels, X.shape[0], self.num_classes)
+        boundary = Boundary.geometric(check_alpha(alpha), check_count(max_n, "max_n"), first, growth)
+        n0 = check_count(n0, "n0")
+        X = X.to(self.device)
+        if X.numel() and not bool(torch.isfinite(X).all()):
+            raise ValueError("X contains NaN or infinite values; certificates of such inputs are meaningless, clean "
+                             "the data first")
+        batch_size = check_count(batch_size, "batch_size") if batch_size is not None else self.batch_size
+        parts = [self._counts(X[a:b], n0, STREAM_SELECTION, indices[a], batch_size)
+                 for a, b in _consecutive_runs(indices)]
+        selection = torch.cat(parts).numpy() if parts else np.zeros((0, self.num_classes), dtype=np.int64)
+        tops = selection.argmax(axis=1) if selection.size else np.zeros(0, dtype=np.int64)
+        return X, labels, boundary, batch_size, selection, tops
+
+    def _sample_until(self, X, indices, boundary, check, batch_size, slots, progress) -> np.ndarray:
+        return sample_until(self.model, X, self.sigma, indices, boundary.checkpoints, check,
+                            num_classes=self.num_classes, seed=self.seed, stream=STREAM_ESTIMATION,
+                            batch_size=batch_size, slots=slots, dtype=self.dtype, channels_last=self.channels_last,
+                            autocast=self.autocast, cuda_graphs=self.cuda_graphs, graph_cache=self._graphs,
+                            progress=progress)
 
     # -- batches --------------------------------------------------------------------------------
     def certify_batch(self, X: torch.Tensor, labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None,
@@ -190,15 +277,19 @@ class Smooth:
         together. Labels (optional) enable ``correct`` and, with ``cost``, the cost-sensitive radius.
         """
         check_float_tensor(X, "X")
-        if indices is None:
-            indices = list(range(X.shape[0]))
-        indices = [int(i) for i in indices]
-        if len(indices) != X.shape[0] or (labels is not None and len(labels) != X.shape[0]):
-            raise ValueError(f"{X.shape[0]} inputs need as many indices and labels, got {len(indices)} indices"
-                             f"{'' if labels is None else f' and {len(labels)} labels'}")
-        if any(i < 0 or i >= _FRESH_INDEX_BASE for i in indices):
-            raise ValueError(f"dataset indices must lie in [0, 2^31), got {min(indices)}..{max(indices)}")
+        indices = self._dataset_indices(indices, X.shape[0], labels)
         return self._certify(X.to(self.device), labels, cost, n0, n, alpha, indices, batch_size, progress)
+
+    @staticmethod
+    def _dataset_indices(indices, batch: int, labels=None) -> List[int]:
+        """Dataset indices (default 0..B-1) as ints, one per input (and label), in [0, 2^31)."""
+        indices = list(range(batch)) if indices is None else [int(i) for i in indices]
+        if len(indices) != batch or (labels is not None and len(labels) != batch):
+            raise ValueError(f"{batch} inputs need as many indices and labels, got {len(indices)} indices"
+                             f"{'' if labels is None else f' and {len(labels)} labels'}")
+        if indices and (min(indices) < 0 or max(indices) >= _FRESH_INDEX_BASE):
+            raise ValueError(f"dataset indices must lie in [0, 2^31), got {min(indices)}..{max(indices)}")
+        return indices
 
     def _certify(self, X, labels, cost, n0, n, alpha, indices, batch_size, progress=None) -> List[Certificate]:
         n0, n = check_count(n0, "n0"), check_count(n, "n")
@@ -206,7 +297,7 @@ class Smooth:
         if cost is not None:
             cost.check_num_classes(self.num_classes)
         if labels is not None:
-            labels = _labels(labels, X.shape[0], self.num_classes)
+            labels = check_labels(labels, X.shape[0], self.num_classes)
         sigma = self._sigma_of(X)  # once per input: the noise and the certificate use the same value
         per_input = isinstance(sigma, torch.Tensor)
         selection, estimation, sums = [], [], []

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from costsmooth import Smooth
 from costsmooth.data import Dataset, load_dataset
 from costsmooth.models import load_model
-from costsmooth.sequential import Boundary, certify_batch_at, simulate_standard
+from costsmooth.sequential import Boundary, simulate_standard
 from costsmooth.train import train
 from scipy.stats import norm
 
@@ -66,7 +66,7 @@ def fixed_n(smooth, X, labels, idx, n, n0, alpha):
 
 def sequential(smooth, X, labels, idx, radius, max_n, n0, alpha):
     t0 = time.perf_counter()
-    res = certify_batch_at(smooth, X, radius, alpha, max_n=max_n, labels=labels, n0=n0, indices=idx)
+    res = smooth.certify_batch_at(X, radius, alpha, max_n=max_n, labels=labels, n0=n0, indices=idx)
     return {"idx": idx, "decision": [r.decision for r in res], "samples": [r.samples for r in res],
             "prediction": [r.prediction for r in res], "label": labels, "radius": radius, "max_n": max_n,
             "seconds": time.perf_counter() - t0}

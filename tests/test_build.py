@@ -83,3 +83,49 @@ def test_imports_run_one_way():
     for module in ENGINE_AND_CERTIFICATES:
         assert not modules[module] & COMMANDS, (module, modules[module] & COMMANDS)
     assert "costsmooth.demo" not in modules["costsmooth.train"]  # the demo builds on train, not the reverse
+
+
+def _local_imports_and_private_names(path):
+    """(imports inside functions, private names taken from other modules) of one file."""
+    import ast
+    tree = ast.parse(open(path).read())
+    top = set(map(id, tree.body))
+    nested, private = [], []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+            nested.append(ast.unparse(node))
+        if isinstance(node, ast.ImportFrom):
+            private += [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"
+                        and not (node.level and node.module is None)]  # ``from . import _C`` is a module
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                private.append(ast.unparse(node))
+    return nested, private
+
+
+def test_sequential_certification_runs_one_way():
+    # The boundary and tests are certificates (numpy/scipy), the packed scheduler is engine, Smooth joins
+    # them, the writer and dataset run sit with the runs: no circle through them, no import inside a
+    # function, no private name of another module.
+    modules = _modules()
+    sequential, packing = modules["costsmooth.sequential"], modules["costsmooth.packing"]
+    assert sequential <= {"costsmooth._checks", "costsmooth.stats", "costsmooth.certify", "costsmooth.cost"}
+    assert packing <= {"costsmooth._checks", "costsmooth.ops", "costsmooth.sampling"}
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "costsmooth", "sequential.py")).read())
+    assert not any(isinstance(n, ast.Import) and any(a.name == "torch" for a in n.names) for n in ast.walk(tree))
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for dep in modules.get(todo.pop(), ()):
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
+
+    for module in ("costsmooth.sequential", "costsmooth.packing", "costsmooth.smooth", "costsmooth.results"):
+        assert module not in reach(module), module  # no circle
+    for name in ("sequential", "packing"):
+        nested, private = _local_imports_and_private_names(os.path.join(ROOT, "costsmooth", name + ".py"))
+        assert not nested and not private, (name, nested, private)

@@ -13,8 +13,7 @@ from scipy.stats import norm
 
 from costsmooth import CostMatrix, Smooth, sample_counts
 from costsmooth.certify import conservative_sigma
-from costsmooth.sequential import (CONTINUE, Boundary, certify_batch_at, cost_sensitive_test, estimate_radius_batch,
-                                   simulate_standard)
+from costsmooth.sequential import CONTINUE, Boundary, cost_sensitive_test, simulate_standard
 
 from .models import Bins, Linear2
 
@@ -106,6 +105,129 @@ def test_cost_sensitive_false_certification_rate_is_at_most_alpha(alpha):
         assert np.mean(decision == 1) <= alpha + slack(alpha, trials), true_radius
 
 
+def _exact_false_certification(p: float, radius: float, sigma: float, max_n: int, alpha: float, first: int,
+                               growth: float) -> float:
+    """The exact probability that the sequential standard test certifies radius r when p_cA = p, by dynamic
+    programming over the vote count of the paths still running. The oracle is written from the rule, not
+    from the module: checkpoints ceil(first * growth^k) below max_n, then max_n; half of alpha at max_n and
+    the other half split evenly over the earlier checkpoints; at each checkpoint the one-sided
+    Clopper-Pearson bounds Beta^-1(a_k; k, n - k + 1) and Beta^-1(1 - a_k; k + 1, n - k)."""
+    from scipy.stats import beta, binom
+    points, m = [], float(first)
+    while math.ceil(m) < max_n:
+        if not points or math.ceil(m) > points[-1]:
+            points.append(math.ceil(m))
+        m *= growth
+    points.append(max_n)
+    levels = [alpha / 2 / (len(points) - 1)] * (len(points) - 1) + [alpha / 2]
+    threshold_low, threshold_up = norm.cdf(radius / conservative_sigma(sigma)), norm.cdf(radius / sigma)
+    mass, previous, wrong = np.array([1.0]), 0, 0.0
+    for n, a in zip(points, levels):
+        step = binom.pmf(np.arange(n - previous + 1), n - previous, p)
+        mass, previous = np.convolve(mass, step), n
+        k = np.arange(n + 1)
+        with np.errstate(invalid="ignore"):
+            lower = np.where(k == 0, 0.0, beta.ppf(a, k, n - k + 1))
+            upper = np.where(k == n, 1.0, beta.ppf(1 - a, k + 1, n - k))
+        certified = (lower >= 0.5) & (lower >= threshold_low)
+        wrong += mass[certified].sum()
+        mass = np.where(certified | (upper < threshold_up), 0.0, mass)
+    return float(wrong)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.01])
+def test_sequential_error_rate_matches_the_exact_rate_of_the_alpha_split(alpha):
+    # At the threshold (true radius = r) the exact false-certification probability of the intended split is
+    # computed by the oracle above; the module's decisions on 30000 simulated vote sequences must match it
+    # within 4.5 binomial standard deviations (false-failure rate < 1e-5). Spending each alpha_k twice (or
+    # half of it) moves the exact rate from 0.0527 to 0.101 (or 0.026) at alpha 0.1, 38 (21) standard
+    # deviations, and from 0.0056 to 0.0103 (or 0.0027) at alpha 0.01, 11 (6.7): a factor-2 error in the
+    # split fails this test.
+    rng = np.random.default_rng(31337)
+    trials, max_n = 30000, 4000
+    p = p_at_distance(RADIUS)
+    exact = _exact_false_certification(p, RADIUS, SIGMA, max_n, alpha, 64, 1.25)
+    assert 0.3 * alpha < exact <= alpha
+    decision, _ = simulate_standard(p, RADIUS, SIGMA, Boundary.geometric(alpha, max_n), trials, rng)
+    rate = float(np.mean(decision == "certified"))
+    assert abs(rate - exact) <= 4.5 * math.sqrt(exact * (1 - exact) / trials), (rate, exact)
+
+
+def _cost_sensitive_oracle(counts, n, level, radius, sigma, targets):
+    """Decisions of the cost-sensitive test written from the rule: p_cA bounds at level/2, each of the K
+    target bounds at level/(2K); certified when sigma/2 (Phi^-1(pA_low) - Phi^-1(min(max pj_up, 1 - pA_low)))
+    >= r; not certified when sigma/2 (Phi^-1(pA_up) - Phi^-1(max pj_low)) < r (class 0 is cA)."""
+    from scipy.stats import beta
+    k = len(targets)
+    a = counts[:, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pa_low = np.where(a == 0, 0.0, beta.ppf(level / 2, a, n - a + 1))
+        pa_up = np.where(a == n, 1.0, beta.ppf(1 - level / 2, a + 1, n - a))
+        t = counts[:, targets]
+        pt_up = np.where(t == n, 1.0, beta.ppf(1 - level / (2 * k), t + 1, n - t)).max(axis=1)
+        pt_low = np.where(t == 0, 0.0, beta.ppf(level / (2 * k), t, n - t + 1)).max(axis=1)
+        r_cs = sigma / 2 * (norm.ppf(pa_low) - norm.ppf(np.minimum(pt_up, 1 - pa_low)))
+        r_opt = sigma / 2 * (norm.ppf(pa_up) - norm.ppf(pt_low))
+    certified = (r_cs > 0) & (r_cs >= radius)
+    hopeless = ~certified & ((r_opt < radius) | (r_opt <= 0))
+    return np.where(certified, 1, np.where(hopeless, 2, 0))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_cost_sensitive_decisions_equal_the_oracle_and_keep_alpha(k):
+    # K targets, each with p_target; cA = class 0 at true cost-sensitive radius r (the worst case). The
+    # module's decision on every simulated trial and checkpoint equals the oracle's (a wrong split, e.g.
+    # alpha/2 per target instead of alpha/(2K), changes decisions near the boundary: tested below), and
+    # the false-certification rate stays below alpha + 3 standard deviations (false-failure rate < 0.2%).
+    rng = np.random.default_rng(1000 + k)
+    sigma, radius, p_target, alpha = 0.25, 0.25, 0.01, 0.1
+    boundary = Boundary.geometric(alpha, 4000, first=32, growth=1.5)
+    trials = 4000
+    p_A = norm.cdf(2 * radius / sigma + norm.ppf(p_target))
+    p = np.array([p_A] + [p_target] * k + [1 - p_A - k * p_target])
+    targets = list(range(1, k + 1))
+    counts = np.zeros((trials, k + 2), dtype=np.int64)
+    decision = np.zeros(trials, dtype=np.int64)
+    previous, compared, differs_if_split_wrong = 0, 0, 0
+    for j, n in enumerate(boundary.checkpoints):
+        counts += rng.multinomial(n - previous, p, size=trials)
+        previous = n
+        open_ = np.nonzero(decision == CONTINUE)[0]
+        level = boundary.levels[j]
+        mine = cost_sensitive_test(counts[open_], 0, targets, n, level, radius, sigma)[0]
+        assert np.array_equal(mine, _cost_sensitive_oracle(counts[open_], n, level, radius, sigma, targets))
+        compared += open_.size
+        if k > 1:  # the same counts under a split that spends alpha/2 on each target would decide otherwise
+            wrong = _cost_sensitive_oracle(counts[open_], n, level * k, radius, sigma, targets)
+            differs_if_split_wrong += int(np.sum(wrong != mine))
+        decision[open_] = mine
+    assert compared > trials
+    assert k == 1 or differs_if_split_wrong > 0
+    assert np.mean(decision == 1) <= alpha + slack(alpha, trials)
+
+
+def test_each_decision_uses_the_sigma_conservative_for_its_claim():
+    # sigma = 0.1 is drawn as float32 0.10000000149 (larger): "certified" (radius >= r) must use 0.1,
+    # "not_certified" (radius < r) the float32 value. A radius between the two upper-bound radii is no
+    # evidence either way, so the test continues; with the smaller sigma it would claim "not certified".
+    from costsmooth import stats
+    from costsmooth.sequential import sigma_bounds, standard_test
+    sigma, n_A, t, level = 0.1, 950, 1000, 0.001
+    low, high = sigma_bounds(sigma)
+    assert low == 0.1 and high == float(np.float32(0.1)) > 0.1
+    q = norm.ppf(float(stats.cp_upper(n_A, t, level)))
+    r = (low * q + high * q) / 2
+    assert low * q < r < high * q
+    assert standard_test(n_A, t, level, r, sigma)[0] == CONTINUE
+    assert standard_test(n_A, t, level, high * q * (1 + 1e-12), sigma)[0] == 2
+    # the cost-sensitive "not certified" (optimistic radius below r) likewise uses the larger sigma
+    counts = np.array([[900, 30, 70]])
+    q_cs = (norm.ppf(float(stats.cp_upper(900, 1000, level / 2))) - norm.ppf(float(stats.cp_lower(70, 1000, level / 2))))
+    r_cs = (low + high) / 2 * q_cs / 2
+    assert cost_sensitive_test(counts, 0, [2], 1000, level, r_cs, sigma)[0][0] == CONTINUE
+    assert cost_sensitive_test(counts, 0, [2], 1000, level, high * q_cs / 2 * (1 + 1e-12), sigma)[0][0] == 2
+
+
 def test_cost_sensitive_test_refuses_a_top_class_in_the_target_set():
     d, _, r = cost_sensitive_test(np.array([[0, 0, 1000]]), 2, [2], 1000, 0.001, 0.1, 0.25)
     assert d[0] == 2 and r[0] == 0.0
@@ -155,7 +277,7 @@ def test_engine_false_certification_rate_at_the_threshold():
     alpha, trials = 0.1, 400
     smooth = Smooth(Linear2([1.0, 0.0], 0.0), 2, SIGMA, batch_size=4000, seed=99)
     X = _linear_inputs([RADIUS] * trials)
-    results = certify_batch_at(smooth, X, RADIUS, alpha, max_n=2000, first=32, growth=1.5)
+    results = smooth.certify_batch_at(X, RADIUS, alpha, max_n=2000, first=32, growth=1.5)
     rate = np.mean([r.decision == "certified" for r in results])
     assert rate <= alpha + slack(alpha, trials)
     assert {r.decision for r in results} <= {"certified", "not_certified", "undecided"}
@@ -201,7 +323,7 @@ def test_adaptive_radius_is_a_valid_lower_bound_and_stops_early():
     model = Linear2([1.0, 0.0], 0.0)
     smooth = Smooth(model, 2, SIGMA, batch_size=2000, seed=8)
     distances = np.linspace(-0.7, 0.7, 29)
-    out = estimate_radius_batch(smooth, _linear_inputs(distances), 0.05, 0.001, max_n=20000)
+    out = smooth.estimate_radius_batch(_linear_inputs(distances), 0.05, 0.001, max_n=20000)
     for d, r in zip(distances, out):
         assert 0 <= r.radius <= abs(d) + 1e-12  # never above the true radius
         assert r.samples <= 20000 and r.prediction in (-1, int(d > 0))
@@ -221,7 +343,7 @@ def test_adaptive_radius_is_a_valid_lower_bound_and_stops_early():
     (lambda s, X: s.certify_batch_at(X, 0.1, indices=[0]), "2 inputs need as many indices"),
     (lambda s, X: s.certify_batch_at(X, 0.1, cost=np.zeros((2, 2))), "cost must be a costsmooth.CostMatrix"),
     (lambda s, X: s.certify_batch_at(X * float("nan"), 0.1), "NaN or infinite"),
-    (lambda s, X: estimate_radius_batch(s, X, 0.0), "tolerance must be a positive finite number"),
+    (lambda s, X: s.estimate_radius_batch(X, 0.0), "tolerance must be a positive finite number"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(call, message):
     smooth = Smooth(Linear2([1.0, 0.0], 0.0), 2, SIGMA)
@@ -248,7 +370,7 @@ def test_input_dependent_sigma_is_refused():
 def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_path, capsys):
     from costsmooth.cli import main
     from costsmooth.results import read_meta, read_tsv
-    from costsmooth.sequential import SEQUENTIAL_COLUMNS
+    from costsmooth.results import SEQUENTIAL_COLUMNS
 
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)
@@ -313,3 +435,41 @@ def test_certify_sequential_cli_refuses_settings_it_cannot_honour(tmp_path, caps
     assert "--shard is not available with --sequential" in capsys.readouterr().err
     assert main(base + ["--sequential", "--radius", "0.5", "--prob-sums"]) == 2
     assert "--prob-sums is not available with --sequential" in capsys.readouterr().err
+
+
+def test_sequential_run_with_a_cost_matrix_reports_what_analyze_counts(tmp_path, capsys):
+    # The TSV carries per-target radii, so analyze's Rob_cs and worst-case cost at the tested radius agree
+    # with the decisions of the cost-sensitive rows, and the summary's certified accuracy is analyze's
+    # (a row certified only cost-sensitively is not standard-certified at r).
+    import json
+    import re
+
+    from costsmooth.cli import main
+    from costsmooth.results import read_tsv
+
+    torch.manual_seed(1)
+    model = torch.nn.Linear(5, 3)
+    x = torch.randn(40, 5) * 2
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save({"inputs": x, "labels": y, "split": ["test"] * 40}, tmp_path / "data.pt")
+    out, report = tmp_path / "seq.tsv", tmp_path / "a.json"
+    r = 0.3
+    assert main(["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5", str(out), "--sequential",
+                 "--radius", str(r), "--max-n", "3000", "--alpha", "0.01", "--quiet", "--seed-classes", "0,1"]) == 0
+    summary = capsys.readouterr().out
+    assert main(["analyze", str(out), "--radii", f"0,{r}", "--json", str(report)]) == 0
+    at_r = [m for m in json.load(open(report))["metrics"] if m["radius"] == r][0]
+    rows = read_tsv(str(out))
+    seed = [row for row in rows if row["label"] in ("0", "1")]
+    assert seed and any(row["decision"] == "certified" for row in seed)
+    cs_certified = sum(row["decision"] == "certified" for row in seed)
+    assert at_r["rob_cs"] == pytest.approx(cs_certified / len(seed))
+    assert at_r["wc_cost"] == pytest.approx(1 - cs_certified / len(seed))  # every target costs 1
+    for row in seed:
+        radii = [float(v.split(":")[1]) for v in row["target_radii"].split(";")]
+        assert len(radii) == 2 and float(row["cs_radius"]) == (min(radii) if min(radii) > 0 else 0.0)
+    accurate = int(re.search(r"certified accuracy at r=0.3: (\d+) of 40 inputs", summary).group(1))
+    assert accurate == round(at_r["cert_acc"] * 40)
+    assert f"cost-sensitive test: {cs_certified} of {len(seed)} seed-class inputs certified" in summary

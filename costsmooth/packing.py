@@ -1,0 +1,115 @@
+"""The sequential scheduler: estimation samples of many inputs packed into shared model calls, each
+input drawn up to its next checkpoint until a decision rule stops it.
+
+``sample_until`` fills each model call with up to ``batch_size`` rows taken from the active inputs (each
+up to its next checkpoint), admitting the next input while the active ones need fewer rows than a call
+holds (``slots`` caps how many are active). When an input is decided its slot is refilled, so calls
+stay full while inputs stop at different times. The noise of input b's sample j is (seed, stream,
+indices[b], j) as everywhere in the engine, so the counts, and hence the decisions, do not depend on
+the batch size, the number of slots or which inputs share a call; an input's counts equal
+``sample_counts`` of its first ``samples`` samples.
+
+The model calls run through ``sampling.ModelCalls`` (the loop of ``sample_statistics``): one reused
+noise buffer, CUDA graphs for full calls, and out-of-memory recovery. Counts stay on the device; the
+host reads them only when inputs reach a checkpoint (one transfer per decision, NaN rows with it).
+"""
+from __future__ import annotations
+
+import collections
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from ._checks import check_count, check_seed, sigma_tensor
+from .sampling import STREAM_ESTIMATION, Chunk, ModelCalls, eval_mode
+
+__all__ = ["sample_until"]
+
+
+def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoints: np.ndarray,
+                 check: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], *, num_classes: int,
+                 seed: int = 0, stream: int = STREAM_ESTIMATION, batch_size=1000, slots: Optional[int] = None,
+                 dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False,
+                 graph_cache: Optional[dict] = None, progress=None) -> np.ndarray:
+    """Draw samples of each input of ``x[B, *shape]`` checkpoint by checkpoint until ``check`` stops it.
+
+    Input b is sampled up to checkpoint ``checkpoints[k]`` (its samples ``t .. n_k - 1`` of (seed,
+    stream, ``indices[b]``)), then ``check(b, k, counts)`` (int64 arrays ``[D]``, ``[D]``, ``[D, C]``
+    for the D inputs that reached a checkpoint in one model call) says which are done (bool ``[D]``);
+    the others continue to the next checkpoint; at the last checkpoint an input is done regardless.
+    ``x`` must be finite and on the device to run on; sigma a number or ``[B]`` tensor. The sampling
+    options are those of ``sample_statistics``. Returns int64 counts ``[B, C]`` (numpy) at each
+    input's stop. Raises ``NaNLogitsError`` when the model returned NaN for some rows of an input.
+    """
+    batch = x.shape[0]
+    points = np.asarray(checkpoints, dtype=np.int64)
+    seed64 = check_seed(seed)
+    limit = check_count(slots, "slots") if slots is not None else None
+    sig = sigma_tensor(sigma, batch, x.device)
+    calls = ModelCalls(model, x, batch_size, dtype=dtype, channels_last=channels_last, autocast=autocast,
+                       cuda_graphs=cuda_graphs, graph_cache=graph_cache, num_classes=num_classes)
+    counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
+    nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    drawn = np.zeros(batch, dtype=np.int64)
+    stage = np.zeros(batch, dtype=np.int64)
+    queue = collections.deque(range(batch))
+    active: List[int] = []
+
+    def plan(rows_per_call: int) -> Chunk:
+        cap = rows_per_call if limit is None else min(limit, rows_per_call)
+        while queue and len(active) < cap and sum(int(points[stage[b]] - drawn[b]) for b in active) < rows_per_call:
+            active.append(queue.popleft())
+        parts, rows = [], 0
+        for b in active:
+            if rows == rows_per_call:
+                break
+            m = int(min(points[stage[b]] - drawn[b], rows_per_call - rows))
+            parts.append((b, rows, m))
+            rows += m
+
+        def write(out):
+            for b, start, m in parts:
+                torch.ops.costsmooth.noisy_batch_into(x[b:b + 1], sig[b:b + 1], m, seed64, stream, indices[b],
+                                                      int(drawn[b]), out[start:start + m])
+
+        remaining = sum(int(points[-1] - drawn[b]) for b in active) + len(queue) * int(points[0])
+        return Chunk(rows, write, 1 if rows == rows_per_call else None, remaining // rows_per_call, tuple(parts))
+
+    with eval_mode(model):
+        while queue or active:
+            chunk, logits, votes = calls.call(plan)
+            parts = chunk.span
+            if votes is not None:  # a graph replay: one-hot votes per row, added to each row's input
+                groups = torch.tensor(np.repeat([b for b, _, _ in parts], [m for _, _, m in parts]), device=x.device)
+                counts.index_add_(0, groups, votes[0])
+                nan_rows.index_add_(0, groups, votes[1])
+            else:
+                for b, start, m in parts:
+                    nan_rows[b:b + 1] += torch.ops.costsmooth.vote_count_(logits[start:start + m], counts[b:b + 1], m)
+            if progress is not None:
+                progress.update(chunk.rows)
+            for b, _, m in parts:
+                drawn[b] += m
+            due = np.array([b for b, _, _ in parts if drawn[b] == points[stage[b]]], dtype=np.int64)
+            if due.size:
+                done = _decide(check, due, stage, counts, nan_rows, len(points))
+                finished = set(due[done].tolist())
+                active[:] = [b for b in active if b not in finished]
+                stage[due[~done]] += 1
+    return counts.cpu().numpy()
+
+
+def _decide(check, due: np.ndarray, stage: np.ndarray, counts: torch.Tensor, nan_rows: torch.Tensor,
+            checkpoints: int) -> np.ndarray:
+    """Which inputs ``due`` (at a checkpoint) are done: one device-to-host transfer of their counts and
+    NaN rows; an input with NaN rows stops the run (its counts miss those votes)."""
+    at = torch.from_numpy(due).to(counts.device)
+    rows = torch.cat([counts[at], nan_rows[at][:, None]], dim=1).cpu()
+    if bool(rows[:, -1].any()):  # name the inputs by their position in the batch
+        ops.raise_on_nan(torch.zeros(counts.shape[0], dtype=torch.int64).index_add_(0, torch.from_numpy(due),
+                                                                                    rows[:, -1]), "the vote counts")
+    done = np.asarray(check(due, stage[due], rows[:, :-1].numpy()))
+    return done | (stage[due] == checkpoints - 1)
