@@ -15,8 +15,8 @@ from . import _C  # noqa: F401  (loading the extension registers the ops)
 from ._checks import (FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_positive_finite,
                       check_same_device, check_seed, sigma_tensor)
 
-__all__ = ["philox", "noisy_batch", "vote_count", "prob_sum", "vote_count_nan", "raise_on_nan",
-           "NaNLogitsError"]
+__all__ = ["philox", "noisy_batch", "noisy_rows", "vote_count", "vote_rows", "prob_sum", "vote_count_nan",
+           "raise_on_nan", "NaNLogitsError"]
 
 SigmaLike = Union[float, torch.Tensor]
 
@@ -83,6 +83,74 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
         raise ValueError("out must be contiguous or channels-last (e.g. a leading slice of a buffer)")
     torch.ops.costsmooth.noisy_batch_into(*args, out)
     return out
+
+
+def noisy_rows(x: torch.Tensor, sigma: SigmaLike, table: torch.Tensor, *, seed: int, stream: int = 0,
+               dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Noisy rows of many inputs and samples in one pass (one launch for a packed model call).
+
+    Args:
+        x: inputs ``[B, *shape]``; sigma: a number or ``[B]`` tensor; seed, stream: as in ``noisy_batch``.
+        table: int64 ``[3, rows]`` on x's device: for each output row r, the position ``table[0, r]`` of
+            its input in ``x``, the input's global index ``table[1, r]`` and the sample index ``table[2, r]``
+            (both in [0, 2^32)). ``table[0]`` is the ``group`` of ``vote_rows`` for the same call.
+        dtype, channels_last, out: as in ``noisy_batch`` (``out`` of shape ``[rows, *shape]``).
+
+    Returns:
+        ``out[r] = x[b] + sigma_b * noise(seed, stream, table[1, r], table[2, r])`` with ``b = table[0, r]``:
+        exactly the row ``noisy_batch`` writes for that input index and sample index.
+    """
+    check_float_tensor(x, "x")
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
+    if not isinstance(table, torch.Tensor) or table.dtype != torch.int64 or table.dim() != 2 or table.shape[0] != 3:
+        raise ValueError("table must be an int64 tensor [3, rows] (positions in x, input indices, sample indices)")
+    check_same_device(x, table, "x", "table")
+    if table.numel():
+        low, high = table.min(1).values.tolist(), table.max(1).values.tolist()
+        if low[0] < 0 or high[0] >= x.shape[0]:
+            raise ValueError(f"table positions must lie in [0, {x.shape[0]}) (rows of x), got {low[0]}..{high[0]}")
+        if min(low[1:]) < 0 or max(high[1:]) >= 2**32:
+            raise ValueError("table input and sample indices must lie in [0, 2^32)")
+    dtype = x.dtype if dtype is None else dtype
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of float32, float64, float16, bfloat16, got {dtype}")
+    if channels_last and x.dim() != 4:
+        raise ValueError(f"channels_last needs 4-d inputs [B, C, H, W], got shape {list(x.shape)}")
+    sig = sigma_tensor(sigma, x.shape[0], x.device)
+    expected = (table.shape[1],) + tuple(x.shape[1:])
+    if out is None:
+        out = torch.empty(expected, dtype=dtype, device=x.device,
+                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    elif not isinstance(out, torch.Tensor) or tuple(out.shape) != expected or out.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"out must be a float tensor of shape {list(expected)}, got "
+                         f"{list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    check_same_device(x, out, "x", "out")
+    torch.ops.costsmooth.noisy_rows_into(x, sig, table, check_seed(seed), check_index(stream, "stream"), out)
+    return out
+
+
+def vote_rows(logits: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Add each row's argmax vote to ``counts[group[r]]`` in place; return NaN rows per counts row.
+
+    logits ``[rows, C]``; group int64 ``[rows]`` with values in ``[0, B)``; counts int64 ``[B, C]``. Votes
+    as in ``vote_count`` (ties to the lowest class, rows with a NaN not counted). Does not synchronise
+    with the device.
+    """
+    check_float_tensor(logits, "logits")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-d [rows, classes], got shape {list(logits.shape)}")
+    if not isinstance(group, torch.Tensor) or group.dtype != torch.int64 or tuple(group.shape) != (logits.shape[0],):
+        raise ValueError(f"group must be an int64 tensor [{logits.shape[0]}]: the counts row of each logits row")
+    if not isinstance(counts, torch.Tensor) or counts.dtype != torch.int64 or counts.dim() != 2 \
+            or counts.shape[1] != logits.shape[1] or not counts.is_contiguous():
+        raise ValueError(f"counts must be a contiguous int64 tensor [B, {logits.shape[1]}]")
+    check_same_device(logits, counts, "logits", "counts")
+    check_same_device(logits, group, "logits", "group")
+    if group.numel() and (int(group.min()) < 0 or int(group.max()) >= counts.shape[0]):
+        raise ValueError(f"group values must lie in [0, {counts.shape[0]}) (rows of counts)")
+    return torch.ops.costsmooth.vote_rows_(logits, counts, group)
 
 
 def _check_logits(logits: torch.Tensor, n: int, acc: Optional[torch.Tensor], acc_dtype: torch.dtype,
@@ -196,3 +264,15 @@ def _vote_count_fake(logits, counts, n):
 @torch.library.register_fake("costsmooth::prob_sum_")
 def _prob_sum_fake(logits, sums, n, temperature):
     return _votes_fake(logits, sums, n)
+
+
+@torch.library.register_fake("costsmooth::noisy_rows_into")
+def _noisy_rows_into_fake(x, sigma, table, seed, stream, out):
+    torch._check(out.shape[0] == table.shape[1], lambda: "out must have one row per table column")
+    return None
+
+
+@torch.library.register_fake("costsmooth::vote_rows_")
+def _vote_rows_fake(logits, counts, group):
+    torch._check(group.shape[0] == logits.shape[0], lambda: "group must have one entry per logits row")
+    return logits.new_empty((counts.shape[0],), dtype=torch.int64)

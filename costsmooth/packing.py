@@ -9,9 +9,11 @@ indices[b], j) as everywhere in the engine, so the counts, and hence the decisio
 the batch size, the number of slots or which inputs share a call; an input's counts equal
 ``sample_counts`` of its first ``samples`` samples.
 
-The model calls run through ``sampling.ModelCalls`` (the loop of ``sample_statistics``): one reused
-noise buffer, CUDA graphs for full calls, and out-of-memory recovery. Counts stay on the device; the
-host reads them only when inputs reach a checkpoint (one transfer per decision, NaN rows with it).
+Each model call is one noise launch and one vote launch: a row -> (position, input index, sample
+index) table (``ops.noisy_rows``, ``ops.vote_rows``) serves all the inputs packed into it. The model
+calls run through ``sampling.ModelCalls`` (the loop of ``sample_statistics``): one reused noise
+buffer, CUDA graphs for full calls, and out-of-memory recovery. Counts stay on the device; the host
+reads them only when inputs reach a checkpoint (one transfer per decision, NaN rows with it).
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoi
     stage = np.zeros(batch, dtype=np.int64)
     queue = collections.deque(range(batch))
     active: List[int] = []
+    index = np.asarray(indices, dtype=np.int64)
+    uploads = _Uploads(x.device, calls.batch_size)
 
     def plan(rows_per_call: int) -> Chunk:
         cap = rows_per_call if limit is None else min(limit, rows_per_call)
@@ -67,39 +71,71 @@ def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoi
             if rows == rows_per_call:
                 break
             m = int(min(points[stage[b]] - drawn[b], rows_per_call - rows))
-            parts.append((b, rows, m))
+            parts.append((b, m))
             rows += m
+        b_of_part, m_of_part = np.array(parts, dtype=np.int64).T
+        table = np.empty((3, rows), dtype=np.int64)  # one row -> (position, input index, sample index) table
+        table[0] = np.repeat(b_of_part, m_of_part)
+        table[1] = index[table[0]]
+        table[2] = drawn[table[0]] + np.arange(rows) - np.repeat(np.cumsum(m_of_part) - m_of_part, m_of_part)
+        table = uploads.put(table)
 
-        def write(out):
-            for b, start, m in parts:
-                torch.ops.costsmooth.noisy_batch_into(x[b:b + 1], sig[b:b + 1], m, seed64, stream, indices[b],
-                                                      int(drawn[b]), out[start:start + m])
+        def write(out):  # arguments were checked once; the op is called directly (no synchronisation)
+            torch.ops.costsmooth.noisy_rows_into(x, sig, table, seed64, stream, out)
 
         remaining = sum(int(points[-1] - drawn[b]) for b in active) + len(queue) * int(points[0])
-        return Chunk(rows, write, 1 if rows == rows_per_call else None, remaining // rows_per_call, tuple(parts))
+        return Chunk(rows, write, 1 if rows == rows_per_call else None, remaining // rows_per_call, (parts, table))
 
     with eval_mode(model):
         while queue or active:
             chunk, logits, votes = calls.call(plan)
-            parts = chunk.span
+            parts, table = chunk.span
             if votes is not None:  # a graph replay: one-hot votes per row, added to each row's input
-                groups = torch.tensor(np.repeat([b for b, _, _ in parts], [m for _, _, m in parts]), device=x.device)
-                counts.index_add_(0, groups, votes[0])
-                nan_rows.index_add_(0, groups, votes[1])
-            else:
-                for b, start, m in parts:
-                    nan_rows[b:b + 1] += torch.ops.costsmooth.vote_count_(logits[start:start + m], counts[b:b + 1], m)
+                counts.index_add_(0, table[0], votes[0])
+                nan_rows.index_add_(0, table[0], votes[1])
+            else:  # one vote launch for the whole call
+                nan_rows.add_(torch.ops.costsmooth.vote_rows_(logits, counts, table[0]))
             if progress is not None:
                 progress.update(chunk.rows)
-            for b, _, m in parts:
+            for b, m in parts:
                 drawn[b] += m
-            due = np.array([b for b, _, _ in parts if drawn[b] == points[stage[b]]], dtype=np.int64)
+            due = np.array([b for b, _ in parts if drawn[b] == points[stage[b]]], dtype=np.int64)
             if due.size:
                 done = _decide(check, due, stage, counts, nan_rows, len(points))
                 finished = set(due[done].tolist())
                 active[:] = [b for b in active if b not in finished]
                 stage[due[~done]] += 1
     return counts.cpu().numpy()
+
+
+class _Uploads:
+    """Row tables ``[3, rows]`` to the device without waiting for it. On CUDA: two pinned host buffers in
+    turn, each refilled only after its previous copy finished (an event, long done by then: the host
+    reads counts at every checkpoint), copied asynchronously into a device buffer reused in the same
+    turn (stream order keeps the kernels that read it before the next copy). On the CPU the table is
+    used as it is."""
+
+    def __init__(self, device: torch.device, rows: int):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.host = [torch.empty(3 * rows, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+            self.device = [torch.empty(3 * rows, dtype=torch.int64, device=device) for _ in range(2)]
+            self.copied = [None, None]
+            self.turn = 0
+
+    def put(self, table: np.ndarray) -> torch.Tensor:
+        if not self.cuda:
+            return torch.from_numpy(table)
+        k, self.turn = self.turn, 1 - self.turn
+        if self.copied[k] is not None:
+            self.copied[k].synchronize()
+        size = table.size
+        self.host[k][:size].numpy()[:] = table.reshape(-1)
+        out = self.device[k][:size]
+        out.copy_(self.host[k][:size], non_blocking=True)
+        self.copied[k] = torch.cuda.Event()
+        self.copied[k].record()
+        return out.view(table.shape)
 
 
 def _decide(check, due: np.ndarray, stage: np.ndarray, counts: torch.Tensor, nan_rows: torch.Tensor,

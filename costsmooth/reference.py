@@ -98,6 +98,35 @@ def noisy_batch(x: torch.Tensor, n: int, sigma, *, seed: int, stream: int = 0, i
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
+def noisy_rows(x: torch.Tensor, sigma, table: torch.Tensor, *, seed: int, stream: int = 0,
+               dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Reference of ``costsmooth.ops.noisy_rows``: row r is x[b] + sigma_b * noise(seed, stream, input, sample)
+    for ``(b, input, sample) = table[:, r]``."""
+    dtype = x.dtype if dtype is None else dtype
+    batch, dim, rows = x.shape[0], int(torch.Size(x.shape[1:]).numel()), table.shape[1]
+    groups = (dim + 3) // 4
+    shape = (rows, groups)
+    seed &= 2**64 - 1
+    counter = torch.stack([torch.arange(groups, dtype=torch.int64, device=x.device).view(1, -1).expand(shape),
+                           table[2].view(-1, 1).expand(shape), table[1].view(-1, 1).expand(shape),
+                           torch.full(shape, stream, dtype=torch.int64, device=x.device)], dim=-1)
+    z = words_to_normals(philox4x32_10(counter, (seed & _MASK32, seed >> 32))).reshape(rows, 4 * groups)[:, :dim]
+    b = table[0]
+    sig = sigma_tensor(sigma, batch, x.device)[b].view(-1, 1)
+    flat = x.reshape(batch, dim)[b]
+    out = flat.double() + sig.double() * z.double() if dtype == torch.float64 else flat.float() + sig * z
+    return out.to(dtype).reshape((rows,) + tuple(x.shape[1:]))
+
+
+def vote_rows(logits: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Reference of ``costsmooth.ops.vote_rows`` (argmax + bincount by group). Returns NaN rows per counts row."""
+    batch, classes = counts.shape
+    valid = _valid_rows(logits)
+    votes = logits.argmax(dim=1) if classes else torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
+    counts += torch.bincount((group * classes + votes)[valid], minlength=batch * classes).view(batch, classes)
+    return torch.bincount(group[~valid], minlength=batch)
+
+
 def _valid_rows(logits: torch.Tensor) -> torch.Tensor:
     return ~logits.isnan().any(dim=1)
 

@@ -102,4 +102,35 @@ inline int64_t check_votes(const char* op, const at::Tensor& logits, const at::T
   return acc.size(0);
 }
 
+// Checks of noisy_rows_into: the table is int64 [3, rows] on x's device, out has its rows. The values
+// (positions, 32-bit indices) are checked where the table is read (on the CPU) or by the caller.
+inline bool check_noisy_rows(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& table, int64_t stream,
+                             const at::Tensor& out) {
+  TORCH_CHECK(table.dim() == 2 && table.size(0) == 3 && table.scalar_type() == at::kLong,
+              "noisy_rows: table must be int64 [3, rows] (positions in x, input indices, sample indices), got ",
+              table.scalar_type(), " ", table.sizes());
+  TORCH_CHECK(table.device() == x.device(), "noisy_rows: table is on ", table.device(), " but x is on ", x.device());
+  check_noisy_batch(x, sigma, 1, stream, 0, 0, out.scalar_type(), false);
+  TORCH_CHECK(out.dim() == x.dim() && out.size(0) == table.size(1) && out.sizes().slice(1).equals(x.sizes().slice(1)),
+              "noisy_rows: out must have shape [rows, *x.shape[1:]], got ", out.sizes());
+  TORCH_CHECK(out.device() == x.device(), "noisy_rows: out is on ", out.device(), " but x is on ", x.device());
+  if (out.is_contiguous()) return false;
+  TORCH_CHECK(out.dim() == 4 && out.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "noisy_rows: out must be contiguous or channels-last");
+  return true;
+}
+
+inline void check_vote_rows(const at::Tensor& logits, const at::Tensor& counts, const at::Tensor& group) {
+  TORCH_CHECK(logits.dim() == 2, "vote_rows: logits must be 2-d [rows, classes], got ", logits.dim(), "-d");
+  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "vote_rows: logits must be float, got ", logits.scalar_type());
+  to_dtype(logits.scalar_type());
+  TORCH_CHECK(counts.dim() == 2 && counts.size(1) == logits.size(1) && counts.scalar_type() == at::kLong &&
+                  counts.is_contiguous(),
+              "vote_rows: counts must be contiguous int64 [inputs, ", logits.size(1), "], got ", counts.sizes());
+  TORCH_CHECK(group.dim() == 1 && group.size(0) == logits.size(0) && group.scalar_type() == at::kLong,
+              "vote_rows: group must be int64 [", logits.size(0), "] (the counts row of each logits row)");
+  TORCH_CHECK(counts.device() == logits.device() && group.device() == logits.device(),
+              "vote_rows: logits, counts and group must be on one device");
+}
+
 }  // namespace costsmooth

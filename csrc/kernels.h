@@ -53,7 +53,39 @@ struct PhiloxParams {
   uint32_t key1;
 };
 
+// out[r, e] = x[table[0, r], e] + sigma[table[0, r]] * noise(seed, stream, table[1, r], table[2, r], e):
+// the rows of many inputs and samples (a packed model call) in one launch.
+struct NoisyRowsParams {
+  const void* x;         // [batch, dim], contiguous, dtype x_dtype
+  const float* sigma;    // [batch]
+  const int64_t* table;  // [3, rows]: positions in x (< batch), input indices, sample indices (32-bit values)
+  void* out;             // [rows, dim] logically; layout as NoisyBatchParams
+  DType x_dtype;
+  DType out_dtype;
+  int64_t rows;
+  int64_t dim;
+  uint64_t seed;
+  uint32_t stream;
+  bool channels_last;
+  int64_t channels;
+  int64_t spatial;
+};
+
+// counts[group[r], argmax(logits[r])] += 1 for every row r without NaN; nan_rows[group[r]] += 1 otherwise.
+struct VoteRowsParams {
+  const void* logits;    // [rows, classes], unit stride along classes
+  DType dtype;
+  int64_t rows;
+  int64_t classes;
+  int64_t row_stride;
+  const int64_t* group;  // [rows], values in [0, inputs)
+  int64_t* counts;       // [inputs, classes], contiguous
+  int64_t* nan_rows;     // [inputs]
+};
+
 void launch_philox(const PhiloxParams& params, void* cuda_stream);
+void launch_noisy_rows(const NoisyRowsParams& params, void* cuda_stream);
+void launch_vote_rows(const VoteRowsParams& params, void* cuda_stream);
 void launch_noisy_batch(const NoisyBatchParams& params, void* cuda_stream);
 void launch_vote_count(const VoteCountParams& params, void* cuda_stream);
 

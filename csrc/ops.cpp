@@ -25,6 +25,11 @@ TORCH_LIBRARY(costsmooth, m) {
         "int sample_offset, Tensor(a!) out) -> ()");
   // counts[r // n, argmax(logits[r])] += 1; returns the number of NaN rows per input (not counted).
   m.def("vote_count_(Tensor logits, Tensor(a!) counts, int n) -> Tensor");
+  // Rows of many inputs and samples in one call, from an int64 table [3, rows] (positions b in x, input
+  // indices, sample indices): out[r] = x[b_r] + sigma[b_r] * noise(seed, stream, input_r, sample_r, .).
+  m.def("noisy_rows_into(Tensor x, Tensor sigma, Tensor table, int seed, int stream, Tensor(a!) out) -> ()");
+  // counts[group[r], argmax(logits[r])] += 1; returns the number of NaN rows per counts row (not counted).
+  m.def("vote_rows_(Tensor logits, Tensor(a!) counts, Tensor group) -> Tensor");
   // sums[r // n] += softmax(logits[r] / temperature) in float64; returns NaN rows per input.
   m.def("prob_sum_(Tensor logits, Tensor(a!) sums, int n, float temperature) -> Tensor");
 }

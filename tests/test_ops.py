@@ -206,3 +206,82 @@ def test_cpu_simd_and_scalar_noise_paths_agree(tmp_path):
     here = ops.noisy_batch(x, 5, 0.5, seed=9)
     torch.testing.assert_close(here, scalar, atol=2e-6, rtol=2e-6)  # log/sincos from SLEEF vs libm: ulps
     assert costsmooth.build_info()["cpu_noise"] in ("avx2", "scalar")
+
+
+def _row_table(device):
+    # rows of three inputs at positions 2, 0, 2, 1: runs of consecutive samples, a gap, a repeated input
+    positions = [2, 2, 2, 0, 0, 2, 1, 1, 1, 1]
+    inputs = [70, 70, 70, 5, 5, 70, 2**32 - 1, 2**32 - 1, 2**32 - 1, 2**32 - 1]
+    samples = [0, 1, 2, 40, 41, 9, 3, 4, 5, 6]
+    return torch.tensor([positions, inputs, samples], dtype=torch.int64, device=device)
+
+
+@pytest.mark.parametrize("channels_last,dtype", [(False, torch.float32), (True, torch.float32),
+                                                 (False, torch.float64), (False, torch.float16)])
+def test_noisy_rows_write_the_rows_noisy_batch_writes(device, channels_last, dtype):
+    x = torch.rand(3, 2, 3, 5, device=device)
+    sigma = torch.tensor([0.3, 0.5, 0.7], device=device)
+    table = _row_table(device)
+    out = ops.noisy_rows(x, sigma, table, seed=9, stream=1, dtype=dtype, channels_last=channels_last)
+    assert out.shape == (10, 2, 3, 5) and out.dtype == dtype
+    for r, (b, i, j) in enumerate(table.t().tolist()):  # bit-identical to noisy_batch's row (same noise words)
+        row = ops.noisy_batch(x[b:b + 1], 1, sigma[b:b + 1], seed=9, stream=1, index_offset=i, sample_offset=j,
+                              dtype=dtype)
+        assert torch.equal(out[r], row[0]), r
+    ref = reference.noisy_rows(x, sigma, table, seed=9, stream=1, dtype=dtype)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    empty = ops.noisy_rows(x, 0.5, table[:, :0], seed=9)
+    assert empty.shape == (0, 2, 3, 5)
+
+
+def test_noisy_rows_refuse_bad_tables():
+    x = torch.rand(3, 4)
+    with pytest.raises(ValueError, match=r"table must be an int64 tensor \[3, rows\]"):
+        ops.noisy_rows(x, 0.5, torch.zeros(10, 3, dtype=torch.int64), seed=0)
+    with pytest.raises(ValueError, match=r"table positions must lie in \[0, 3\)"):
+        ops.noisy_rows(x, 0.5, torch.tensor([[3], [0], [0]]), seed=0)
+    with pytest.raises(ValueError, match=r"input and sample indices must lie in \[0, 2\^32\)"):
+        ops.noisy_rows(x, 0.5, torch.tensor([[0], [2**32], [0]]), seed=0)
+    with pytest.raises(RuntimeError, match="names position 5"):  # the op itself never reads out of bounds
+        torch.ops.costsmooth.noisy_rows_into(x, torch.full((3,), 0.5), torch.tensor([[5], [0], [0]]), 0, 0,
+                                             torch.empty(1, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_vote_rows_match_reference_with_nan_rows_and_ties(device, dtype):
+    torch.manual_seed(3)
+    logits = torch.randn(300, 7, device=device).round().to(dtype)  # rounding makes ties common
+    logits[[5, 77, 200]] = float("nan")
+    group = torch.randint(0, 4, (300,), device=device)
+    counts = torch.randint(0, 5, (4, 7), device=device)
+    expected = counts.clone()
+    nan_rows = ops.vote_rows(logits, group, counts)
+    expected_nan = reference.vote_rows(logits, group, expected)
+    assert torch.equal(counts, expected) and torch.equal(nan_rows, expected_nan)
+    assert int(nan_rows.sum()) == 3
+    # the same votes as vote_count when each input's rows are consecutive
+    by_input = torch.zeros(3, 7, dtype=torch.int64, device=device)
+    ops.vote_rows(logits[:297], torch.arange(3, device=device).repeat_interleave(99), by_input)
+    ref, _ = reference.vote_count(logits[:297], 99)
+    assert torch.equal(by_input, ref)
+
+
+def test_vote_rows_refuse_bad_groups():
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"group values must lie in \[0, 2\)"):
+        ops.vote_rows(logits, torch.tensor([0, 1, 2, 0]), torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"group must be an int64 tensor \[4\]"):
+        ops.vote_rows(logits, torch.tensor([0, 1]), torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="is not a row of counts"):
+        torch.ops.costsmooth.vote_rows_(logits, torch.zeros(2, 3, dtype=torch.int64), torch.tensor([0, 1, 2, 0]))
+
+
+def test_opcheck_row_table_ops(device):
+    x = torch.rand(3, 2, 5, 4, device=device)
+    sigma = torch.full((3,), 0.5, device=device)
+    table = _row_table(device)
+    torch.library.opcheck(torch.ops.costsmooth.noisy_rows_into,
+                          (x, sigma, table, 7, 1, torch.empty(10, 2, 5, 4, device=device)))
+    torch.library.opcheck(torch.ops.costsmooth.vote_rows_,
+                          (torch.randn(10, 5, device=device), torch.zeros(3, 5, dtype=torch.int64, device=device),
+                           table[0].contiguous()))

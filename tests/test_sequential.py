@@ -473,3 +473,23 @@ def test_sequential_run_with_a_cost_matrix_reports_what_analyze_counts(tmp_path,
     accurate = int(re.search(r"certified accuracy at r=0.3: (\d+) of 40 inputs", summary).group(1))
     assert accurate == round(at_r["cert_acc"] * 40)
     assert f"cost-sensitive test: {cs_certified} of {len(seed)} seed-class inputs certified" in summary
+
+
+def test_packed_scheduler_recovers_from_out_of_memory_with_the_same_results():
+    # The scheduler runs its calls through sampling's loop: an out-of-memory call halves the batch size and
+    # is planned again; the noise depends on indices only, so decisions and counts do not change.
+    from .test_sampling import out_of_memory_above
+
+    model = Linear2([0.6, 0.8], 0.1)
+    X = torch.tensor(np.random.default_rng(1).uniform(-0.8, 0.8, size=(6, 2)))
+    calls = []
+    fragile = out_of_memory_above(300, model, calls)
+    plain = Smooth(model, 2, SIGMA, seed=4, batch_size=1000).certify_batch_at(X, 0.3, 0.01, max_n=3000, n0=50)
+    with pytest.warns(UserWarning) as caught:  # the selection draw (6 x 50 rows) fits; the packed calls do not
+        packed = Smooth(fragile, 2, SIGMA, seed=4, batch_size=1000).certify_batch_at(X, 0.3, 0.01, max_n=3000,
+                                                                                    n0=50)
+    assert [str(w.message) for w in caught] == ["out of memory at batch size 1000; continuing at 500",
+                                                "out of memory at batch size 500; continuing at 250"]
+    assert max(calls[-5:]) <= 250
+    for a, b in zip(plain, packed):
+        assert (a.decision, a.samples) == (b.decision, b.samples) and np.array_equal(a.counts, b.counts)

@@ -139,6 +139,27 @@ at::Tensor noisy_batch_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t
                          channels_last);
 }
 
+// One op call for the rows of a packed model call: each run of table rows with the same position and
+// input and consecutive samples is one noisy_batch_into (parallel inside), so every row gets exactly
+// the noise of (seed, stream, input, sample).
+void noisy_rows_into_cpu(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& table_in, int64_t seed,
+                         int64_t stream, at::Tensor& out) {
+  check_noisy_rows(x, sigma, table_in, stream, out);
+  const at::Tensor table = table_in.contiguous();
+  const int64_t* t = table.data_ptr<int64_t>();
+  const int64_t rows = table.size(1), batch = x.size(0);
+  const int64_t *pos = t, *inp = t + rows, *smp = t + 2 * rows;
+  for (int64_t r = 0; r < rows;) {
+    const int64_t b = pos[r], input = inp[r], sample = smp[r];
+    TORCH_CHECK(b >= 0 && b < batch, "noisy_rows: table row ", r, " names position ", b, " of ", batch, " inputs");
+    int64_t end = r + 1;
+    while (end < rows && pos[end] == b && inp[end] == input && smp[end] == sample + (end - r)) ++end;
+    at::Tensor piece = out.narrow(0, r, end - r);
+    noisy_batch_into_cpu(x.narrow(0, b, 1), sigma.narrow(0, b, 1), end - r, seed, stream, input, sample, piece);
+    r = end;
+  }
+}
+
 // Argmax of one row in its own precision (ties to the lowest index, as torch.argmax); -1 if any NaN.
 template <typename scalar_t>
 int64_t row_vote(const scalar_t* row, int64_t classes) {
@@ -176,6 +197,35 @@ at::Tensor vote_count_cpu(const at::Tensor& logits_in, at::Tensor& counts, int64
     const int64_t b = r / n;
     if (votes[r] < 0) ++np[b];
     else ++cp[b * classes + votes[r]];
+  }
+  return nan_rows;
+}
+
+at::Tensor vote_rows_cpu(const at::Tensor& logits_in, at::Tensor& counts, const at::Tensor& group_in) {
+  check_vote_rows(logits_in, counts, group_in);
+  const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
+  const at::Tensor group = group_in.contiguous();
+  const int64_t inputs = counts.size(0);
+  at::Tensor nan_rows = at::zeros({inputs}, counts.options());
+  const int64_t rows = logits.size(0), classes = logits.size(1), row_stride = logits.stride(0);
+  if (rows == 0 || classes == 0) return nan_rows;
+  const int64_t* gp = group.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(gp[r] >= 0 && gp[r] < inputs, "vote_rows: group[", r, "] = ", gp[r], " is not a row of counts [",
+                inputs, ", ", classes, "]");
+  }
+  std::vector<int64_t> votes(rows);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "vote_rows_cpu", [&] {
+    const scalar_t* lp = logits.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) votes[r] = row_vote(lp + r * row_stride, classes);
+    });
+  });
+  int64_t* cp = counts.data_ptr<int64_t>();
+  int64_t* np = nan_rows.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    if (votes[r] < 0) ++np[gp[r]];
+    else ++cp[gp[r] * classes + votes[r]];
   }
   return nan_rows;
 }
@@ -229,6 +279,8 @@ TORCH_LIBRARY_IMPL(costsmooth, CPU, m) {
   m.impl("noisy_batch_into", &noisy_batch_into_cpu);
   m.impl("vote_count_", &vote_count_cpu);
   m.impl("prob_sum_", &prob_sum_cpu);
+  m.impl("noisy_rows_into", &noisy_rows_into_cpu);
+  m.impl("vote_rows_", &vote_rows_cpu);
 }
 
 }  // namespace costsmooth

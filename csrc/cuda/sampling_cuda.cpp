@@ -89,6 +89,55 @@ at::Tensor vote_count_cuda(const at::Tensor& logits_in, at::Tensor& counts, int6
   return nan_rows;
 }
 
+void noisy_rows_into_cuda(const at::Tensor& x, const at::Tensor& sigma, const at::Tensor& table_in, int64_t seed,
+                          int64_t stream, at::Tensor& out) {
+  const bool channels_last = check_noisy_rows(x, sigma, table_in, stream, out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (out.numel() == 0) return;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor sc = sigma.contiguous();
+  const at::Tensor table = table_in.contiguous();
+  int64_t dim = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) dim *= x.size(d);
+  NoisyRowsParams p{};
+  p.x = xc.data_ptr();
+  p.sigma = sc.data_ptr<float>();
+  p.table = table.data_ptr<int64_t>();
+  p.out = out.data_ptr();
+  p.x_dtype = to_dtype(x.scalar_type());
+  p.out_dtype = to_dtype(out.scalar_type());
+  p.rows = table.size(1);
+  p.dim = dim;
+  p.seed = static_cast<uint64_t>(seed);
+  p.stream = static_cast<uint32_t>(stream);
+  p.channels_last = channels_last;
+  p.channels = channels_last ? x.size(1) : 1;
+  p.spatial = channels_last ? x.size(2) * x.size(3) : dim;
+  launch_noisy_rows(p, c10::cuda::getCurrentCUDAStream().stream());
+  check_launch("noisy_rows");
+}
+
+at::Tensor vote_rows_cuda(const at::Tensor& logits_in, at::Tensor& counts, const at::Tensor& group_in) {
+  check_vote_rows(logits_in, counts, group_in);
+  const c10::cuda::CUDAGuard guard(logits_in.device());
+  const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
+  const at::Tensor group = group_in.contiguous();
+  at::Tensor nan_rows = at::zeros({counts.size(0)}, counts.options());
+  if (logits.size(0) == 0 || logits.size(1) == 0) return nan_rows;
+  VoteRowsParams p{};
+  p.logits = logits.data_ptr();
+  p.dtype = to_dtype(logits.scalar_type());
+  p.rows = logits.size(0);
+  p.classes = logits.size(1);
+  p.row_stride = logits.stride(0);
+  p.group = group.data_ptr<int64_t>();
+  p.counts = counts.data_ptr<int64_t>();
+  p.nan_rows = nan_rows.data_ptr<int64_t>();
+  launch_vote_rows(p, c10::cuda::getCurrentCUDAStream().stream());
+  check_launch("vote_rows");
+  return nan_rows;
+}
+
 // A reduction over rows in float64: composed of ATen's own CUDA kernels (deterministic sums, no
 // float atomics); a custom kernel would not beat them here.
 at::Tensor prob_sum_cuda(const at::Tensor& logits, at::Tensor& sums, int64_t n, double temperature) {
@@ -113,6 +162,8 @@ TORCH_LIBRARY_IMPL(costsmooth, CUDA, m) {
   m.impl("noisy_batch_into", &noisy_batch_into_cuda);
   m.impl("vote_count_", &vote_count_cuda);
   m.impl("prob_sum_", &prob_sum_cuda);
+  m.impl("noisy_rows_into", &noisy_rows_into_cuda);
+  m.impl("vote_rows_", &vote_rows_cuda);
 }
 
 }  // namespace costsmooth

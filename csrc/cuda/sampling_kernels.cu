@@ -82,6 +82,41 @@ __global__ void noisy_batch_kernel(NoisyBatchParams p) {
   }
 }
 
+// As noisy_batch_kernel, with each row's (position, input, sample) read from the table.
+template <typename Tin, typename Tout>
+__global__ void noisy_rows_kernel(NoisyRowsParams p) {
+  const int64_t groups_per_row = (p.dim + 3) / 4;
+  const int64_t total = p.rows * groups_per_row;
+  const Tin* x = static_cast<const Tin*>(p.x);
+  Tout* out = static_cast<Tout*>(p.out);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t group = t % groups_per_row;
+    const int64_t row = t / groups_per_row;
+    const int64_t b = p.table[row];
+    float z[4];
+    noise_normals(p.seed, p.stream, static_cast<uint32_t>(p.table[p.rows + row]),
+                  static_cast<uint32_t>(p.table[2 * p.rows + row]), static_cast<uint32_t>(group), z);
+    const float s = p.sigma[b];
+    const Tin* xb = x + b * p.dim;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t e = 4 * group + k;
+      if (e >= p.dim) break;
+      int64_t dst = row * p.dim + e;
+      if (p.channels_last) {
+        const int64_t c = e / p.spatial;
+        dst = row * p.dim + (e - c * p.spatial) * p.channels + c;
+      }
+      if constexpr (std::is_same<Tout, double>::value) {
+        out[dst] = load_double(xb + e) + static_cast<double>(s) * static_cast<double>(z[k]);
+      } else {
+        out[dst] = store_cast<Tout>(load_float(xb + e) + s * z[k]);
+      }
+    }
+  }
+}
+
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
@@ -157,6 +192,42 @@ __global__ void vote_count_kernel(VoteCountParams p) {
   }
 }
 
+// One warp per row (grid-stride over rows): argmax with ties to the lowest index, a NaN anywhere makes
+// the row not a vote; lane 0 adds the vote to its group's int64 counts (exact integer atomics).
+template <typename T>
+__global__ void vote_rows_kernel(VoteRowsParams p) {
+  using acc_t = typename Acc<T>::type;
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
+  const T* logits = static_cast<const T*>(p.logits);
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); r < p.rows;
+       r += warps) {
+    const T* row = logits + r * p.row_stride;
+    acc_t best = -INFINITY;
+    int64_t best_idx = -1;
+    bool has_nan = false;
+    for (int64_t c = lane; c < p.classes; c += 32) {
+      const acc_t v = load_acc(row + c);
+      if (v != v) has_nan = true;
+      else if (best_idx < 0 || v > best) { best = v; best_idx = c; }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const acc_t other = __shfl_down_sync(0xffffffffu, best, offset);
+      const int64_t other_idx = __shfl_down_sync(0xffffffffu, best_idx, offset);
+      if (other_idx >= 0 && (best_idx < 0 || other > best || (other == best && other_idx < best_idx))) {
+        best = other;
+        best_idx = other_idx;
+      }
+    }
+    has_nan = __any_sync(0xffffffffu, has_nan);
+    if (lane == 0) {
+      const int64_t g = p.group[r];
+      if (has_nan) atomicAdd(reinterpret_cast<unsigned long long*>(p.nan_rows + g), 1ull);
+      else atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + g * p.classes + best_idx), 1ull);
+    }
+  }
+}
+
 int grid_for(int64_t work, int threads) {
   int device = 0, sms = 0;
   cudaGetDevice(&device);
@@ -227,6 +298,43 @@ void launch_vote_count(const VoteCountParams& p, void* cuda_stream) {
     case DType::kFloat64: vote_count_dispatch<double>(p, stream); break;
     case DType::kFloat16: vote_count_dispatch<__half>(p, stream); break;
     case DType::kBFloat16: vote_count_dispatch<__nv_bfloat16>(p, stream); break;
+  }
+}
+
+template <typename Tin>
+void noisy_rows_dispatch_out(const NoisyRowsParams& p, cudaStream_t stream, int grid, int threads) {
+  switch (p.out_dtype) {
+    case DType::kFloat32: noisy_rows_kernel<Tin, float><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat64: noisy_rows_kernel<Tin, double><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat16: noisy_rows_kernel<Tin, __half><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kBFloat16: noisy_rows_kernel<Tin, __nv_bfloat16><<<grid, threads, 0, stream>>>(p); break;
+  }
+}
+
+void launch_noisy_rows(const NoisyRowsParams& p, void* cuda_stream) {
+  const int64_t groups = p.rows * ((p.dim + 3) / 4);
+  if (groups == 0) return;
+  const int threads = 256;
+  const int grid = grid_for(groups, threads);
+  cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
+  switch (p.x_dtype) {
+    case DType::kFloat32: noisy_rows_dispatch_out<float>(p, stream, grid, threads); break;
+    case DType::kFloat64: noisy_rows_dispatch_out<double>(p, stream, grid, threads); break;
+    case DType::kFloat16: noisy_rows_dispatch_out<__half>(p, stream, grid, threads); break;
+    case DType::kBFloat16: noisy_rows_dispatch_out<__nv_bfloat16>(p, stream, grid, threads); break;
+  }
+}
+
+void launch_vote_rows(const VoteRowsParams& p, void* cuda_stream) {
+  if (p.rows == 0 || p.classes == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
+  const int threads = 256;  // 8 rows per block at a time
+  const int grid = grid_for(p.rows, threads / 32);
+  switch (p.dtype) {
+    case DType::kFloat32: vote_rows_kernel<float><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat64: vote_rows_kernel<double><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat16: vote_rows_kernel<__half><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kBFloat16: vote_rows_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(p); break;
   }
 }
 
