@@ -4,11 +4,16 @@ Trains (once, cached under --out) the digits_cnn of scripts/sequential_study.py 
 sigma 0.25, 10 epochs, Adam lr 0.001), then runs ``Smooth.certify_batch_at`` on the digits test images
 (every --skip-th) at radius --radius with max_n --max-n, and reports:
 
-- model calls: calls of the model's forward during the estimation draw (the selection draw excluded);
-- host synchronisations: reads of device values by the host during the estimation draw, counted by
-  wrapping ``Tensor.cpu/.item/.tolist/.numpy/__bool__/__int__/__float__`` (on a GPU each one waits for
-  the device; on the CPU they are counted the same way);
-- wall time of the whole call (selection and estimation), and the decisions (which must not change).
+- model calls: calls of the model's forward inside the scheduler (the estimation draw; the selection
+  draw is not the scheduler's);
+- host synchronisations: reads of tensor values by the host inside the scheduler, counted by wrapping
+  ``Tensor.cpu/.item/.tolist/.numpy/__bool__/__int__/__float__`` (on a GPU each read of a device value
+  waits for the device; on the CPU they are counted the same way, so reads of host copies count too);
+- wall time of the scheduler and of the whole call (selection and estimation), and the decisions
+  (which must not change).
+
+It measures whichever scheduler the installed costsmooth has (``packing.sample_until`` or the older
+``sequential._schedule``), so the same script gives the before and after figures.
 
     OMP_NUM_THREADS=1 python scripts/sequential_scheduler.py --out /tmp/seqsched
 """
@@ -29,6 +34,7 @@ from costsmooth.models import load_model
 from costsmooth.train import train
 
 _READS = ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__")
+_ACTIVE = [False]  # counting only inside the scheduler
 
 
 @contextlib.contextmanager
@@ -38,7 +44,8 @@ def count_host_reads(counter: collections.Counter):
 
     def wrap(name, fn):
         def counted(self, *args, **kwargs):
-            counter[name] += 1
+            if _ACTIVE[0]:
+                counter[name] += 1
             return fn(self, *args, **kwargs)
         return counted
 
@@ -60,9 +67,33 @@ class CountedModel(torch.nn.Module):
         self.calls = self.rows = 0
 
     def forward(self, x):
-        self.calls += 1
-        self.rows += x.shape[0]
+        if _ACTIVE[0]:
+            self.calls += 1
+            self.rows += x.shape[0]
         return self.model(x)
+
+
+def instrument_scheduler(seconds: list):
+    """Wrap the scheduler so that reads and calls are counted only inside it, and time it."""
+    try:
+        from costsmooth import smooth as module  # packing.sample_until, as Smooth calls it
+        name = "sample_until"
+        getattr(module, name)
+    except AttributeError:
+        from costsmooth import sequential as module  # the scheduler before costsmooth.packing
+        name = "_schedule"
+    inner = getattr(module, name)
+
+    def timed(*args, **kwargs):
+        _ACTIVE[0] = True
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - t0)
+            _ACTIVE[0] = False
+
+    setattr(module, name, timed)
 
 
 def main(argv=None):
@@ -86,15 +117,17 @@ def main(argv=None):
     model = CountedModel(load_model(ckpt).eval())
     smooth = Smooth(model, 10, sigma, batch_size=args.batch, seed=0)
     X, y = test.inputs[idx], test.labels[idx].tolist()
-    selection_calls = -(-len(idx) // max(args.batch // 100, 1))  # n0 = 100 rows per input, whole inputs per call
+    scheduler_seconds = []
+    instrument_scheduler(scheduler_seconds)
     reads = collections.Counter()
     t0 = time.perf_counter()
     with count_host_reads(reads):
         results = smooth.certify_batch_at(X, args.radius, args.alpha, max_n=args.max_n, labels=y, indices=idx)
     seconds = time.perf_counter() - t0
     out = {"inputs": len(idx), "radius": args.radius, "max_n": args.max_n, "batch": args.batch,
-           "model_calls": model.calls - selection_calls, "rows": model.rows - 100 * len(idx),
-           "host_reads": sum(reads.values()), "host_reads_by_kind": dict(reads), "seconds": round(seconds, 2),
+           "model_calls": model.calls, "rows": model.rows, "host_reads": sum(reads.values()),
+           "host_reads_by_kind": dict(reads), "scheduler_seconds": round(sum(scheduler_seconds), 2),
+           "seconds": round(seconds, 2),
            "samples": sum(r.samples for r in results),
            "decisions": dict(collections.Counter(r.decision for r in results))}
     print(json.dumps(out, indent=1))
