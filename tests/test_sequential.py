@@ -457,7 +457,8 @@ def test_sequential_run_with_a_cost_matrix_reports_what_analyze_counts(tmp_path,
     out, report = tmp_path / "seq.tsv", tmp_path / "a.json"
     r = 0.3
     assert main(["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5", str(out), "--sequential",
-                 "--radius", str(r), "--max-n", "3000", "--alpha", "0.01", "--quiet", "--seed-classes", "0,1"]) == 0
+                 "--radius", str(r), "--max-n", "3000", "--alpha", "0.01", "--quiet", "--seed-classes", "0,1",
+                 "--trust-model-code"]) == 0
     summary = capsys.readouterr().out
     assert main(["analyze", str(out), "--radii", f"0,{r}", "--json", str(report)]) == 0
     at_r = [m for m in json.load(open(report))["metrics"] if m["radius"] == r][0]
