@@ -28,6 +28,8 @@ def write_report(benchmarks, path: str, device: str, date: str) -> None:
             thr = ""
             if "bytes" in info:
                 thr = f"{info['bytes'] / med / 1e9:.1f} GB/s"
+            elif "images" in info:
+                thr = f"{info['images'] / med:,.1f} images/s"
             elif "samples" in info:
                 thr = f"{info['samples'] / med:,.0f} samples/s"
             ratio = f"{base.stats.median / med:.2f}x" if base is not None else "-"

@@ -15,10 +15,12 @@ from typing import List, Optional
 import torch
 
 from .cost import CostMatrix
+from .data import default_workers, load_dataset
 
 __all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
-           "probability", "max_arg", "check_data_model_order", "add_model_args", "model_from_args"]
+           "probability", "max_arg", "check_data_model_order", "add_model_args", "model_from_args", "add_data_args",
+           "dataset_from_args"]
 
 
 class UsageError(ValueError):
@@ -218,3 +220,26 @@ def model_from_args(args, path: str, dataset_spec: Optional[str] = None, dataset
     return load_model(path, map_location, input_shape=getattr(dataset, "input_shape", None), dataset=dataset_spec,
                       arch=getattr(args, "arch", None), normalize=getattr(args, "normalize", None),
                       trust_code=args.trust_model_code)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """How a command reads its dataset: --workers (loader processes) and, for folder:/ham10000: datasets,
+    --image-size and --resize."""
+    g = p.add_argument_group("reading the data")
+    g.add_argument("--workers", type=non_negative_int, default=None,
+                   help=f"processes that decode images ahead of the model (imagenet:, folder:, ham10000: and "
+                        f"augmented training data; 0 decodes in the main process; default {default_workers()} here)")
+    g.add_argument("--image-size", type=positive_int, metavar="S",
+                   help="folder: and ham10000: datasets: the input size S x S (default 32 for folder:, 64 for "
+                        "ham10000:)")
+    g.add_argument("--resize", metavar="POLICY",
+                   help="folder: and ham10000: datasets: stretch (resize to S x S whatever the aspect ratio; the "
+                        "default), crop (shorter side to S, centre crop), crop:R (shorter side to R, centre crop S; "
+                        "crop:256 with --image-size 224 is Cohen et al.'s ImageNet test transform) or exact (refuse "
+                        "images of another size)")
+
+
+def dataset_from_args(args, split: Optional[str] = None):
+    """The dataset named on the command line, with its --image-size and --resize when the command has them."""
+    return load_dataset(args.dataset, split=split or args.split, image_size=getattr(args, "image_size", None),
+                        resize=getattr(args, "resize", None))

@@ -12,10 +12,9 @@ from typing import List, Optional
 import torch
 
 from ._checks import error_line
-from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_model_args, add_sampling_args,
-                   check_data_model_order, float_list, model_from_args, parse_cost, positive_float, positive_int,
-                   probability, resolve_device)
-from .data import load_dataset
+from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args,
+                   add_sampling_args, check_data_model_order, dataset_from_args, float_list, model_from_args,
+                   parse_cost, positive_float, positive_int, probability, resolve_device)
 from .distributed import RankError
 from .runs import analyze, certify_dataset_at, probe_num_classes, recertify, summarize_sequential
 from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
@@ -50,7 +49,7 @@ def cmd_certify(args) -> None:
     ctx = init_from_env() if distributed else None
     guard = FailFast(ctx["rank"], ctx["world"]) if ctx is not None else contextlib.nullcontext()
     with guard:
-        dataset = load_dataset(args.dataset, split=args.split)
+        dataset = dataset_from_args(args)
         model = model_from_args(args, args.model, args.dataset, dataset)
         if ctx is not None and device.type == "cuda":
             device = ctx["device"]  # each rank on its local GPU
@@ -63,7 +62,8 @@ def cmd_certify(args) -> None:
                       meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
                       autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
                       channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
-                      progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums)
+                      progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums,
+                      workers=args.workers)
         if ctx is None:
             stats = certify_dataset(model, dataset, sigma, args.outfile, shard=shard, **kwargs)
         else:
@@ -111,7 +111,7 @@ def certify_sequential(args) -> Optional[dict]:
     if refused:
         raise UsageError(f"{refused[0]} is not available with --sequential (one process, constant sigma); drop it")
     device = resolve_device(args.device)
-    dataset = load_dataset(args.dataset, split=args.split)
+    dataset = dataset_from_args(args)
     model = model_from_args(args, args.model, args.dataset, dataset)
     cost = parse_cost(args, probe_num_classes(model.to(device), dataset, device))
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ def certify_sequential(args) -> Optional[dict]:
                              meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
                                          "split": args.split},
                              autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
-                             channels_last=args.channels_last)
+                             channels_last=args.channels_last, workers=args.workers)
     print(summarize_sequential(out, args.radius, args.max_n or args.N, time.perf_counter() - t0))
     return out
 
@@ -164,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "certify.py, plus cost-sensitive certificates). Writes OUTFILE (TSV), "
                                    "OUTFILE.meta.json and OUTFILE.counts.jsonl; re-running the command resumes, and "
                                    "another --skip/--max extends the run.")
-    p.add_argument("dataset", help="digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, "
-                                   "or a .pt file (see the README for its keys)")
+    p.add_argument("dataset", help="digits, breast_cancer, wine, imagenet:ROOT (its val folder), cifar10:ROOT, "
+                                   "mnist:ROOT, ham10000:ROOT, folder:ROOT, or a .pt file (see the README for its keys)")
     p.add_argument("base_classifier", metavar="MODEL",
                    help="checkpoint (costsmooth's or Cohen et al.'s layout), state dict (with --arch), TorchScript, "
                         "or a torch.save'd module (with --trust-model-code)")
@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=probability, default=0.001, help="failure probability")
     add_sampling_args(p, n0=100, n=100000)  # --N0 --N --batch --skip --max --split --seed --device --quiet
     add_model_args(p)  # --arch --normalize --trust-model-code
+    add_data_args(p)  # --workers --image-size --resize
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision of the model (a reduced-precision run certifies that model)")
     p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")

@@ -156,7 +156,7 @@ def fairness_report(model, dataset, sigma: float, outdir: str, *, eps: float = 0
     rec = load_records(tsv)
     cert = {row["class"]: row for row in metrics.classwise(rec, radius)["classes"]}
     indices = select_indices(len(dataset), skip, max_index)
-    X, y = dataset.inputs[indices], dataset.labels[indices]
+    X, y = dataset.take(indices)  # image datasets: only these are decoded
     rob = classwise_robustness(model, X, y, eps=eps, norm=norm, steps=steps, step_size=step_size, attack=attack,
                                sigma=sigma, m=m, seed=seed)
     names = dataset.class_names or None

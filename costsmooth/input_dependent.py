@@ -561,11 +561,12 @@ def sigma_from_args(args, device=None):
         raise UsageError(f"sigma {args.sigma}: sigma_base must be a positive finite number")
     from .data import DatasetError, load_dataset
     try:
-        bank = load_dataset(args.dataset, split="train").inputs
+        bank = load_dataset(args.dataset, split="train")
     except DatasetError:  # no train split: a dataset certified with --split all is its own bank
         if getattr(args, "split", None) != "all":
             raise
-        bank = load_dataset(args.dataset, split="all").inputs
+        bank = load_dataset(args.dataset, split="all")
+    bank = bank.take(range(len(bank)))[0]  # the KNN bank is held in memory
     if device is not None:
         bank = bank.to(device)
     try:

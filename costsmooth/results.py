@@ -37,6 +37,8 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", 
 # the metadata (model and dataset fingerprints, sigma, n0, n, alpha, seed, precision, cost, ...) must
 # match, since noise is keyed by dataset index and which indices are certified changes nothing.
 RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_inputs", "sample_split",
+                  # how inputs are made (size, channels): the data fingerprint covers it
+                  "data_format",
                   # provenance of merged and recertified files: resuming or merging them again is allowed
                   "merged_from", "recertified_from", "missing_indices"}
 
@@ -294,14 +296,18 @@ class ResultWriter:
         cols = header.rstrip("\n").split("\t")
         _write_atomic(self.path, header + "".join("\t".join(r[c] for c in cols) + "\n" for r in rows))
 
-    def write(self, idx: int, cert: Certificate, seconds: float, invalid: Optional[str] = None) -> None:
+    def write(self, idx: int, cert: Certificate, seconds: float, invalid: Optional[str] = None,
+              input: Optional[dict] = None) -> None:
         """Append one input's counts, then its row. ``invalid`` (e.g. "NaN") marks an input that was
-        not sampled (zero counts) and is recorded as not certified."""
+        not sampled (zero counts) and is recorded as not certified. ``input`` (its file and sha256) is
+        kept in the counts record, so that a resumed run can check the certified inputs are unchanged."""
         # Counts first: a row in the TSV always has its counts saved.
         rec = {"idx": idx, "label": cert.label, "selection": cert.selection_counts.tolist(),
                "estimation": cert.counts.tolist()}
         if invalid:
             rec["invalid"] = invalid
+        if input:
+            rec["input"] = input
         if cert.sigma0 is not None:  # input-dependent sigma: the noise level of this input
             rec["sigma0"] = cert.sigma0
         if cert.prob_sums is not None:  # certify --prob-sums: the estimation draw's softmax sums, exact repr

@@ -17,12 +17,16 @@ from tqdm import tqdm
 from . import __version__
 from ._checks import check_alpha, check_count, check_positive_finite
 from .cost import CostMatrix
-from .results import SequentialWriter
+from .data import batches
+from .data.base import tensor_digest
+from .data.loading import ConversionCount
+from .results import ResultFileError, SequentialWriter, read_counts, read_meta
 from .sequential import DEFAULT_FINAL_SHARE, DEFAULT_FIRST, DEFAULT_GROWTH, Boundary
 from .smooth import Smooth
 
-__all__ = ["certify_dataset", "certify_dataset_at", "summarize_sequential", "recertify", "analyze", "plot_curves", "fingerprint_model", "fingerprint_dataset",
-           "select_indices", "probe_num_classes", "invalid_inputs"]
+__all__ = ["certify_dataset", "certify_dataset_at", "summarize_sequential", "recertify", "analyze", "plot_curves",
+           "fingerprint_model", "fingerprint_dataset", "select_indices", "probe_num_classes", "invalid_inputs",
+           "check_certified_inputs"]
 
 
 def fingerprint_model(model) -> str:
@@ -64,13 +68,63 @@ def fingerprint_model(model) -> str:
 
 
 def fingerprint_dataset(dataset) -> str:
-    """sha256 of a dataset's inputs and labels (dtypes, shapes, values): which data were certified."""
-    h = hashlib.sha256()
-    for t in (dataset.inputs, dataset.labels):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """Which data were certified: ``dataset.fingerprint()`` -- for in-memory datasets the sha256 of the
+    inputs and labels (dtypes, shapes, values); for image files the sha256 of the file list (relative
+    paths, byte sizes, labels), class names and transform, which costs a listing, not a read of every
+    image (each certified row records its own file's sha256, ``check_certified_inputs``)."""
+    if hasattr(dataset, "fingerprint"):
+        return dataset.fingerprint()
+    return tensor_digest(dataset.inputs, dataset.labels)
+
+
+def _changed_inputs(outfile: str, dataset, limit: int = 3) -> List[str]:
+    """What differs between the inputs certified in ``outfile`` (the file and sha256 in each counts record)
+    and the same indices of ``dataset`` now; reads only the certified inputs."""
+    if not os.path.isfile(outfile + ".counts.jsonl"):
+        return []
+    changed = []
+    for idx, rec in sorted(read_counts(outfile).items()):
+        was = rec.get("input")
+        if not isinstance(was, dict) or "sha256" not in was:  # a row written before inputs were recorded
+            continue
+        if idx >= len(dataset):
+            changed.append(f"input {idx} ({was.get('file', 'certified')}) is gone: the dataset has {len(dataset)} inputs")
+        elif was.get("file") is not None and was["file"] != dataset.input_name(idx):
+            changed.append(f"input {idx} was {was['file']} and is now {dataset.input_name(idx)} (files added or "
+                           f"removed)")
+        elif dataset.input_digest(idx) != was["sha256"]:
+            changed.append(f"{dataset.input_name(idx)} (input {idx}) was replaced: its contents differ from the "
+                           f"certified one")
+        if len(changed) >= limit:
+            break
+    return changed
+
+
+def check_certified_inputs(outfile: str, dataset, fingerprint: str) -> None:
+    """Refuse to resume ``outfile`` on changed data, saying what changed: renamed, added or removed
+    classes; a certified input whose file was replaced or moved (its recorded sha256 or name differs);
+    else any other change of the file list (``fingerprint`` differs from the run's ``data_sha256``).
+    Costs a read of the inputs certified so far, not of the dataset."""
+    if not os.path.isfile(outfile):
+        return
+    old = read_meta(outfile)
+    if not old:
+        return  # not a costsmooth run: ResultWriter refuses it
+    fix = f"restore the data, or use another OUTFILE (or delete {outfile} to start over)"
+    was = old.get("class_names")
+    if was is not None and was != dataset.class_names:
+        gone = [c for c in was if c not in dataset.class_names]
+        new = [c for c in dataset.class_names if c not in was]
+        what = (f"class(es) {', '.join(gone[:5])} gone and {', '.join(new[:5]) or 'none'} new" if gone or new
+                else "the classes are in another order")
+        raise ResultFileError(f"{outfile} was certified on other data: {what}; {fix}")
+    changed = _changed_inputs(outfile, dataset)
+    if changed:
+        raise ResultFileError(f"{outfile} was certified on other data: {'; '.join(changed)}; {fix}")
+    if old.get("data_sha256") not in (None, fingerprint):
+        raise ResultFileError(f"{outfile} was certified on other data: the inputs of {dataset.name} changed (for image "
+                              f"files: files added, removed or resized, or another image size or resize policy), "
+                              f"though no certified input did; {fix}")
 
 
 def select_indices(size: int, skip: int, max_index: int) -> List[int]:
@@ -95,7 +149,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                     cost: Optional[CostMatrix] = None, seed: int = 0, device=None, meta_extra=None,
                     progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
                     cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False,
-                    shard: Optional[Tuple[int, int]] = None, sample_split=None, prob_sums: bool = False):
+                    shard: Optional[Tuple[int, int]] = None, sample_split=None, prob_sums: bool = False,
+                    workers: Optional[int] = None):
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
@@ -115,6 +170,11 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     ``describe()`` goes to the metadata and each row records its sigma0.
     ``prob_sums``: also save each input's float64 softmax sums of the estimation draw in the counts file
     (``costsmooth calibration --from``, certified calibration); recorded in the metadata.
+
+    Inputs are read through ``data.batches``: image datasets are decoded by ``workers`` loader
+    processes (default ``data.default_workers()``) while the model runs, never all at once. Each row's
+    counts record names its input (file, sha256); resuming refuses data whose certified inputs changed
+    (``check_certified_inputs``).
     """
     from tqdm import tqdm
 
@@ -132,9 +192,9 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     batch_rows = resolve_batch_size(batch, device)
     if cuda_graphs and device.type != "cuda":
         raise ValueError("--cuda-graphs needs a CUDA device (--device cuda); drop it on the CPU")
-    if channels_last and dataset.inputs.dim() != 4:
+    if channels_last and len(dataset.input_shape) != 3:
         raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
-                         f"{list(dataset.inputs.shape)}")
+                         f"{list(dataset.input_shape)}")
     indices = select_indices(len(dataset), skip, max_index)
     if shard is not None:
         part, parts = shard
@@ -151,6 +211,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "class_names": dataset.class_names, "version": __version__,
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
+            "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
             "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
             **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
     invalid = invalid_inputs(dataset, indices)
@@ -161,8 +222,11 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                          f"pass --skip-invalid to record such inputs as not certified and go on")
     invalid = dict(invalid)
     writes = sample_split is None or sample_split.rank == 0
+    if writes:
+        check_certified_inputs(outfile, dataset, meta["data_sha256"])
     writer = ResultWriter(outfile, meta) if writes else None
     done_now, samples = 0, 0
+    conversions = ConversionCount()
     try:
         todo = [i for i in indices if i not in writer.done] if writes else None
         if sample_split is not None:  # every process samples the same inputs; rank 0 knows which
@@ -186,15 +250,18 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                 writer.write(i, _not_certified(num_classes, int(dataset.labels[i]), cost), 0.0, invalid=invalid[i])
             bar.update(n0 + n)
         todo = [i for i in todo if i not in invalid]
-        for start in range(0, len(todo), chunk):
-            ids = todo[start:start + chunk]
+        groups = [todo[start:start + chunk] for start in range(0, len(todo), chunk)]
+        for batch in batches(dataset, groups, workers=workers, device=device):  # the next ones load meanwhile
+            ids = batch.indices
+            conversions.add(batch.infos)
             t0 = time.perf_counter()
-            certs = smooth.certify_batch(dataset.inputs[ids], dataset.labels[ids].tolist(), cost, n0=n0, n=n,
+            certs = smooth.certify_batch(batch.inputs, batch.labels.tolist(), cost, n0=n0, n=n,
                                          alpha=alpha, indices=ids, progress=bar)
             seconds = (time.perf_counter() - t0) / len(ids)
             if writes:
-                for i, cert in zip(ids, certs):
-                    writer.write(i, cert, seconds)
+                for i, cert, info in zip(ids, certs, batch.infos):
+                    writer.write(i, cert, seconds, input={"file": dataset.input_name(i), "sha256": info["sha256"]}
+                                 if not getattr(dataset, "in_memory", True) else {"sha256": info["sha256"]})
             done_now += len(ids)
             samples += len(ids) * (n0 + n)
             bar.update(len(ids) * n0)  # the estimation samples were counted as they were drawn
@@ -205,12 +272,15 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             writer.close()
     if return_stats:
         return {"outfile": outfile, "certified_now": done_now, "samples": samples, "invalid": sorted(invalid),
-                "selected": len(indices)}
+                "selected": len(indices), "conversions": conversions.report(dataset.name, dataset.input_shape[-1])}
     return outfile
 
 
 def invalid_inputs(dataset, indices) -> List:
-    """(index, "NaN"/"infinite") for each of the inputs ``indices`` of ``dataset`` with non-finite values."""
+    """(index, "NaN"/"infinite") for each of the inputs ``indices`` of ``dataset`` with non-finite values.
+    Images decoded from files are always finite (integers / 255): only in-memory inputs are checked."""
+    if not getattr(dataset, "in_memory", True):
+        return []
     x = dataset.inputs[indices].flatten(1) if indices else dataset.inputs[:0]
     bad = ~torch.isfinite(x).all(dim=1)
     out = []
@@ -248,6 +318,8 @@ def summarize_run(outfile: str, stats: dict, seconds: float, radii=(0.0, 0.25, 0
                      + f"; abstained on {abstain} ({abstain / len(rec):.1%})")
     rate = stats["samples"] / seconds if seconds > 0 else float("nan")
     parts.append(f"{seconds:.1f} s, {stats['samples']:,} samples ({rate:,.0f} samples/s)")
+    if stats.get("conversions"):
+        parts.append(stats["conversions"])
     return "\n".join(parts)
 
 
@@ -256,7 +328,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
                        max_index: int = -1, cost: Optional[CostMatrix] = None, seed: int = 0, device=None,
                        meta_extra=None, progress: bool = True, first: int = DEFAULT_FIRST,
                        growth: float = DEFAULT_GROWTH, chunk: int = 64, autocast: Optional[torch.dtype] = None,
-                       channels_last: bool = False) -> dict:
+                       channels_last: bool = False, workers: Optional[int] = None) -> dict:
     """``certify --sequential``: test every selected input of ``dataset`` at ``radius`` into ``outfile``.
 
     Inputs as in ``certify_dataset`` (``i % skip == 0``, ``i < max_index``); rows are written as
@@ -277,7 +349,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
     num_classes = probe_num_classes(model, dataset, device)
     if cost is not None:
         cost.check_num_classes(num_classes)
-    if not bool(torch.isfinite(dataset.inputs[indices]).all()):
+    if invalid_inputs(dataset, indices):
         raise ValueError(f"{dataset.name} has NaN or infinite values in the selected inputs; clean the data first")
     meta = {"sigma": sigma, "n0": n0, "max_n": max_n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "radius": radius, "sequential": {"boundary": "clopper_pearson_geometric_grid", "first": first,
@@ -288,9 +360,9 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
             "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
             **(meta_extra or {})}
-    if channels_last and dataset.inputs.dim() != 4:
+    if channels_last and len(dataset.input_shape) != 3:
         raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
-                         f"{list(dataset.inputs.shape)}")
+                         f"{list(dataset.input_shape)}")
     writer = SequentialWriter(outfile, meta)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -302,10 +374,11 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
         todo = [i for i in indices if i not in writer.done]
         bar = tqdm(total=len(todo), unit="input", disable=not progress, desc=os.path.basename(outfile),
                    dynamic_ncols=True)
-        for start in range(0, len(todo), chunk):
-            ids = todo[start:start + chunk]
-            results = smooth.certify_batch_at(dataset.inputs[ids], radius, alpha, max_n=max_n,
-                                              labels=dataset.labels[ids].tolist(), cost=cost, n0=n0, indices=ids,
+        for batch in batches(dataset, [todo[s:s + chunk] for s in range(0, len(todo), chunk)], workers=workers,
+                             device=device, digests=False):  # image datasets: the next chunk loads meanwhile
+            ids = batch.indices
+            results = smooth.certify_batch_at(batch.inputs, radius, alpha, max_n=max_n,
+                                              labels=batch.labels.tolist(), cost=cost, n0=n0, indices=ids,
                                               first=first, growth=growth)
             for i, res in zip(ids, results):
                 writer.write(i, res)
@@ -352,12 +425,12 @@ def probe_num_classes(model, dataset, device) -> int:
 
     if len(dataset) == 0:
         raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to certify")
-    x = dataset.inputs[:1].to(device)
+    x = dataset.take([0])[0].to(device)
     try:
         with eval_mode(model):
             out = model(x)
     except RuntimeError as err:
-        raise ValueError(f"the model cannot take {dataset.name}'s inputs of shape {list(dataset.inputs.shape[1:])} "
+        raise ValueError(f"the model cannot take {dataset.name}'s inputs of shape {list(dataset.input_shape)} "
                          f"({str(err).splitlines()[0]}); use a model trained on this dataset") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -16,11 +16,25 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .cost import CostMatrix
-from .data import Dataset
+from .data import Dataset, channel_stats
+from .data import batches as read_batches
+from .data.loading import ConversionCount
 from .losses import make_loss
 from .models import build_model, load_weights, read_checkpoint, save_checkpoint
 
-__all__ = ["train", "register_cli", "TrainingDiverged"]
+__all__ = ["train", "register_cli", "TrainingDiverged", "COHEN_RECIPE", "DEFAULT_RECIPE", "recipe_for"]
+
+# Cohen et al.'s training recipe for CIFAR-10 and ImageNet: SGD, lr 0.1 x0.1 every 30 epochs, 90 epochs.
+COHEN_RECIPE = {"epochs": 90, "lr": 0.1, "batch": 256, "optimizer": "sgd", "schedule": "step", "weight_decay": 1e-4}
+# Every other dataset (the small embedded ones, .pt files, folders).
+DEFAULT_RECIPE = {"epochs": 30, "lr": 0.01, "batch": 64, "optimizer": "sgd", "schedule": "cosine",
+                  "weight_decay": 5e-4}
+
+
+def recipe_for(dataset_spec: str) -> dict:
+    """The training defaults of a dataset: ``COHEN_RECIPE`` for ``imagenet:`` and ``cifar10:``, else
+    ``DEFAULT_RECIPE``."""
+    return dict(COHEN_RECIPE if dataset_spec.partition(":")[0] in ("imagenet", "cifar10") else DEFAULT_RECIPE)
 
 
 def _optimizer(model, lr: float, momentum: float, weight_decay: float, optimizer: str):
@@ -69,7 +83,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
           stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None,
-          mixup: Optional[float] = None, init: Optional[str] = None, trust_code: bool = False) -> str:
+          mixup: Optional[float] = None, init: Optional[str] = None, trust_code: bool = False,
+          workers: Optional[int] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -99,6 +114,11 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     so a resume with another (or no) init file is refused. It may be costsmooth's or Cohen et al.'s
     checkpoint, a bare state dict or TorchScript; a ``torch.save``d whole module only with ``trust_code``
     (loading it runs code from the file). Checkpoints are read with ``torch.load(weights_only=True)``.
+
+    Batches are read through ``data.batches``: image datasets are decoded by ``workers`` loader processes
+    while the model trains, with the dataset's training augmentation (``augment``: Cohen et al.'s random
+    crop and flip for CIFAR-10 and ImageNet) drawn from (seed, epoch, index). An image dataset without
+    normalisation statistics (``folder:``) gets them from one streaming pass over its images.
     """
     from tqdm import tqdm
 
@@ -164,7 +184,10 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))  # checked before OUT exists
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
-    model = build_model(arch, classes, dataset.input_shape, dataset.mean, dataset.std).to(device)
+    mean, std = dataset.mean, dataset.std
+    if mean is None and not getattr(dataset, "in_memory", True):  # image files: one pass over the training images
+        mean, std = channel_stats(dataset, workers=workers)
+    model = build_model(arch, classes, dataset.input_shape, mean, std).to(device)
     if init_state is not None and state is None:  # its normalisation, if it carries one, replaces the dataset's
         load_weights(model, init_state, f"--init {init}", arch)
     opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
@@ -190,10 +213,12 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
             mixer.load_state_dict(state["mixup_state"])
         start = state["epoch"]
     target_eps = getattr(objective, "eps", None)
-    x_all, y_all = dataset.inputs, dataset.labels
     seed_classes = cost.seed_classes if cost is not None else []
     watch = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:NOISY_ACCURACY_INPUTS]
+    if not getattr(dataset, "in_memory", True):  # image files: decoded each epoch, so fewer (memory, time)
+        watch = watch[:NOISY_ACCURACY_IMAGES]
     held = {}  # seed class -> whether it was predicted for most of its inputs at the last epoch
+    conversions = ConversionCount()
     log_path = os.path.join(out_dir, "log.jsonl")
     last = epochs if stop_after is None else min(epochs, stop_after)
     for epoch in range(start, last):
@@ -202,11 +227,13 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         model.train()
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         totals, batches = {}, 0
-        bar = tqdm(range(0, len(order), batch_size), desc=f"{loss} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not progress, dynamic_ncols=True)
-        for step, b0 in enumerate(bar, start=1):
-            idx = order[b0:b0 + batch_size]
-            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+        groups = [order[b0:b0 + batch_size].tolist() for b0 in range(0, len(order), batch_size)]
+        bar = tqdm(read_batches(dataset, groups, workers=workers, device=device, seed=seed, epoch=epoch, digests=False),
+                   total=len(groups), desc=f"{loss} epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
+                   dynamic_ncols=True)
+        for step, batch in enumerate(bar, start=1):
+            conversions.add(batch.infos)
+            xb, yb = batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
             if mixer is not None:
                 xb, yb = mixer(xb, yb)
             value, diag = objective(model, xb, yb)
@@ -225,10 +252,12 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                 totals[k] = totals.get(k, 0.0) + v
             batches += 1
         sched.step()
-        if not _finite_outputs(model, x_all[:batch_size].to(device)):  # finite weights can still overflow
+        check = dataset.take(range(min(batch_size, len(dataset))))[0]
+        if not _finite_outputs(model, check.to(device)):  # finite weights can still overflow
             _diverged("the model's logits are not finite after the epoch", epoch, epochs, batches, ckpt_path, start)
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
-        noisy = noisy_accuracy(model, x_all[watch], y_all[watch], sigma, seed_classes, seed=seed * 100003 + epoch,
+        x_watch, y_watch = dataset.take(watch.tolist())
+        noisy = noisy_accuracy(model, x_watch, y_watch, sigma, seed_classes, seed=seed * 100003 + epoch,
                                batch_size=max(batch_size, 256), device=device)
         record.update(noisy)
         save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
@@ -237,6 +266,8 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                         **({"mixup_state": mixer.state_dict()} if mixer is not None else {}))
         with open(log_path, "a") as f:
             f.write(json.dumps(_finite_record(record), allow_nan=False) + "\n")
+        if log is not None and epoch == start and conversions.report(dataset.name, dataset.input_shape[-1]):
+            log(conversions.report(dataset.name, dataset.input_shape[-1]))  # once, after the first epoch
         if log is not None:
             log(f"epoch {epoch + 1}/{epochs}  loss {record.get('loss', float('nan')):.4f}  "
                 + "".join(f"{k} {record[k]:.4g}  " for k in ("acc", "ce") if k in record)
@@ -249,6 +280,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
 
 
 NOISY_ACCURACY_INPUTS = 4096  # training inputs (a fixed random subset) of the per-epoch accuracy under noise
+NOISY_ACCURACY_IMAGES = 256  # the same for image files, decoded each epoch (256 ImageNet inputs: 154 MB)
 
 
 def noisy_accuracy(model, x: torch.Tensor, y: torch.Tensor, sigma, seed_classes: Sequence[int] = (), *,
@@ -335,28 +367,32 @@ def _diverged(what: str, epoch: int, epochs: int, step: int, ckpt_path: str, sta
 
 
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_cost_args, add_model_args, seed_arg, parse_cost,
-                       positive_float, positive_int, resolve_device)
-    from .data import load_dataset
+    from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, dataset_from_args,
+                       seed_arg, parse_cost, positive_float, positive_int, resolve_device)
     from .losses import LOSSES
     from .models import ARCHS
 
     p = sub.add_parser("train", help="train a base classifier for randomized smoothing", formatter_class=HelpFormatter,
                        description="Train a base classifier under Gaussian noise (or a smoothing-aware loss). Writes "
                                    "OUT/checkpoint.pt after every epoch and OUT/log.jsonl; --resume continues.")
-    p.add_argument("dataset", help="digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT or "
-                                   "a .pt file (its train split)")
+    p.add_argument("dataset", help="digits, breast_cancer, wine, imagenet:ROOT, cifar10:ROOT, mnist:ROOT, "
+                                   "ham10000:ROOT, folder:ROOT or a .pt file (its train split)")
     p.add_argument("arch", help=f"architecture: one of {', '.join(sorted(ARCHS))}")
     p.add_argument("out", help="output directory (checkpoint.pt, log.jsonl)")
     p.add_argument("--loss", default="gaussian", choices=list(LOSSES), help="training objective")
     p.add_argument("--sigma", type=positive_float, default=0.25, help="training noise level")
-    p.add_argument("--epochs", type=positive_int, default=30, help="number of epochs")
-    p.add_argument("--lr", type=positive_float, default=0.01, help="learning rate")
-    p.add_argument("--batch", type=positive_int, default=64, help="inputs per optimisation step")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimiser (sgd with momentum 0.9)")
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"],
-                   help="learning-rate schedule (step: x0.1 every third of the run)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    cohen = ", ".join(f"{k} {v}" for k, v in COHEN_RECIPE.items())
+    p.epilog = (f"Defaults: imagenet: and cifar10: datasets train with Cohen et al.'s recipe ({cohen}; step: x0.1 every "
+                f"30 epochs of 90) and their augmentation (random resized crop 224 or random crop 32 with padding "
+                f"4, and horizontal flips); other datasets with "
+                + ", ".join(f"{k} {v}" for k, v in DEFAULT_RECIPE.items()) + ".")
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (default: see below)")
+    p.add_argument("--lr", type=positive_float, help="learning rate (default: see below)")
+    p.add_argument("--batch", type=positive_int, help="inputs per optimisation step (default: see below)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="optimiser (sgd with momentum 0.9; default sgd)")
+    p.add_argument("--schedule", choices=["cosine", "step", "constant"],
+                   help="learning-rate schedule (step: x0.1 every third of the run; default: see below)")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: see below)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of initialisation, shuffling and noise")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--num-classes", type=positive_int,
@@ -377,6 +413,7 @@ def register_cli(sub) -> None:
                    help="loss hyper-parameter, e.g. k=16, gamma=8, lam=12, eps=0.5, norm=linf (repeatable)")
     add_cost_args(p)
     add_model_args(p, arch=False, normalize=False)  # --trust-model-code (a --init file that is a pickled module)
+    add_data_args(p)  # --workers --image-size --resize
 
     def run(args):
         kwargs = {}
@@ -389,14 +426,18 @@ def register_cli(sub) -> None:
             except ValueError:
                 kwargs[key] = value  # a name, e.g. norm=linf
         device = resolve_device(args.device)
-        dataset = load_dataset(args.dataset, split=args.split)
+        dataset = dataset_from_args(args)
         classes = args.num_classes or dataset.num_classes or int(dataset.labels.max()) + 1
+        recipe = recipe_for(args.dataset)
+        recipe.update({k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch", args.batch),
+                                         ("optimizer", args.optimizer), ("schedule", args.schedule),
+                                         ("weight_decay", args.weight_decay)) if v is not None})
         path = train(dataset, args.arch, args.loss, args.sigma, args.out, cost=parse_cost(args, classes),
-                     epochs=args.epochs, lr=args.lr, batch_size=args.batch, optimizer=args.optimizer,
-                     weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
-                     resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
+                     epochs=recipe["epochs"], lr=recipe["lr"], batch_size=recipe["batch"],
+                     optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"], schedule=recipe["schedule"],
+                     seed=args.seed, device=device, resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
                      log=None if args.quiet else print, num_classes=classes, mixup=args.mixup, init=args.init,
-                     trust_code=args.trust_model_code)
+                     trust_code=args.trust_model_code, workers=args.workers)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)

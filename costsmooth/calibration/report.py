@@ -258,7 +258,8 @@ def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfiden
     num_classes = probe_num_classes(model, dataset, device)
     ids = select_indices(len(dataset), args.skip, args.max)
     bar = tqdm(total=len(ids) * args.N, unit="sample", unit_scale=True, disable=args.quiet, desc="calibration")
-    conf, *_ = sample_confidences(model, dataset.inputs[ids].to(device), dataset.labels[ids], sigma, n0=args.N0,
+    x, y = dataset.take(ids)  # image datasets: only the selected inputs are decoded
+    conf, *_ = sample_confidences(model, x.to(device), y, sigma, n0=args.N0,
                                   n=args.N, alpha=args.alpha or 0.001, seed=args.seed, batch_size=args.batch,
                                   indices=ids, method=args.ci, joint=args.joint is not False, num_classes=num_classes,
                                   progress=bar)

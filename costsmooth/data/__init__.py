@@ -1,5 +1,11 @@
 """Datasets from local files only (nothing is downloaded).
 
+Every dataset is a ``torch.utils.data.Dataset``: ``len(ds)``, ``ds[i] -> (input, label)``,
+``ds.classes``, plus ``input_shape``, ``labels``, ``take(indices)`` and ``fingerprint()``. The embedded
+datasets, CIFAR-10, MNIST and ``.pt`` files are in-memory tensors (``Dataset``); ImageNet, image
+folders and HAM10000 are decoded lazily from their files (``images.ImageFiles``). Runs read both
+through ``loading.batches`` (a DataLoader with worker processes for images).
+
 Embedded (shipped with scikit-learn):
 - ``digits``: 1797 handwritten digits, 8x8 pixels in [0, 1] as ``[1, 8, 8]``, 10 classes. Fixed
   stratified split: 30% test (540 images), ``random_state=0``.
@@ -9,9 +15,10 @@ Embedded (shipped with scikit-learn):
 - ``wine``: 178 wines of three cultivars, 13 features standardised with the training split's mean and
   std; classes 0, 1, 2 (class 1 lies between 0 and 2). Fixed stratified split: 30% test (54),
   ``random_state=0``.
-Loaders of files the user has: CIFAR-10 (python pickle batches), MNIST (IDX files, optionally .gz),
-HAM10000 (images + ``HAM10000_metadata.csv``), and a generic image folder ``root/{train,test}/<class>/<image>``
-(or ``root/<class>/<image>``, split "all"). ``load_dataset`` also reads a ``.pt`` file (``PT_LAYOUT``).
+Loaders of files the user has: ImageNet (``ROOT/{train,val}/<wnid>/*.JPEG``), CIFAR-10 (python pickle
+batches), MNIST (IDX files, optionally .gz), HAM10000 (images + ``HAM10000_metadata.csv``), and a
+generic image folder ``root/{train,test}/<class>/<image>`` (or ``root/<class>/<image>``, split "all").
+``load_dataset`` also reads a ``.pt`` file (``PT_LAYOUT``).
 """
 from __future__ import annotations
 
@@ -22,13 +29,20 @@ import os
 import pickle
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["NORMALIZATION", "Dataset", "load_dataset", "load_digits", "load_breast_cancer", "load_wine", "load_cifar10", "load_mnist",
-           "load_ham10000", "load_image_folder", "ham10000_cost_matrix", "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError"]
+from .base import SPLITS, DatasetError, check_split, tensor_digest
+from .images import IMAGE_EXTENSIONS, ImageFiles, load_image_folder, load_imagenet
+from .loading import Batch, batches, channel_stats, default_workers
+from .transforms import RESIZE_POLICIES, ImageTransform, random_crop_flip
+
+__all__ = ["NORMALIZATION", "Dataset", "ImageFiles", "load_dataset", "load_digits", "load_breast_cancer",
+           "load_wine", "load_cifar10", "load_mnist", "load_ham10000", "load_image_folder", "load_imagenet", "ham10000_cost_matrix",
+           "HAM10000_CLASSES", "HAM10000_MALIGNANT", "DatasetError", "Batch", "batches", "channel_stats",
+           "default_workers", "ImageTransform", "DATASET_NAMES", "parse_resize"]
 
 
 # Per-channel input normalisation of the published randomized-smoothing models (Cohen et al.'s
@@ -39,13 +53,12 @@ NORMALIZATION = {
 }
 
 
-class DatasetError(ValueError):
-    """A dataset is missing or malformed; the message shows the expected layout."""
-
-
 @dataclass
-class Dataset:
-    """Inputs ``[N, *shape]`` (float32, in the model's input space) and int64 labels ``[N]``."""
+class Dataset(torch.utils.data.Dataset):
+    """In-memory inputs ``[N, *shape]`` (float32, in the model's input space) and int64 labels ``[N]``.
+
+    ``augment`` (optional, ``(input, numpy generator) -> input``): the augmentation training applies
+    (CIFAR-10's random crop and flip); certification never applies it."""
     name: str
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -53,6 +66,9 @@ class Dataset:
     mean: Optional[List[float]] = None  # per channel/feature, for the model's Normalize layer
     std: Optional[List[float]] = None
     extra: dict = field(default_factory=dict)
+    augment: Optional[Callable] = None
+
+    in_memory = True
 
     def __post_init__(self):
         if self.inputs.shape[0] != self.labels.shape[0]:
@@ -60,6 +76,39 @@ class Dataset:
 
     def __len__(self):
         return self.inputs.shape[0]
+
+    def __getitem__(self, i: int):
+        return self.inputs[i], int(self.labels[i])
+
+    @property
+    def classes(self) -> List[str]:
+        return self.class_names
+
+    def load(self, i: int, rng=None):
+        """(input, label, info) of input ``i``; ``rng``: with ``augment`` applied. info: the input's sha256."""
+        x = self.inputs[i]
+        if rng is not None and self.augment is not None:
+            x = self.augment(x, rng)
+        return x, int(self.labels[i]), {"sha256": tensor_digest(self.inputs[i])}
+
+    def take(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and labels at ``indices``."""
+        indices = list(indices)
+        return self.inputs[indices], self.labels[indices]
+
+    def input_name(self, i: int) -> str:
+        return f"input {i}"
+
+    def input_digest(self, i: int) -> str:
+        """sha256 of input ``i``'s values (what a certified row records)."""
+        return tensor_digest(self.inputs[i])
+
+    def describe(self) -> dict:
+        return {"input_shape": list(self.input_shape)}
+
+    def fingerprint(self) -> str:
+        """sha256 of the inputs and labels (dtypes, shapes, values)."""
+        return tensor_digest(self.inputs, self.labels)
 
     @property
     def num_classes(self) -> int:
@@ -153,9 +202,11 @@ def load_cifar10(root: str, split: str = "test") -> Dataset:
         xs.append(data)
         ys.append(labels)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    x = torch.from_numpy(np.concatenate(xs)).float() / 255.0
-    return Dataset("cifar10", x, torch.from_numpy(np.concatenate(ys)), classes,
-                   [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+    x = torch.from_numpy(np.concatenate(xs)).float().div(255)  # torchvision's ToTensor
+    mean, std = NORMALIZATION["cifar10"]
+    # Training: Cohen et al.'s RandomCrop(32, padding=4) and RandomHorizontalFlip; the test split is as read.
+    return Dataset("cifar10", x, torch.from_numpy(np.concatenate(ys)), classes, list(mean), list(std),
+                   augment=random_crop_flip if split == "train" else None)
 
 
 MNIST_LAYOUT = ("an MNIST folder: ROOT/{train,t10k}-images-idx3-ubyte and ROOT/{train,t10k}-labels-idx1-ubyte "
@@ -205,26 +256,22 @@ HAM10000_LAYOUT = ("a HAM10000 folder: ROOT/HAM10000_metadata.csv (columns image
 def ham10000_cost_matrix():
     """The medical cost matrix for HAM10000: a malignant lesion (akiec, bcc, mel) predicted as any
     benign class (bkl, df, nv, vasc) is harmful; confusions within either group are not."""
-    from .cost import CostMatrix
+    from ..cost import CostMatrix
     benign = [HAM10000_CLASSES.index(c) for c in HAM10000_CLASSES if c not in HAM10000_MALIGNANT]
     return CostMatrix.pairwise(len(HAM10000_CLASSES), {HAM10000_CLASSES.index(m): benign for m in HAM10000_MALIGNANT},
                                class_names=list(HAM10000_CLASSES))
 
 
-def _load_image(path: str, size: int) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as img:
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def load_ham10000(root: str, split: str = "test", size: int = 64) -> Dataset:
-    """HAM10000 dermoscopy images, resized to ``size`` x ``size``; 7 classes (``HAM10000_CLASSES``).
+def load_ham10000(root: str, split: str = "test", size: int = 64, resize: str = "stretch",
+                  shorter: Optional[int] = None) -> ImageFiles:
+    """HAM10000 dermoscopy images, decoded when read, ``size`` x ``size`` by the ``resize`` policy
+    (``ImageTransform``); 7 classes (``HAM10000_CLASSES``).
 
     ``extra["malignant_classes"]`` lists the malignant classes (``HAM10000_MALIGNANT``): the cost
     matrix ``CostMatrix.pairwise(7, {m: benign for m in malignant})`` marks malignant -> benign as
     harmful. Fixed stratified split by image: 30% test, ``random_state=0``.
     """
+    transform = ImageTransform(size, resize, shorter)
     meta = os.path.join(root, "HAM10000_metadata.csv")
     if not os.path.isfile(meta):
         raise DatasetError(f"HAM10000: {meta} not found. Expected {HAM10000_LAYOUT}")
@@ -233,7 +280,7 @@ def load_ham10000(root: str, split: str = "test", size: int = 64) -> Dataset:
     if not rows or not {"image_id", "dx"} <= set(rows[0]):
         raise DatasetError(f"HAM10000: {meta} lacks the columns image_id and dx. Expected {HAM10000_LAYOUT}")
     images = {os.path.splitext(os.path.basename(p))[0]: p
-              for p in glob.glob(os.path.join(root, "**", "*.jpg"), recursive=True)}
+              for p in sorted(glob.glob(os.path.join(root, "**", "*.jpg"), recursive=True))}
     labels = []
     for row in rows:
         if row["dx"] not in HAM10000_CLASSES:
@@ -244,68 +291,11 @@ def load_ham10000(root: str, split: str = "test", size: int = 64) -> Dataset:
         labels.append(HAM10000_CLASSES.index(row["dx"]))
     labels = np.array(labels)
     idx = _split(len(rows), labels, split) if len(rows) >= 10 else np.arange(len(rows))
-    x = torch.from_numpy(np.stack([_load_image(images[rows[i]["image_id"]], size) for i in idx])).float() / 255.0
-    return Dataset("ham10000", x, torch.from_numpy(labels[idx].astype(np.int64)), list(HAM10000_CLASSES),
-                   [0.7635, 0.5461, 0.5705], [0.1409, 0.1526, 0.1700],
-                   extra={"malignant_classes": [HAM10000_CLASSES.index(c) for c in HAM10000_MALIGNANT]})
-
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
-
-SPLITS = ("train", "test", "all")
-
-
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise DatasetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return split
-
-
-def _image_folder(root: str, size: int, layout: str) -> Tuple[torch.Tensor, List[int], List[str]]:
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    files, labels = [], []
-    for c, name in enumerate(classes):
-        for p in sorted(os.listdir(os.path.join(root, name))):
-            if p.lower().endswith(IMAGE_EXTENSIONS):
-                files.append(os.path.join(root, name, p))
-                labels.append(c)
-    if not files:
-        raise DatasetError(f"no images found in {root}. Expected {layout}")
-    return torch.from_numpy(np.stack([_load_image(p, size) for p in files])).float() / 255.0, labels, classes
-
-
-def load_image_folder(root: str, split: str = "test", size: int = 32) -> Dataset:
-    """Images under ``root/<split>/<class name>/`` (``split`` = train or test) or, for ``split="all"``,
-    ``root/<class name>/``; classes sorted by name; RGB, resized to ``size`` x ``size``.
-
-    Normalisation statistics come from the train folder when there is one. A folder without
-    ``train``/``test`` subfolders has no split: asking for one is refused (``split="all"`` uses every
-    image, e.g. for a held-out folder that was never trained on).
-    """
-    layout = ("ROOT/train/<class name>/<image> and ROOT/test/<class name>/<image> (png, jpg, ...), or "
-              "ROOT/<class name>/<image> with --split all")
-    _check_split(split)
-    if not os.path.isdir(root):
-        raise DatasetError(f"image folder {root} not found. Expected {layout}")
-    has_split = all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
-    if split == "all":
-        folder = root
-    elif has_split:
-        folder = os.path.join(root, split)
-    else:
-        raise DatasetError(f"image folder {root} has no {split} split (no {root}/train and {root}/test folders): "
-                           f"add them, or pass --split all to use every image in {root}")
-    x, labels, classes = _image_folder(folder, size, layout)
-    stats_x = _image_folder(os.path.join(root, "train"), size, layout)[0] if (has_split and split != "train") else x
-    mean, std = _channel_stats(stats_x)
-    if has_split:
-        other = os.path.join(root, "test" if split == "train" else "train")
-        other_classes = sorted(d for d in os.listdir(other) if os.path.isdir(os.path.join(other, d)))
-        if split != "all" and other_classes != classes:
-            raise DatasetError(f"{root}/train and {root}/test must hold the same class folders; got "
-                               f"{classes} and {other_classes}")
-    return Dataset(os.path.basename(os.path.normpath(root)), x, torch.tensor(labels), classes, mean, std)
+    paths = [images[rows[i]["image_id"]] for i in idx]
+    return ImageFiles("ham10000", root, [os.path.relpath(p, root) for p in paths], labels[idx].tolist(),
+                      list(HAM10000_CLASSES), transform, [os.stat(p).st_size for p in paths],
+                      [0.7635, 0.5461, 0.5705], [0.1409, 0.1526, 0.1700],
+                      extra={"malignant_classes": [HAM10000_CLASSES.index(c) for c in HAM10000_MALIGNANT]})
 
 
 PT_LAYOUT = ("a torch.save'd dict {'inputs': float tensor [N, ...], 'labels': int tensor [N], optional "
@@ -314,7 +304,7 @@ PT_LAYOUT = ("a torch.save'd dict {'inputs': float tensor [N, ...], 'labels': in
 
 
 def _load_pt(path: str, split: str = "all") -> Dataset:
-    _check_split(split)
+    check_split(split)
     with open(path, "rb") as f:
         head = f.read(2)
     if head != b"PK" and head[:1] != b"\x80":  # neither torch.save's zip archive nor its legacy pickle
@@ -361,14 +351,41 @@ def _load_pt(path: str, split: str = "all") -> Dataset:
     return Dataset(os.path.basename(path), inputs.float(), labels, list(names) if names is not None else [])
 
 
-def load_dataset(spec: str, split: str = "test") -> Dataset:
-    """``digits``, ``breast_cancer``, ``wine``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``, ``folder:ROOT`` or a .pt file.
+DATASET_NAMES = ("digits, breast_cancer, wine, imagenet:ROOT, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, or a .pt "
+                 "file")
+
+
+def parse_resize(text: Optional[str]) -> Tuple[str, Optional[int]]:
+    """``--resize``: stretch, exact, crop, or crop:S (resize the shorter side to S, then crop the image
+    size) -> (policy, S or None)."""
+    policy, _, shorter = (text or "stretch").partition(":")
+    if policy not in RESIZE_POLICIES or (shorter and (policy != "crop" or not shorter.isdigit())):
+        raise DatasetError(f"--resize {text}: use stretch, crop, crop:S (shorter side to S, then the centre crop) or "
+                           f"exact")
+    return policy, int(shorter) if shorter else None
+
+
+def load_dataset(spec: str, split: str = "test", image_size: Optional[int] = None,
+                 resize: Optional[str] = None):
+    """``digits``, ``breast_cancer``, ``wine``, ``imagenet:ROOT``, ``cifar10:ROOT``, ``mnist:ROOT``, ``ham10000:ROOT``,
+    ``folder:ROOT`` or a .pt file.
 
     ``split``: train, test, or all (every input; only for ``folder:`` and ``.pt`` datasets, whose split
-    is optional — asking a split of one that has none is refused).
+    is optional — asking a split of one that has none is refused). ``imagenet``'s test split is ROOT/val.
+    ``image_size`` and ``resize`` (``parse_resize``): the input size and resize policy of ``folder:``
+    (default 32, stretch) and ``ham10000:`` (default 64, stretch) datasets.
     """
     name, _, root = spec.partition(":")
-    _check_split(split)
+    check_split(split)
+    if (image_size is not None or resize is not None) and name not in ("folder", "ham10000"):
+        flag = "--image-size" if image_size is not None else "--resize"
+        raise DatasetError(f"{flag} is for folder: and ham10000: datasets; {spec} has its own fixed input size")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise DatasetError(f"--image-size must be an integer >= 1, got {image_size!r}")
+    policy, shorter = parse_resize(resize)
+    size = image_size or (64 if name == "ham10000" else 32)
+    if shorter is not None and shorter < size:
+        raise DatasetError(f"--resize {resize}: the shorter side before the crop must be at least the image size {size}")
     if spec.endswith(".pt"):
         if not os.path.isfile(spec):
             raise DatasetError(f"dataset file not found: {spec}")
@@ -381,10 +398,14 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
         return load_breast_cancer(split)
     if name == "wine":
         return load_wine(split)
-    loaders = {"cifar10": load_cifar10, "mnist": load_mnist, "ham10000": load_ham10000}
+    if name == "imagenet" and root:
+        return load_imagenet(root, split, NORMALIZATION["imagenet"])
+    loaders = {"cifar10": load_cifar10, "mnist": load_mnist}
     if name in loaders and root:
         return loaders[name](root, split)
+    if name == "ham10000" and root:
+        return load_ham10000(root, split, size, policy, shorter)
     if name == "folder" and root:
-        return load_image_folder(root, split)
-    raise DatasetError(f"unknown dataset {spec!r}: use digits, breast_cancer, wine, cifar10:ROOT, mnist:ROOT, "
+        return load_image_folder(root, split, size, policy, shorter)
+    raise DatasetError(f"unknown dataset {spec!r}: use digits, breast_cancer, wine, imagenet:ROOT, cifar10:ROOT, mnist:ROOT, "
                        f"ham10000:ROOT, folder:ROOT, or a .pt file with {{'inputs', 'labels'}}")
