@@ -93,8 +93,9 @@ def _changed_inputs(outfile: str, dataset, limit: int = 3) -> List[str]:
             changed.append(f"input {idx} was {was['file']} and is now {dataset.input_name(idx)} (files added or "
                            f"removed)")
         elif dataset.input_digest(idx) != was["sha256"]:
-            changed.append(f"{dataset.input_name(idx)} (input {idx}) was replaced: its contents differ from the "
-                           f"certified one")
+            name = dataset.input_name(idx)
+            changed.append(f"{name if name == f'input {idx}' else f'{name} (input {idx})'} was replaced: its contents "
+                           f"differ from the certified one")
         if len(changed) >= limit:
             break
     return changed

@@ -95,7 +95,7 @@ def test_resume_refuses_another_model_and_other_data_at_the_same_paths(files, ca
     data["inputs"][3] += 1.0
     torch.save(data, files / "data.pt")
     assert main(certify_args(files, out, "--max", "10", "--seed", "0")) == 2
-    assert "data_sha256" in capsys.readouterr().err
+    assert "certified on other data: input 3 was replaced" in capsys.readouterr().err
 
 
 class Signed(torch.nn.Module):
