@@ -11,14 +11,20 @@ is visible, and ``build_info()`` reports the architecture list.
 Install with the torch that is already there: ``pip install --no-build-isolation .`` (build isolation
 would fetch and build against another torch from the index, or fail offline).
 
-``python setup.py --nvcc-flags`` prints the exact nvcc command-line flags a CUDA build of this
-extension uses (torch's own flags, the architecture flags, -std, defines and includes) and exits; CI
-compiles every .cu file with them, so a kernel that breaks the real build cannot pass CI.
+``python setup.py --nvcc-commands BUILD_DIR`` prints, one per line, the nvcc commands that torch's
+BuildExtension itself composes for the .cu files of a CUDA build of this extension, and exits. They
+are captured, not re-derived: BuildExtension runs as in a real build until it has written its ninja
+build file (every flag composed: torch's COMMON_NVCC_FLAGS, -fPIC, this project's flags, -std, the
+-gencode flags of the architecture list, defines, includes), compiling stops there, and the .cu
+commands are read back from that file with ``ninja -t commands``. CI runs exactly those commands, so
+a kernel that breaks the real build cannot pass CI. On a torch without CUDA (FORCE_CUDA=1 is set for
+the capture) torch leaves its CUDA_HOME unset: the capture sets it with torch's own search (CUDA_HOME,
+else the nvcc on PATH), and BuildExtension then omits only nvcc's dependency-file flags (``-MD -MF``),
+which change no compiled code.
 """
 import glob
 import os
 import re
-import shlex
 import subprocess
 import sys
 
@@ -97,26 +103,6 @@ def define_macros(with_cuda, arch_list):
     return macros
 
 
-def nvcc_flags(arch_list):
-    """The nvcc flags of a CUDA build of this extension, as torch's BuildExtension composes them:
-    torch's COMMON_NVCC_FLAGS, -fPIC, this project's extra flags, -std=c++20, the -gencode flags of
-    ``arch_list``, the defines and the include directories."""
-    previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
-    try:
-        arch_flags = cpp_extension._get_cuda_arch_flags(list(NVCC_EXTRA))
-    finally:
-        if previous is None:
-            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
-        else:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = previous
-    defines = ["-D%s" % k if v is None else "-D%s=%s" % (k, v) for k, v in define_macros(True, arch_list)]
-    defines += ["-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C"]
-    includes = ["-I" + p for p in cpp_extension.include_paths()]
-    return (list(cpp_extension.COMMON_NVCC_FLAGS) + ["--compiler-options", "-fPIC"] + NVCC_EXTRA
-            + ["-std=c++20"] + arch_flags + defines + includes)
-
-
 def extension():
     with_cuda, reason = resolve_cuda()
     omp_compile, omp_link = openmp_flags()
@@ -142,17 +128,52 @@ def extension():
     return CUDAExtension(**kwargs) if with_cuda else CppExtension(**kwargs)
 
 
+SETUP = dict(
+    version=VERSION,
+    packages=find_packages(include=["costsmooth", "costsmooth.*"]),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
+
+
+class _BuildFileWritten(Exception):
+    """Raised in place of running ninja: BuildExtension has written its build file."""
+
+
+def nvcc_commands(build_dir):
+    """The nvcc command lines BuildExtension runs for this extension's .cu files, captured from its
+    own ninja build file (see the module docstring); ``build_dir`` receives the build file."""
+    def stop_before_compiling(build_directory, verbose, error_prefix):
+        raise _BuildFileWritten(build_directory)
+
+    os.environ["FORCE_CUDA"] = "1"
+    if cpp_extension.CUDA_HOME is None:  # a torch without CUDA leaves it unset: find it as a CUDA torch does
+        cpp_extension.CUDA_HOME = cpp_extension._find_cuda_home()
+    cpp_extension._run_ninja_build = stop_before_compiling
+    build_temp = os.path.abspath(build_dir)
+    try:
+        setup(ext_modules=[extension()], script_args=["-q", "build_ext", "--build-temp", build_temp,
+                                                      "--build-lib", build_temp], **SETUP)
+    except _BuildFileWritten as written:
+        ninja_dir = written.args[0]
+    else:
+        sys.exit("costsmooth: BuildExtension compiled nothing with ninja; is ninja installed?")
+    targets = subprocess.run(["ninja", "-C", ninja_dir, "-t", "targets", "rule", "cuda_compile"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    if not targets:
+        sys.exit("costsmooth: BuildExtension's build file compiles no .cu file")
+    return [subprocess.run(["ninja", "-C", ninja_dir, "-t", "commands", "-s", target], capture_output=True,
+                           text=True, check=True).stdout.strip() for target in targets]
+
+
 if "pip-build-env" in (torch.__file__ or ""):
     sys.exit("costsmooth: pip's build isolation imported its own torch (%s), which the extension would link "
              "against instead of yours; install with: pip install --no-build-isolation ." % torch.__file__)
 
-if "--nvcc-flags" in sys.argv:
-    print(" ".join(shlex.quote(f) for f in nvcc_flags(resolve_arch_list()[0])))
+if "--nvcc-commands" in sys.argv:
+    where = sys.argv.index("--nvcc-commands") + 1
+    if where >= len(sys.argv):
+        sys.exit("usage: python setup.py --nvcc-commands BUILD_DIR")
+    print("\n".join(nvcc_commands(sys.argv[where])))
     sys.exit(0)
 
-setup(
-    version=VERSION,
-    packages=find_packages(include=["costsmooth", "costsmooth.*"]),
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+setup(ext_modules=[extension()], **SETUP)

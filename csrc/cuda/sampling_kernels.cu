@@ -127,7 +127,12 @@ template <> __device__ __forceinline__ double load_acc<double>(const double* p) 
 
 constexpr int kVoteThreads = 256;                  // 8 warps, one row per warp at a time
 constexpr int kVoteRowsPerBlock = 1024;            // rows of one input handled by a block
-constexpr int64_t kMaxSharedClasses = 12288;       // 48 KiB of int32 bins
+// A block's histogram (one int32 bin per class) and its NaN-row counter share one dynamic
+// shared-memory allocation of (classes + 1) * 4 bytes, within the 48 KiB a launch may use without
+// opting in; the kernel has no static shared memory (CI checks nvcc's report). Up to 12,287 classes
+// vote in shared memory; with more, votes go straight to global memory.
+constexpr int64_t kVoteSharedBytes = 48 * 1024;
+constexpr int64_t kMaxSharedClasses = kVoteSharedBytes / 4 - 1;
 
 // Grid: (ceil(n / kVoteRowsPerBlock), number of inputs). Each warp takes the argmax of one row
 // (ties to the lowest index, as torch.argmax; a NaN anywhere marks the row as not a vote), lane 0
@@ -137,15 +142,16 @@ constexpr int64_t kMaxSharedClasses = 12288;       // 48 KiB of int32 bins
 template <typename T, bool kShared>
 __global__ void vote_count_kernel(VoteCountParams p) {
   using acc_t = typename Acc<T>::type;
-  extern __shared__ int shared_bins[];
-  __shared__ int shared_nan;
+  extern __shared__ int shared[];  // shared[0]: NaN rows of the block; shared[1 + c]: bin of class c
+  int* const shared_nan = shared;
+  int* const shared_bins = shared + 1;
   const int64_t b = blockIdx.y;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kVoteRowsPerBlock;
   const int64_t last = min(first + kVoteRowsPerBlock, p.n);
   if (kShared) {
     for (int64_t c = threadIdx.x; c < p.classes; c += blockDim.x) shared_bins[c] = 0;
   }
-  if (threadIdx.x == 0) shared_nan = 0;
+  if (threadIdx.x == 0) *shared_nan = 0;
   __syncthreads();
 
   const int lane = threadIdx.x & 31;
@@ -173,7 +179,7 @@ __global__ void vote_count_kernel(VoteCountParams p) {
     }
     has_nan = __any_sync(0xffffffffu, has_nan);
     if (lane == 0) {
-      if (has_nan) atomicAdd(&shared_nan, 1);
+      if (has_nan) atomicAdd(shared_nan, 1);
       else if (kShared) atomicAdd(&shared_bins[best_idx], 1);
       else atomicAdd(reinterpret_cast<unsigned long long*>(p.counts + b * p.classes + best_idx), 1ull);
     }
@@ -186,9 +192,9 @@ __global__ void vote_count_kernel(VoteCountParams p) {
                        static_cast<unsigned long long>(v));
     }
   }
-  if (threadIdx.x == 0 && shared_nan) {
+  if (threadIdx.x == 0 && *shared_nan) {
     atomicAdd(reinterpret_cast<unsigned long long*>(p.nan_rows + b),
-              static_cast<unsigned long long>(shared_nan));
+              static_cast<unsigned long long>(*shared_nan));
   }
 }
 
@@ -261,10 +267,10 @@ void vote_count_dispatch(const VoteCountParams& all, cudaStream_t stream) {
     p.nan_rows = all.nan_rows + b0;
     const dim3 grid(static_cast<unsigned>((p.n + kVoteRowsPerBlock - 1) / kVoteRowsPerBlock), static_cast<unsigned>(nb));
     if (p.classes <= kMaxSharedClasses) {
-      const size_t shared = static_cast<size_t>(p.classes) * sizeof(int);
+      const size_t shared = static_cast<size_t>(p.classes + 1) * sizeof(int);
       vote_count_kernel<T, true><<<grid, kVoteThreads, shared, stream>>>(p);
     } else {
-      vote_count_kernel<T, false><<<grid, kVoteThreads, 0, stream>>>(p);
+      vote_count_kernel<T, false><<<grid, kVoteThreads, sizeof(int), stream>>>(p);
     }
   }
 }
