@@ -5,6 +5,8 @@
 #   ./run.sh test [pytest args]           the test suite (what CI runs)
 #   ./run.sh bench [pytest args]          the benchmark suite (pytest-benchmark)
 #   ./run.sh COMMAND [args]               any `costsmooth` command (certify, analyze, train, ...)
+#   ./run.sh python [args]                Python with costsmooth importable (your scripts, the API)
+#   ./run.sh torchrun [args]              torchrun with costsmooth importable (several processes)
 #
 # Python: ./.venv if it exists; else $PYTHON (default python3) when it already has torch (a GPU
 # machine's CUDA build is used as it is, offline, and never reinstalled); else a new ./.venv with
@@ -34,6 +36,10 @@ else
          "point PYTHON at a Python that has torch (PYTHON=/path/to/python ./run.sh ...)" >&2
     exit 1
   fi
+  # The venv made here finds this checkout's costsmooth (an editable install: a .pth file naming ROOT),
+  # so .venv/bin/python and .venv/bin/torchrun import it without PYTHONPATH.
+  "$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" | {
+    read -r site && echo "$ROOT" > "$site/costsmooth-checkout.pth"; }
 fi
 
 # Install only the packages that are missing (import name -> package name); test tools only for
@@ -55,15 +61,25 @@ for pkg in $missing; do
     exit 1
   fi
 done
-# Build the extension in place (a no-op when it is up to date); the compiler log is shown on failure.
+# Build the extension in place; the compiler log is shown on failure. Up to date (the sources, setup.py,
+# the Python and the built library unchanged since the last build: a stamp of their paths, sizes and
+# times) costs no setup.py call and prints nothing; a build prints its configuration line once.
 mkdir -p build
-if ! MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace \
-    > build/costsmooth-build.log 2>&1; then
-  cat build/costsmooth-build.log >&2
-  echo "costsmooth: the build failed (log above, also in build/costsmooth-build.log)" >&2
-  exit 1
+stamp() {
+  { echo "$PY"; find csrc setup.py costsmooth -maxdepth 3 \( -name '*.cpp' -o -name '*.cu' -o -name '*.h' \
+      -o -name '*.cuh' -o -name 'setup.py' -o -name '_C*.so' \) -printf '%p %s %T@\n' | sort; } \
+    | cksum
+}
+if ! compgen -G "costsmooth/_C*.so" >/dev/null || [ "$(stamp)" != "$(cat build/costsmooth-build.stamp 2>/dev/null)" ]; then
+  if ! MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace \
+      > build/costsmooth-build.log 2>&1; then
+    cat build/costsmooth-build.log >&2
+    echo "costsmooth: the build failed (log above, also in build/costsmooth-build.log)" >&2
+    exit 1
+  fi
+  grep -m1 "^costsmooth build:" build/costsmooth-build.log >&2 || true
+  stamp > build/costsmooth-build.stamp
 fi
-grep -m1 "^costsmooth build:" build/costsmooth-build.log >&2 || true
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # pytest's default folder, unless the arguments name test files or folders (tests/test_x.py[::name])
@@ -81,5 +97,7 @@ cd "$CALLER"
 case "$cmd" in
   test)  exec "$PY" -m pytest $(default_paths "$ROOT/tests" "$@") --rootdir "$ROOT" "$@" ;;
   bench) exec "$PY" -m pytest $(default_paths "$ROOT/benchmarks" "$@") --rootdir "$ROOT" --benchmark-only "$@" ;;
+  python) exec "$PY" "$@" ;;
+  torchrun) exec "$PY" -m torch.distributed.run "$@" ;;
   *)     exec "$PY" -m costsmooth "$cmd" "$@" ;;
 esac

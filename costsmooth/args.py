@@ -183,7 +183,9 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n0: int, n: int, seed_help:
     p.add_argument("--batch", type=batch_arg, default=1000,
                    help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
     p.add_argument("--skip", type=positive_int, default=1, help="use every skip-th input")
-    p.add_argument("--max", type=max_arg, default=-1, help="stop before this dataset index (-1: all)")
+    p.add_argument("--max", "--max-index", dest="max", type=max_arg, default=-1,
+                   help="stop before this dataset index (-1: all); under torchrun write --max-index (torchrun "
+                        "reads --max as its --max-restarts)")
     p.add_argument("--split", default="test", choices=["train", "test", "all"],
                    help="dataset split ('all' for folder:/.pt datasets without one)")
     p.add_argument("--seed", type=seed_arg, default=0, help=seed_help)

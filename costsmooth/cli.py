@@ -241,6 +241,9 @@ def main(argv=None) -> int:
 
     Errors a user can fix are printed as one line, ``error: ...``, without a traceback.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # torchrun ... -m costsmooth -- certify ...: the separator protects certify's options
+        argv = argv[1:]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse: --help, or a malformed command line (already printed)

@@ -189,7 +189,8 @@ def certify_distributed(model, dataset, sigma: float, outfile: str, *, split_sam
     Input sharding (default): each rank certifies its shard into ``part_path(outfile, rank, world)``
     (resumable as any run), then rank 0 merges the parts into ``outfile``. ``split_samples``: each
     input's samples are split across ranks and rank 0 writes ``outfile``. Returns what
-    ``certify_dataset`` returns on this rank (rank 0's stats describe the whole run for sample splits).
+    ``certify_dataset`` returns; with ``return_stats`` the stats describe the whole run (for input
+    sharding: inputs certified now and samples drawn summed over the ranks' shards, ``outfile`` named).
     An error on any rank stops every rank within a second (``FailFast``) and is raised there as
     ``RankError`` naming the rank.
     """
@@ -219,6 +220,12 @@ def _certify_ranks(model, dataset, sigma: float, outfile: str, split_samples: bo
                          f"choose another OUTFILE, or resume it with the command that wrote it")
     result = certify_dataset(model, dataset, sigma, part_path(outfile, rank, world), shard=(rank, world),
                              meta_extra=meta_extra, **kwargs)
+    if isinstance(result, dict):  # return_stats: the whole run's, summed over the ranks' shards
+        shards = [None] * world
+        dist.all_gather_object(shards, result)
+        result = dict(result, outfile=outfile, certified_now=sum(r["certified_now"] for r in shards),
+                      samples=sum(r["samples"] for r in shards), invalid=sorted(i for r in shards for i in r["invalid"]),
+                      selected=sum(r["selected"] for r in shards))
     dist.barrier()
     if rank == 0:
         merge_parts(outfile, [part_path(outfile, r, world) for r in range(world)], replace=True)

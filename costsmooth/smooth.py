@@ -4,10 +4,14 @@ Drop-in for ``core.Smooth`` of locuslab/smoothing: ``predict(x, n, alpha, batch_
 ``certify(x, n0, n, alpha, batch_size)`` take one input without a batch dimension and return the
 same values (-1 = abstain). Sampling runs on the fused engine (``costsmooth.sample_counts``).
 
-Noise bookkeeping: every call of predict/certify/certify_cost_sensitive takes a fresh input index
-from a counter, so each call draws fresh noise and the same seed replays the same sequence of calls.
-``certify_batch`` uses the dataset indices you pass, so a certificate does not depend on which other
-inputs were certified with it. Selection (stream 0) and estimation (stream 1) draws are independent.
+Noise identity, one rule for every method: the noise of an input is a function of (seed, index).
+Pass the input's index (``index=`` of predict/certify/certify_cost_sensitive/certify_at, ``indices=``
+of certify_batch/certify_batch_at; e.g. its dataset index, in [0, 2^31)) and a call is reproducible:
+the same input, index and seed give the same result, whatever else is certified with it (certify runs
+over datasets do this). Without an index, every call takes fresh indices from the Smooth's counter (at
+2^31 and above, one per input): each call draws fresh noise, as in Cohen et al.'s code, and a new Smooth
+with the same seed replays the same sequence of calls. Selection (stream 0) and estimation (stream 1)
+draws are independent.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from ._checks import check_alpha, check_count, check_float_tensor, check_positiv
 from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
 from .cost import CostMatrix
 from .packing import sample_until
-from .sampling import STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, resolve_batch_size, sample_statistics
+from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, eval_mode, resolve_batch_size,
+                       sample_statistics)
 from .sequential import (DEFAULT_FIRST, DEFAULT_GROWTH, Boundary, RadiusEstimate, RadiusTest, SequentialResult,
                          SequentialTest)
 
@@ -91,10 +96,13 @@ class Smooth:
         self._calls = 0
 
     # -- sampling -------------------------------------------------------------------------------
-    def _fresh_index(self) -> int:
-        index = _FRESH_INDEX_BASE + self._calls
-        self._calls += 1
-        return index
+    def _indices(self, count: int, given=None) -> List[int]:
+        """The given indices (checked: one per input, in [0, 2^31)), else ``count`` fresh ones from the counter."""
+        if given is None:
+            first = _FRESH_INDEX_BASE + self._calls
+            self._calls += count
+            return list(range(first, first + count))
+        return self._dataset_indices(given, count)
 
     def _sigma_of(self, x: torch.Tensor):
         """The noise level of each input: the number, or the sigma function's float64 ``[B]``."""
@@ -123,57 +131,84 @@ class Smooth:
         return self._statistics(x, n, stream, index_offset, batch_size, progress, sigma).counts
 
     def _single(self, x) -> torch.Tensor:
+        """One input without a batch dimension, as a batch of one. An ``x[:1]``-style batch of one is
+        refused: the model takes ``x`` itself as a batch, but not ``x`` with a batch dimension added (a
+        model that flattens its input takes both, and certifies both alike: same elements, same noise)."""
         check_float_tensor(x, "x")
-        return x.to(self.device).unsqueeze(0)
+        x = x.to(self.device)
+        if x.dim() >= 2 and x.shape[0] == 1 and self._takes_batch(x) and not self._takes_batch(x.unsqueeze(0)):
+            raise ValueError(f"x of shape {list(x.shape)} is a batch of one input; predict/certify take one input "
+                             f"without the batch dimension: pass x[0] (or use certify_batch for batches)")
+        return x.unsqueeze(0)
+
+    def _takes_batch(self, x: torch.Tensor) -> bool:
+        """Whether the model maps ``x`` (a batch) to logits [len(x), num_classes]."""
+        try:
+            with eval_mode(self.model) as model:
+                out = model(x if self.dtype is None else x.to(self.dtype))
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            return False
+        return isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == x.shape[0] \
+            and out.shape[1] == self.num_classes
 
     # -- Cohen et al.'s interface -----------------------------------------------------------------
-    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: Optional[int] = None) -> int:
+    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: Optional[int] = None, *,
+                index: Optional[int] = None) -> int:
         """PREDICT: the smoothed class of one input (no batch dimension), or -1 (abstain).
 
-        Guarantee: the returned class differs from g(x) with probability at most alpha.
+        Guarantee: the returned class differs from g(x) with probability at most alpha. ``index``: the
+        input's noise identity (see the module docstring; default: fresh noise per call).
         """
         check_count(n, "n")
         alpha = check_alpha(alpha)
-        counts = self._counts(self._single(x), n, STREAM_ESTIMATION, self._fresh_index(), batch_size)
+        x = self._single(x)
+        counts = self._counts(x, n, STREAM_ESTIMATION, self._indices(1, None if index is None else [index])[0],
+                              batch_size)
         return stats.predict_from_counts(counts[0].numpy(), alpha)
 
-    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float,
-                batch_size: Optional[int] = None) -> Tuple[int, float]:
+    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: Optional[int] = None, *,
+                index: Optional[int] = None) -> Tuple[int, float]:
         """CERTIFY: (prediction, L2 radius) for one input, prediction -1 and radius 0.0 on abstention.
 
         Guarantee: with probability >= 1 - alpha, g(x + delta) = prediction for all ||delta|| < radius.
+        ``index``: the input's noise identity, e.g. its dataset index in [0, 2^31): the same x, index and
+        seed give the same result. Without it each call draws fresh noise (a fresh index per call).
         """
-        cert = self._certify_one(x, None, None, n0, n, alpha, batch_size)
+        cert = self._certify_one(x, None, None, n0, n, alpha, batch_size, index)
         return cert.prediction, cert.radius
 
     def certify_cost_sensitive(self, x: torch.Tensor, label: int, cost: CostMatrix, n0: int, n: int, alpha: float,
-                               batch_size: Optional[int] = None) -> Certificate:
-        """The standard and the cost-sensitive certificate of one input of known label (SPEC 3.2).
+                               batch_size: Optional[int] = None, *, index: Optional[int] = None) -> Certificate:
+        """The standard and the cost-sensitive certificate of one input of known label.
 
-        Guarantee of ``cs_radius``: with probability >= 1 - alpha, g(x + delta) is not in the label's
-        target set for all ||delta|| < cs_radius. See ``costsmooth.certify`` for the alpha split.
+        ``cs_radius`` is the smallest of the per-target radii sigma/2 * (Phi^-1(pA_lower) - Phi^-1(pT_upper))
+        over the label's target classes T (0 when the top class is a target). Guarantee: with probability
+        >= 1 - alpha, g(x + delta) is not in the label's target set for all ||delta|| < cs_radius; alpha/2
+        goes to the lower bound on p_A and alpha/(2K) to each of the K targets' upper bounds.
+        ``index``: as for ``certify``.
         """
         if not isinstance(cost, CostMatrix):
             raise TypeError(f"cost must be a costsmooth.CostMatrix, got {type(cost).__name__}")
-        return self._certify_one(x, label, cost, n0, n, alpha, batch_size)
+        return self._certify_one(x, label, cost, n0, n, alpha, batch_size, index)
 
-    def _certify_one(self, x, label, cost, n0, n, alpha, batch_size) -> Certificate:
+    def _certify_one(self, x, label, cost, n0, n, alpha, batch_size, index=None) -> Certificate:
         x = self._single(x)
-        return self._certify(x, None if label is None else [label], cost, n0, n, alpha, [self._fresh_index()],
-                             batch_size)[0]
+        return self._certify(x, None if label is None else [label], cost, n0, n, alpha,
+                             self._indices(1, None if index is None else [index]), batch_size)[0]
 
     # -- sequential certification at a radius (costsmooth.sequential) ------------------------------
     def certify_at(self, x: torch.Tensor, radius: float, alpha: float, *, max_n: int, cost: Optional[CostMatrix] = None,
                    label: Optional[int] = None, n0: int = 100, batch_size: Optional[int] = None,
-                   **options) -> SequentialResult:
+                   index: Optional[int] = None, **options) -> SequentialResult:
         """Sequential test of "certified at L2 ``radius``" for one input (no batch dimension).
 
         Returns a ``costsmooth.sequential.SequentialResult`` (``decision`` "certified", "not_certified" or
         "undecided" at ``max_n``; ``samples``; ``prediction``). Each decision errs with probability <= alpha
-        (anytime-valid boundary; see ``costsmooth.sequential``). A fresh input index per call, as ``certify``.
+        (anytime-valid boundary; see ``costsmooth.sequential``). ``index``: as for ``certify``.
         """
         return self._certify_at(self._single(x), radius, alpha, max_n=max_n, labels=None if label is None else [label],
-                                cost=cost, n0=n0, indices=[self._fresh_index()], batch_size=batch_size, **options)[0]
+                                cost=cost, n0=n0, indices=self._indices(1, None if index is None else [index]),
+                                batch_size=batch_size, **options)[0]
 
     def certify_batch_at(self, X: torch.Tensor, radius: float, alpha: float = 0.001, *, max_n: int = 100000,
                          labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None, n0: int = 100,
@@ -187,15 +222,15 @@ class Smooth:
         is made (``costsmooth.sequential`` for the boundary, its validity and the alpha split), packed
         into shared model calls of ``batch_size`` rows (``costsmooth.packing``; ``slots`` caps the
         inputs in flight). With ``cost`` and ``labels``, inputs whose label is a seed class are tested
-        for the cost-sensitive condition at ``radius`` instead (SPEC 3.2); the others for the standard one.
+        for the cost-sensitive condition ``R_cs >= radius`` instead; the others for the standard one.
 
         Guarantee: for each input, P(decision "certified" while the smoothed classifier is not robust at
         ``radius``) <= alpha, and P("not_certified" while it is) <= alpha; the samples used and the
         decisions do not depend on ``batch_size`` or ``slots`` (noise keyed by (seed, stream, index,
-        sample)). ``indices`` are dataset indices (default 0..B-1), as in ``certify_batch``.
+        sample)). ``indices`` are noise identities (dataset indices; default: fresh ones), as in ``certify_batch``.
         """
         check_float_tensor(X, "X")
-        indices = self._dataset_indices(indices, X.shape[0] if X.dim() else 0)
+        indices = self._indices(X.shape[0] if X.dim() else 0, indices)
         return self._certify_at(X, radius, alpha, max_n=max_n, labels=labels, cost=cost, n0=n0, indices=indices,
                                 batch_size=batch_size, slots=slots, first=first, growth=growth, progress=progress)
 
@@ -211,7 +246,7 @@ class Smooth:
         """
         tolerance = check_positive_finite(tolerance, "tolerance")
         check_float_tensor(X, "X")
-        indices = self._dataset_indices(indices, X.shape[0] if X.dim() else 0)
+        indices = self._indices(X.shape[0] if X.dim() else 0, indices)
         X, labels, boundary, batch_size, selection, tops = self._sequential_start(X, indices, labels, alpha, max_n, n0,
                                                                                   batch_size, slots, first, growth)
         test = RadiusTest(boundary, tolerance, self.sigma, tops, labels)
@@ -272,12 +307,19 @@ class Smooth:
                       progress=None) -> List[Certificate]:
         """Certificates for many inputs ``X[B, *shape]``, sharing model calls across inputs.
 
-        ``indices`` are the inputs' dataset indices (default 0..B-1): input i's noise depends only on
-        (seed, indices[i]), so results do not depend on batching or on which inputs are certified
-        together. Labels (optional) enable ``correct`` and, with ``cost``, the cost-sensitive radius.
+        ``indices`` are the inputs' noise identities, e.g. their dataset indices in [0, 2^31): input i's
+        noise depends only on (seed, indices[i]), so results do not depend on batching or on which inputs
+        are certified together, and the same call gives the same certificates. Without ``indices`` each
+        call takes B fresh indices from the counter (fresh noise per call, as ``certify``). Labels
+        (optional) enable ``correct`` and, with ``cost``, the cost-sensitive radius.
         """
         check_float_tensor(X, "X")
-        indices = self._dataset_indices(indices, X.shape[0], labels)
+        if X.dim() < 2:
+            raise ValueError(f"X must be a batch [B, *shape] of inputs, got shape {list(X.shape)}; for one input "
+                             f"use certify, or X[None]")
+        if labels is not None and len(labels) != X.shape[0]:
+            raise ValueError(f"{X.shape[0]} inputs need as many labels, got {len(labels)}")
+        indices = self._indices(X.shape[0], indices)
         return self._certify(X.to(self.device), labels, cost, n0, n, alpha, indices, batch_size, progress)
 
     @staticmethod

@@ -167,7 +167,8 @@ def test_certified_confidences_split_alpha_and_match_smooth():
     assert conf.alpha_prediction == conf.alpha_interval == 0.005
     assert conf.level == pytest.approx(1 - 12 * 0.01)  # per-input intervals: the dataset level is 1 - N alpha
     # the same engine draw as Smooth without sums
-    plain = costsmooth.Smooth(model, 3, 0.5, seed=3).certify_batch(x, y.tolist(), n0=20, n=300, alpha=0.005)
+    plain = costsmooth.Smooth(model, 3, 0.5, seed=3).certify_batch(x, y.tolist(), n0=20, n=300, alpha=0.005,
+                                                                   indices=range(12))
     assert np.array_equal(np.stack([c.counts for c in plain]), est)
     assert np.allclose(sums.sum(1), 300)
     top = np.array([c.top_class for c in certs])

@@ -218,3 +218,43 @@ def test_radii_written_to_the_tsv_are_never_above_the_exact_ones():
         if float(fields[6]) > 0:
             worst = max(mpmath.mpf(u) for u in cert.target_upper.values())
             assert float(fields[6]) <= s / 2 * (phi_inv(cs_low) - phi_inv(min(worst, cap)))
+
+
+def test_noise_identity_is_one_rule_for_single_and_batch_calls():
+    model, x, _ = linear_setup(p_a=0.6)
+    smooth = Smooth(model, 2, 0.5, seed=3)
+    X = torch.stack([x, x, x])
+    # an index makes a call reproducible, and the same index gives the same certificate in both calls
+    at_7 = smooth.certify(x, 100, 2000, 0.001, index=7)
+    assert smooth.certify(x, 100, 2000, 0.001, index=7) == at_7
+    batch = smooth.certify_batch(X, n0=100, n=2000, alpha=0.001, indices=[5, 7, 9])
+    assert (batch[1].prediction, batch[1].radius) == at_7
+    assert smooth.certify_batch(X, n0=100, n=2000, alpha=0.001, indices=[5, 7, 9])[0].counts.tolist() \
+        == batch[0].counts.tolist()
+    assert smooth.predict(x, 1000, 0.001, index=7) == smooth.predict(x, 1000, 0.001, index=7)
+    # without indices every call draws fresh noise, batches as single calls
+    one = smooth.certify_batch(X, n0=100, n=2000, alpha=0.001)
+    two = smooth.certify_batch(X, n0=100, n=2000, alpha=0.001)
+    assert [c.counts.tolist() for c in one] != [c.counts.tolist() for c in two]
+    assert one[0].counts.tolist() != one[1].counts.tolist()
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 2\^31\)"):
+        smooth.certify(x, 100, 2000, 0.001, index=-1)
+
+
+def test_single_input_calls_refuse_a_batch_of_one():
+    model, x, _ = linear_setup(p_a=0.9)
+    # a model that flattens its input cannot tell x[None] from x: the noise and the certificate are the same
+    flat = Smooth(model, 2, 0.5, seed=3)
+    assert flat.certify(x[None], 100, 1000, 0.001, index=4) == flat.certify(x, 100, 1000, 0.001, index=4)
+    torch.manual_seed(0)
+    smooth = Smooth(torch.nn.Linear(10, 2), 2, 0.5, seed=3)  # takes [B, 10]: x[None] is a batch of one
+    smooth.certify(x, 10, 100, 0.01)
+    for call in (lambda v: smooth.certify(v, 10, 100, 0.01), lambda v: smooth.predict(v, 100, 0.01),
+                 lambda v: smooth.certify_at(v, 0.1, 0.01, max_n=100)):
+        with pytest.raises(ValueError, match=r"is a batch of one input.*pass x\[0\]"):
+            call(x[None])
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3))
+    image = torch.rand(1, 8, 8)  # one single-channel image: accepted
+    assert Smooth(cnn, 3, 0.25).certify(image, 10, 50, 0.01)[0] in (-1, 0, 1, 2)
+    with pytest.raises(ValueError, match="is a batch of one input"):
+        Smooth(cnn, 3, 0.25).certify(image[None], 10, 50, 0.01)

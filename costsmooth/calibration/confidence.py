@@ -245,8 +245,8 @@ def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int 
             num_classes = int(model(x[:1]).shape[1])
     smooth = Smooth(model, num_classes, sigma, batch_size=batch_size, seed=seed, prob_sums=True)
     per_input = check_alpha(alpha) / (max(x.shape[0], 1) if joint else 1)
-    certs = smooth.certify_batch(x, [int(v) for v in labels], n0=n0, n=n, alpha=per_input / 2, indices=indices,
-                                 progress=progress)
+    certs = smooth.certify_batch(x, [int(v) for v in labels], n0=n0, n=n, alpha=per_input / 2,
+                                 indices=range(x.shape[0]) if indices is None else indices, progress=progress)
     sel = np.stack([c.selection_counts for c in certs]) if certs else np.zeros((0, num_classes), np.int64)
     est = np.stack([c.counts for c in certs]) if certs else np.zeros((0, num_classes), np.int64)
     sums = np.stack([c.prob_sums for c in certs]) if certs else np.zeros((0, num_classes))
