@@ -95,6 +95,11 @@ def parse_cost(args, num_classes: int) -> Optional[CostMatrix]:
         seeds = int_list(args.seed_classes, "--seed-classes")
         if args.targets:
             targets = int_list(args.targets, "--targets")
+            alone = [s for s in seeds if not [t for t in targets if t != s]]
+            if alone:
+                raise UsageError(f"--seed-classes {args.seed_classes} --targets {args.targets}: a class cannot target "
+                                 f"itself, so seed class {alone[0]} has no target; add other --targets, or drop "
+                                 f"{alone[0]} from --seed-classes")
             return CostMatrix.pairwise(num_classes, {s: [t for t in targets if t != s] for s in seeds})
         return CostMatrix.seedwise(num_classes, seeds)
     if args.targets:

@@ -251,9 +251,7 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except KeyboardInterrupt:
-        again = ("run the same command with --resume to continue" if getattr(args, "command", None) == "train"
-                 else "run the same command again to resume")
-        print(f"\ninterrupted: finished results are kept; {again}", file=sys.stderr)
+        print(f"\ninterrupted: {_what_was_kept(args)}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, TypeError, OSError, RankError) as err:
         print(f"error: {error_line(err)}", file=sys.stderr)
@@ -261,3 +259,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _what_was_kept(args) -> str:
+    """After Ctrl-C: which results remain and how to go on (nothing is claimed that is not on disk)."""
+    if getattr(args, "command", None) == "train":
+        ckpt = os.path.join(args.out, "checkpoint.pt")
+        if os.path.isfile(ckpt):
+            return f"the checkpoint of the last finished epoch is kept ({ckpt}); run the same command with --resume " \
+                   f"to continue"
+        return "no epoch finished, so no checkpoint was written; run the same command again to start over"
+    outfile = getattr(args, "outfile", None)
+    if outfile and getattr(args, "command", None) == "certify":
+        if os.path.isfile(outfile):
+            return f"the finished rows are kept in {outfile}; run the same command again to resume"
+        return "no input was finished, so no result file was kept; run the same command again to start over"
+    return "stopped before the end; run the same command again"

@@ -237,7 +237,7 @@ def begin_run(path: str, meta: dict, columns: List[str]) -> bool:
         raise ResultFileError(f"{path} exists from {kind} certification run; choose another OUTFILE")
     changed = settings_mismatch(old, meta)
     if changed:
-        details = "; ".join(f"{k}: {_short(old.get(k))} in the file, {_short(meta.get(k))} now" for k in changed)
+        details = "; ".join(describe_difference(k, old.get(k), meta.get(k), "in the file") for k in changed)
         raise ResultFileError(f"{path} exists from a run with different settings ({details}); use another "
                               f"OUTFILE or delete it to start over")
     if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
@@ -401,6 +401,31 @@ class SequentialWriter:
 def _short(value, limit: int = 40) -> str:
     text = json.dumps(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_difference(key: str, old, new, where: str) -> str:
+    """``key: OLD {where}, NEW now``, short; for a cost matrix the entries that differ (row, column),
+    for other long values the parts that differ, never two identical shortened texts."""
+    matrices = [v.get("matrix") if isinstance(v, dict) else None for v in (old, new)]
+    if key == "cost" and all(m is not None for m in matrices):
+        a, b = (np.asarray(m, dtype=np.float64) for m in matrices)
+        if a.shape != b.shape:
+            return f"cost: a {a.shape[0]}x{a.shape[0]} matrix {where}, {b.shape[0]}x{b.shape[0]} now"
+        diff = np.argwhere(a != b)
+        if len(diff):
+            entries = ", ".join(f"[{i},{j}] {a[i, j]:g} {where}, {b[i, j]:g} now" for i, j in diff[:4].tolist())
+            return f"cost matrix entries (row, column) differ: {entries}{f' and {len(diff) - 4} more' if len(diff) > 4 else ''}"
+    if key == "cost" and (old is None) != (new is None):
+        return f"cost: {'none' if old is None else 'a cost matrix'} {where}, {'none' if new is None else 'a cost matrix'} now"
+    short_old, short_new = _short(old), _short(new)
+    if short_old == short_new and isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return f"{key}: differs in {', '.join(keys)} ({'; '.join(describe_difference(k, old.get(k), new.get(k), where) for k in keys[:3])})"
+    if short_old == short_new:
+        a, b = json.dumps(old), json.dumps(new)
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        short_old, short_new = "..." + a[max(0, at - 10):at + 20] + "...", "..." + b[max(0, at - 10):at + 20] + "..."
+    return f"{key}: {short_old} {where}, {short_new} now"
 
 
 def _truncate_torn_tail(path: str) -> None:

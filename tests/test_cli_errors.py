@@ -194,7 +194,7 @@ def test_ctrl_c_keeps_finished_rows_and_says_how_to_resume(files):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert "interrupted: finished results are kept; run the same command again to resume" in err
+    assert f"interrupted: the finished rows are kept in {out}; run the same command again to resume" in err
     assert "Traceback" not in err
     done = len(read_tsv(str(out)))
     assert done >= 2 and not (files / "int.tsv.lock").exists()
