@@ -12,7 +12,6 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import __version__
 from ._checks import check_alpha, check_count, check_positive_finite
@@ -20,6 +19,7 @@ from .cost import CostMatrix
 from .data import batches
 from .data.base import tensor_digest
 from .data.loading import ConversionCount
+from .progress import progress_bar
 from .results import ResultFileError, SequentialWriter, read_counts, read_meta
 from .sequential import DEFAULT_FINAL_SHARE, DEFAULT_FIRST, DEFAULT_GROWTH, Boundary
 from .smooth import Smooth
@@ -177,7 +177,6 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     counts record names its input (file, sha256); resuming refuses data whose certified inputs changed
     (``check_certified_inputs``).
     """
-    from tqdm import tqdm
 
     from . import __version__
     from ._checks import check_alpha, check_count, check_positive_finite, check_seed
@@ -243,9 +242,9 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                         channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype,
                         sample_split=sample_split, prob_sums=prob_sums)
         chunk = max(1, batch_rows // max(n, 1))
-        bar = tqdm(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
+        bar = progress_bar(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
                    desc=os.path.basename(outfile), dynamic_ncols=True)
-        bar.set_postfix_str(f"inputs {len(indices) - len(todo)}/{len(indices)}")
+        bar.set_postfix_str(f"inputs {len(indices) - len(todo)}/{len(indices)}", refresh=False)
         for i in [i for i in todo if i in invalid]:
             if writes:
                 writer.write(i, _not_certified(num_classes, int(dataset.labels[i]), cost), 0.0, invalid=invalid[i])
@@ -266,7 +265,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             done_now += len(ids)
             samples += len(ids) * (n0 + n)
             bar.update(len(ids) * n0)  # the estimation samples were counted as they were drawn
-            bar.set_postfix_str(f"inputs {len(indices) - len(todo) + done_now}/{len(indices)}")
+            bar.set_postfix_str(f"inputs {len(indices) - len(todo) + done_now}/{len(indices)}", refresh=False)
         bar.close()
     finally:
         if writer is not None:
@@ -373,7 +372,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
     seeds = set(cost.seed_classes) if cost is not None else set()
     try:
         todo = [i for i in indices if i not in writer.done]
-        bar = tqdm(total=len(todo), unit="input", disable=not progress, desc=os.path.basename(outfile),
+        bar = progress_bar(total=len(todo), unit="input", disable=not progress, desc=os.path.basename(outfile),
                    dynamic_ncols=True)
         for batch in batches(dataset, [todo[s:s + chunk] for s in range(0, len(todo), chunk)], workers=workers,
                              device=device, digests=False):  # image datasets: the next chunk loads meanwhile

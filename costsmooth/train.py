@@ -120,7 +120,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     crop and flip for CIFAR-10 and ImageNet) drawn from (seed, epoch, index). An image dataset without
     normalisation statistics (``folder:``) gets them from one streaming pass over its images.
     """
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     from ._checks import check_count, check_positive_finite, check_seed
     from .runs import fingerprint_dataset, invalid_inputs
@@ -228,7 +228,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         totals, batches = {}, 0
         groups = [order[b0:b0 + batch_size].tolist() for b0 in range(0, len(order), batch_size)]
-        bar = tqdm(read_batches(dataset, groups, workers=workers, device=device, seed=seed, epoch=epoch, digests=False),
+        bar = progress_bar(read_batches(dataset, groups, workers=workers, device=device, seed=seed, epoch=epoch, digests=False),
                    total=len(groups), desc=f"{loss} epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
                    dynamic_ncols=True)
         for step, batch in enumerate(bar, start=1):

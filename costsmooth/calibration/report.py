@@ -246,7 +246,7 @@ def register_cli(sub) -> None:
 
 
 def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfidences:
-    from tqdm import tqdm
+    from ..progress import progress_bar
 
     from ..args import model_from_args, resolve_device
     from ..data import load_dataset
@@ -257,7 +257,7 @@ def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfiden
     model = model_from_args(args, model_path, data, dataset, map_location=device).to(device)
     num_classes = probe_num_classes(model, dataset, device)
     ids = select_indices(len(dataset), args.skip, args.max)
-    bar = tqdm(total=len(ids) * args.N, unit="sample", unit_scale=True, disable=args.quiet, desc="calibration")
+    bar = progress_bar(total=len(ids) * args.N, unit="sample", unit_scale=True, disable=args.quiet, desc="calibration")
     x, y = dataset.take(ids)  # image datasets: only the selected inputs are decoded
     conf, *_ = sample_confidences(model, x.to(device), y, sigma, n0=args.N0,
                                   n=args.N, alpha=args.alpha or 0.001, seed=args.seed, batch_size=args.batch,
