@@ -40,7 +40,9 @@ RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_in
                   # how inputs are made (size, channels): the data fingerprint covers it
                   "data_format",
                   # provenance of merged and recertified files: resuming or merging them again is allowed
-                  "merged_from", "recertified_from", "missing_indices"}
+                  "merged_from", "recertified_from", "missing_indices",
+                  # where a .pt file's split inputs sit in the file (provenance; the data's fingerprint decides)
+                  "idx_counts", "file_rows"}
 
 
 class ResultFileError(ValueError):

@@ -213,11 +213,12 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
             "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
             "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+            **_file_rows_meta(dataset),
             **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
     invalid = invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
         i, what = invalid[0]
-        raise ValueError(f"input {i} of {dataset.name} contains {what} values"
+        raise ValueError(f"{dataset.describe_input(i)} contains {what} values"
                          f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data, or "
                          f"pass --skip-invalid to record such inputs as not certified and go on")
     invalid = dict(invalid)
@@ -274,6 +275,15 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         return {"outfile": outfile, "certified_now": done_now, "samples": samples, "invalid": sorted(invalid),
                 "selected": len(indices), "conversions": conversions.report(dataset.name, dataset.input_shape[-1])}
     return outfile
+
+
+def _file_rows_meta(dataset) -> dict:
+    """For a split of a .pt file: what ``idx`` counts and each idx's row in the file."""
+    rows = dataset.extra.get("file_rows") if isinstance(getattr(dataset, "extra", None), dict) else None
+    if rows is None:
+        return {}
+    return {"idx_counts": f"inputs of the {dataset.extra.get('split')} split of {dataset.name}; file_rows[idx] is the "
+                          f"row in the file", "file_rows": list(rows)}
 
 
 def invalid_inputs(dataset, indices) -> List:

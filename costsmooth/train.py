@@ -147,7 +147,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     invalid = invalid_inputs(dataset, list(range(len(dataset))))
     if invalid:  # the same check as certify's, before any file is written
         i, what = invalid[0]
-        raise ValueError(f"input {i} of {dataset.name} contains {what} values"
+        raise ValueError(f"{dataset.describe_input(i)} contains {what} values"
                          f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data "
                          f"before training")
     device = torch.device(device)

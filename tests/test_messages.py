@@ -50,3 +50,30 @@ def test_ctrl_c_before_any_row_says_nothing_was_kept(files, capsys, monkeypatch)
     assert main(["train", "breast_cancer", "mlp", str(files / "run"), "--quiet"]) == 130
     err = capsys.readouterr().err
     assert "no epoch finished, so no checkpoint was written" in err
+
+
+def test_split_indices_of_a_pt_file_name_the_file_row(tmp_path, capsys):
+    import json
+
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 5)
+    split = ["train"] * 200 + ["test"] * 100
+    x[250, 2] = float("nan")  # row 250 of the file: input 50 of its test split
+    torch.save({"inputs": x, "labels": torch.zeros(300, dtype=torch.long), "split": split,
+                "class_names": ["a", "b", "c"]}, tmp_path / "data.pt")
+    torch.save(torch.nn.Linear(5, 3), tmp_path / "model.pt")
+    base = ["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5"]
+    assert main(base + [str(tmp_path / "a.tsv"), "--N0", "10", "--N", "50", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "input 50 of data.pt (row 250 of the file; indices count within its test split) contains NaN" in err
+    out = tmp_path / "b.tsv"
+    assert main(base + [str(out), "--N0", "10", "--N", "50", "--quiet", "--max", "3"]) == 0
+    meta = json.load(open(str(out) + ".meta.json"))
+    assert meta["file_rows"][:3] == [200, 201, 202] and "test split" in meta["idx_counts"]
+    torch.save({"inputs": x, "labels": torch.zeros(300, dtype=torch.long), "split": split[::-1],
+                "class_names": ["a", "b", "c"]}, tmp_path / "train.pt")  # rows 100..299 train
+    assert main(["train", str(tmp_path / "train.pt"), "mlp", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "input 150 of train.pt (row 250 of the file; indices count within its train split)" \
+        in capsys.readouterr().err

@@ -119,6 +119,13 @@ class Dataset(torch.utils.data.Dataset):
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(self.inputs.shape[1:])
 
+    def describe_input(self, index: int) -> str:
+        """``input I of NAME``, with the input's row in the file when I counts within a split of a file."""
+        rows = self.extra.get("file_rows")
+        where = (f" (row {rows[index]} of the file; indices count within its {self.extra.get('split')} split)"
+                 if rows is not None else "")
+        return f"input {index} of {self.name}{where}"
+
 
 def _split(n_items: int, labels: np.ndarray, split: str, test_size=0.3, seed=0) -> np.ndarray:
     from sklearn.model_selection import train_test_split
@@ -346,9 +353,15 @@ def _load_pt(path: str, split: str = "all") -> Dataset:
             raise DatasetError(f"{path}: 'split' has {test.shape[0]} entries for {inputs.shape[0]} inputs")
         keep = test if split == "test" else ~test
         inputs, labels = inputs[keep], labels[keep]
+        # Indices (idx, errors) count within the split, as Cohen et al.'s idx counts within a dataset's
+        # test set; file_rows maps each to its row in the file (recorded in a run's metadata).
+        extra = {"split": split, "file_rows": keep.nonzero().flatten().tolist()}
+    else:
+        extra = {}
     # Without class_names the class count is unknown (it comes from the model): a file may hold a
     # subset of the classes.
-    return Dataset(os.path.basename(path), inputs.float(), labels, list(names) if names is not None else [])
+    return Dataset(os.path.basename(path), inputs.float(), labels, list(names) if names is not None else [],
+                   extra=extra)
 
 
 DATASET_NAMES = ("digits, breast_cancer, wine, imagenet:ROOT, cifar10:ROOT, mnist:ROOT, ham10000:ROOT, folder:ROOT, or a .pt "
