@@ -1,4 +1,5 @@
-"""Certificates from vote counts (SPEC 3): the standard L2 certificate and the cost-sensitive one.
+"""Certificates from vote counts: the standard L2 certificate (Cohen et al.) and the cost-sensitive one
+(Xin, Backes & Zhang).
 
 These are pure functions of the counts, so saved counts can be re-certified at another alpha or
 cost matrix without sampling again. ``costsmooth.smooth.Smooth`` draws the counts.
@@ -123,7 +124,7 @@ def conservative_sigma(sigma: float) -> float:
 
     The kernels draw noise with sigma rounded to float32 (0.12 becomes 0.1199999973); radii are
     proportional to sigma, so certificates use the smaller of the float64 value and its float32
-    rounding: never more than the noise that was actually drawn (SPEC 0: stay conservative).
+    rounding: never more than the noise that was actually drawn (a certificate errs only on the small side).
     """
     return min(float(sigma), float(np.float32(sigma)))
 
@@ -153,7 +154,7 @@ def standard_certificate(top_class: int, counts, alpha: float, sigma: float):
 
 
 def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMatrix, alpha: float, sigma: float):
-    """SPEC 3.2 for one input of a seed class. Returns a dict of the cost-sensitive fields.
+    """The cost-sensitive certificate of one input of a seed class. Returns a dict of the cost-sensitive fields.
 
     ``pA_low`` = CP lower bound of n_cA at alpha/2; ``pj_up`` = CP upper bound of n_j at alpha/(2K) for
     each target j; ``pOmega_up = min(max_j pj_up, 1 - pA_low)``; ``cs_radius = sigma/2 *

@@ -1,4 +1,5 @@
-"""Cost matrices for cost-sensitive robustness (SPEC 3.2).
+"""Cost matrices for cost-sensitive robustness: ``C[y, j] > 0`` means an input of class y predicted as j is
+harmful; seed classes are the rows with a positive entry, their target sets the j with ``C[y, j] > 0``.
 
 ``C[y, j] > 0`` means "an input of class y predicted as class j is harmful". Seed classes are the
 rows with a non-zero entry; the target set of class y is ``Omega_y = {j : C[y, j] > 0}``.

@@ -1,5 +1,6 @@
 """``costsmooth demo``: train Gaussian, Gaussian-R, MACER and CS-RS on an embedded dataset, certify the
-test set with the standard and the cost-sensitive certificate, and compare (SPEC 3.3 metrics)."""
+test set with the standard and the cost-sensitive certificate, and compare (certified accuracy, Rob_std,
+Rob_cs, worst-case cost, ACR: see ``costsmooth.metrics``)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import time
 from .cost import CostMatrix
 from .data import load_dataset
 
-__all__ = ["run_demo", "register_cli", "DEMO_SETTINGS"]
+__all__ = ["run_demo", "register_cli", "DEMO_SETTINGS", "readme_table"]
 
 # Per dataset: architecture, noise level, cost matrix, training and certification settings.
 # digits: seed class 8 (the class Gaussian training certifies worst, at sigma 0.25 and 0.5), every
@@ -28,6 +29,33 @@ FINE_TUNE_EPOCHS = 10
 # (name, loss, loss hyper-parameters, the method whose checkpoint starts the run or None)
 METHODS = [("gaussian", "gaussian", {}, None), ("gaussian_r", "gaussian_r", {}, None), ("macer", "macer", {}, None),
            ("cs_rs", "cs_rs", {}, "gaussian")]
+METHOD_NAMES = {"gaussian": "Gaussian", "gaussian_r": "Gaussian-R", "macer": "MACER", "cs_rs": "CS-RS"}
+# The README's tables: digits, radii 0, 0.25, 0.375 with every metric; breast_cancer, one row per method.
+README_RADII = {"digits": [0.0, 0.25, 0.375], "breast_cancer": [0.0, 0.25, 0.375, 0.5]}
+
+
+def readme_table(rows: list, dataset: str) -> str:
+    """The demo's summary rows (``run_demo``'s return) as the README's Markdown table."""
+    def value(name, radius, key):
+        row = next(r for r in rows if r["file"] == name and abs(r["radius"] - radius) < 1e-12)
+        return f"{row[key]:.3f}"
+
+    names = [m[0] for m in METHODS]
+    radii = README_RADII[dataset]
+    if dataset == "digits":
+        out = ["| method | radius | cert_acc | Rob_std | Rob_cs | worst-case cost | ACR |", "|---|---|---|---|---|---|---|"]
+        for name in names:
+            for r in radii:
+                acr = value(name, r, "acr") if r == radii[0] else ""
+                out.append(f"| {METHOD_NAMES[name]} | {r:g} | " + " | ".join(
+                    value(name, r, k) for k in ("cert_acc", "rob_std", "rob_cs", "wc_cost")) + f" | {acr} |")
+        return "\n".join(out)
+    out = ["| method | cert_acc r=0 | " + " | ".join(f"Rob_cs r={r:g}" for r in radii) + " |",
+           "|---" * (len(radii) + 2) + "|"]
+    for name in names:
+        out.append(f"| {METHOD_NAMES[name]} | {value(name, 0.0, 'cert_acc')} | "
+                   + " | ".join(value(name, r, "rob_cs") for r in radii) + " |")
+    return "\n".join(out)
 
 
 def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False, seed: int = 0, device="cpu",
@@ -67,7 +95,10 @@ def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False
         print(f"  {name}: trained and certified in {time.perf_counter() - t0:.0f} s -> {tsv}", flush=True)
         paths.append(tsv)
     print()
-    return analyze(paths, s["radii"], classwise_radius=s["classwise_radius"], plot=os.path.join(out, "curves.png"))
+    rows = analyze(paths, s["radii"], classwise_radius=s["classwise_radius"], plot=os.path.join(out, "curves.png"))
+    print(f"\nThe README's table (./run.sh demo{' --quick' if quick else ''}"
+          f"{'' if dataset == 'digits' else ' --dataset ' + dataset}):\n{readme_table(rows, dataset)}")
+    return rows
 
 
 def register_cli(sub) -> None:

@@ -1,4 +1,4 @@
-"""Class-wise robustness disparity (SPEC 7; Zhong & Tandon 2024): reports and the synthetic study.
+"""Class-wise robustness disparity (Zhong & Tandon 2024): reports and the synthetic study.
 
 - ``disparity(values)``: worst class, max-min gap and standard deviation of per-class errors.
 - ``classwise_robustness(model, X, y, eps=...)``: per-class natural error and PGD robust error of the
@@ -198,6 +198,15 @@ def format_report(report: Mapping) -> str:
     return "\n".join(lines)
 
 
+def run_title(model_path: str, dataset: str, sigma: float) -> str:
+    """A plot title naming the run: a train run's directory for its ``checkpoint.pt`` (the file name
+    alone says nothing), else the model file's name; the dataset and sigma."""
+    path = os.path.normpath(os.path.abspath(model_path))
+    name = os.path.basename(os.path.dirname(path)) if os.path.basename(path) == "checkpoint.pt" else \
+        os.path.basename(path)
+    return f"{name} on {dataset}, sigma={sigma:g}"
+
+
 def plot_report(reports: Mapping[str, Mapping], path: str) -> None:
     """Save the per-class natural / robust / certified errors as three bars per class, one panel per
     report (``{title: report}``)."""
@@ -205,12 +214,12 @@ def plot_report(reports: Mapping[str, Mapping], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(reports), 1, figsize=(9, 2.8 * len(reports)), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(reports), 1, figsize=(11, 2.8 * len(reports)), squeeze=False, sharey=True)
     for ax, (title, rep) in zip(axes[:, 0], reports.items()):
         names = [str(r["class"]) for r in rep["classes"]]
         x = np.arange(len(names))
         s = rep["settings"]
-        labels = {"natural_error": "natural", "robust_error": f"PGD {s['norm']} eps={s['eps']}",
+        labels = {"natural_error": "natural", "robust_error": f"PGD {s['norm'].upper()} eps={s['eps']}",
                   "certified_error": f"certified r={s['radius']}"}
         for k, (key, _) in enumerate(_METRICS):
             d = rep["disparity"][key]
@@ -219,7 +228,8 @@ def plot_report(reports: Mapping[str, Mapping], path: str) -> None:
         ax.set_xticks(x, names)
         ax.set_ylabel("error")
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
+        # beside the bars, never over them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     axes[-1, 0].set_xlabel("class")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -303,7 +313,7 @@ SYNTHETIC_DEFAULTS = dict(dim=5, mu=2.0, s0=0.5, s1=2.0, eps=0.5, norm="l2", alp
 
 def synthetic_study(seeds: Sequence[int] = range(5), trainings: Sequence[str] = ("natural", "adversarial"),
                     **settings) -> Dict[str, object]:
-    """The two-Gaussian study of Zhong & Tandon (SPEC 7): per seed, draw ``n`` training inputs per class
+    """The two-Gaussian study of Zhong & Tandon: per seed, draw ``n`` training inputs per class
     (class 0 ~ N(+mu e_1, s0^2 I), class 1 ~ N(-mu e_1, s1^2 I) in ``dim`` dimensions, s1 > s0), train a
     linear model by natural and by PGD training (``losses.PGDTraining``, ``norm`` eps, ``steps``), each
     without and with ``SameClassMixup(alpha)`` on every batch, and compute its exact class-wise
@@ -503,7 +513,7 @@ def register_cli(sub) -> None:
                                  meta_extra={"model": os.path.abspath(args.model), "split": args.split})
         print(format_report(report))
         png = os.path.join(out, "fairness.png")
-        plot_report({os.path.basename(args.model): report}, png)
+        plot_report({run_title(args.model, dataset.name, args.sigma): report}, png)
         print(f"files: {os.path.join(out, 'certify.tsv')}, {os.path.join(out, 'fairness.json')}, {png}")
 
     p.set_defaults(func=run)

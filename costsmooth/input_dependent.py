@@ -1,4 +1,4 @@
-"""Input-dependent smoothing with a sound certificate (Súkeník, Kuvshinov, Günnemann, ICML 2022; SPEC 5).
+"""Input-dependent smoothing with a sound certificate (Súkeník, Kuvshinov, Günnemann, ICML 2022).
 
 The smoothed classifier draws the noise of input x with its own level sigma(x). Cohen's formula at a
 per-input sigma is *not* a certificate: the point x1 = x0 + delta is smoothed with sigma(x1), not with
@@ -12,10 +12,12 @@ noncentral chi-square CDFs (``worst_case_probability``).
 Contents:
 - ``KNNSigma``: the paper's sigma function ``sigma_base * exp(r * (D_k(x) - m))`` (D_k: mean L2
   distance to the k nearest points of a bank of training inputs), r-semi-elastic by construction.
-- ``worst_case_probability``: SPEC 5's xi, the largest probability of a class at the displaced point.
+- ``worst_case_probability``: xi, the largest probability of a class B at the displaced point x1 over
+  all base classifiers with P(B) <= pB at x0 (noncentral chi-square bound; Cohen's at sigma1 = sigma0).
 - ``certified_radius`` / ``two_class_radius``: the sound radius (standard and two-class form).
 - ``certificates_from_counts``: ``costsmooth.certify.Certificate`` objects from vote counts, per-input
-  sigma0, r and the input dimension (standard and cost-sensitive, alpha split as in SPEC 3.2).
+  sigma0, r and the input dimension (standard and cost-sensitive; the cost-sensitive one bounds p_A at
+  alpha/2 and each of the K targets at alpha/(2K), so all hold together with probability >= 1 - alpha).
   ``Smooth(model, C, sigma=KNNSigma(...))`` dispatches here; Cohen's formula is never used at a
   per-input sigma.
 - ``admissible_ratio`` / ``admissible_table``: the band of sigma1/sigma0 that keeps a class at distance
@@ -63,7 +65,7 @@ REL_TOL = 1e-9  # bisection stops when the bracket is below REL_TOL * Cohen's ra
 
 
 # ----------------------------------------------------------------------------------------------
-# The worst-case probability (SPEC 5)
+# The worst-case probability xi
 # ----------------------------------------------------------------------------------------------
 def _cohen_xi(p_b, t):
     """xi at sigma1 = sigma0: Phi(Phi^-1(pB) + d / sigma0), t = d / sigma0."""
@@ -84,7 +86,7 @@ def _ncx2_xi(p_b, t, s, dim):
 
 
 def worst_case_probability(p_b, d, sigma0, sigma1, dim: int):
-    """SPEC 5's xi: the largest ``P(f(x1 + N(0, sigma1^2 I)) = B)`` over all classifiers f with
+    """xi: the largest ``P(f(x1 + N(0, sigma1^2 I)) = B)`` over all classifiers f with
     ``P(f(x0 + N(0, sigma0^2 I)) = B) <= p_b``, for ``||x1 - x0|| = d`` in dimension ``dim``.
 
     Args: ``p_b`` in (0, 1), ``d >= 0``, ``sigma0, sigma1 > 0`` (numbers or numpy arrays, broadcast);
@@ -174,7 +176,7 @@ def two_class_radius(p_lower: float, p_upper: float, sigma0: float, r: float, di
             (``FLOAT32_RATIO_SLACK`` when sigma is rounded to float32 for the noise).
     Returns a float radius >= 0.
 
-    Condition at distance d (SPEC 5, two-class form): for sigma1 in ``[sigma0 e^{-rd}, sigma0 e^{rd}]``
+    Condition at distance d (two-class form): for sigma1 in ``[sigma0 e^{-rd}, sigma0 e^{rd}]``
     (widened by ratio_slack), worst-case ``P1(not A) + P1(B) < 1``, checked at both ends, at sigma0 and
     at the two geometric midpoints. r = 0 (and no slack) gives Cohen's closed form
     ``sigma0/2 * (Phi^-1(p_lower) - Phi^-1(p_upper))`` exactly.
@@ -214,7 +216,8 @@ def two_class_radius(p_lower: float, p_upper: float, sigma0: float, r: float, di
 
 
 def certified_radius(p_lower: float, sigma0: float, r: float, dim: int, *, ratio_slack: float = 0.0) -> float:
-    """The sound L2 radius of input-dependent smoothing (SPEC 5) from a lower bound on p_A.
+    """The sound L2 radius of input-dependent smoothing from a lower bound on p_A:
+    the largest d such that the class is kept for every sigma1 in [sigma0 e^{-rd}, sigma0 e^{rd}].
 
     Args:
         p_lower: Clopper-Pearson lower bound on p_A at x0 (``costsmooth.stats.cp_lower``); pB = 1 - p_lower.
@@ -437,7 +440,7 @@ def _standard(top: int, counts: np.ndarray, alpha: float, sigma0: float, r: floa
 
 def _cost_sensitive(top: int, counts: np.ndarray, label: int, cost: CostMatrix, alpha: float, sigma0: float,
                     r: float, dim: int, slack: float) -> dict:
-    """SPEC 3.2 with the worst-case bound of SPEC 5: the same bounds and alpha split as
+    """The cost-sensitive certificate with the worst-case bound xi: the same bounds and alpha split as
     ``costsmooth.certify.cost_sensitive_certificate`` (p_A at alpha/2, each of the K targets at
     alpha/(2K)); radii from ``two_class_radius`` instead of Cohen's closed form."""
     targets = cost.targets(label)
@@ -471,7 +474,8 @@ def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: 
 
     Args:
         selection_counts, counts: int64 ``[B, C]`` (independent draws, as in ``certify_from_counts``).
-        alpha: failure probability of each certificate (standard; cost-sensitive split as SPEC 3.2).
+        alpha: failure probability of each certificate (standard; cost-sensitive: alpha/2 for p_A and
+            alpha/(2K) for each of the K targets).
         sigma0: float ``[B]`` (tensor or array) or a number: the sigma requested for each input; the
             certificate uses the float32 value the kernels drew with (``sigma_noise_level``).
         r: the sigma function's semi-elasticity; dim: number of elements of one input.

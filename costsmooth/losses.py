@@ -1,4 +1,4 @@
-"""Training objectives for smoothed classifiers (SPEC 4), usable from any training loop.
+"""Training objectives for smoothed classifiers, usable from any training loop (formulas at each class).
 
 Each loss is a callable object holding its hyper-parameters: ``loss(model, x, y) -> (loss, diagnostics)``
 with ``x`` a batch ``[B, *shape]`` in input space, ``y`` int64 labels ``[B]``, the scalar loss

@@ -1,4 +1,5 @@
-"""Metrics of certification results at a radius r (SPEC 3.3), overall and class-wise.
+"""Metrics of certification results at a radius r, overall and class-wise: certified accuracy, Rob_std,
+Rob_cs, certified worst-case cost and ACR (definitions at each function).
 
 - certified accuracy: prediction == label and radius >= r (an abstention counts as wrong).
 - Rob_std: certified accuracy over inputs of seed classes.

@@ -1,4 +1,4 @@
-"""Same-class mixup (Zhong & Tandon 2024; SPEC 7): a batch transform for any training loss.
+"""Same-class mixup (Zhong & Tandon 2024): a batch transform for any training loss.
 
 ``x_mixed, y = SameClassMixup(alpha)(x, y)`` replaces each input by ``lam * x_i + (1 - lam) * x_j``
 with ``x_j`` an input of the *same* class in the batch and ``lam ~ Beta(alpha, alpha)`` per input;

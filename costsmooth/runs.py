@@ -646,9 +646,13 @@ def plot_curves(records, path: str) -> None:
         ax.set_title(title)
         ax.set_xlabel("L2 radius")
         ax.set_ylabel(ylabel)
+        if fn is not metrics.worst_case_cost:  # fractions; a cost may exceed 1
+            ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    # one legend for every panel, below them: it never covers a curve
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * ((len(labels) + 2) // 3), 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

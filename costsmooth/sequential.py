@@ -2,8 +2,8 @@
 
 Cohen et al.'s CERTIFY spends the same n (often 100000) estimation samples on every input, although
 an input with p_A = 0.999 is certified at a moderate radius after a few hundred samples and one with
-p_A = 0.4 is hopeless after as many. This module tests, per input, the condition of SPEC 3.1 at a
-fixed radius r, ``p_cA >= Phi(r / sigma)`` (or SPEC 3.2's cost-sensitive condition ``R_cs >= r`` for
+p_A = 0.4 is hopeless after as many. This module tests, per input, Cohen et al.'s condition at a
+fixed radius r, ``p_cA >= Phi(r / sigma)`` (or the cost-sensitive condition ``R_cs >= r`` for
 inputs of a seed class), and stops each input as soon as the evidence decides it.
 
 Boundary (anytime-valid): Clopper-Pearson bounds at a geometric grid of checkpoints
@@ -24,7 +24,7 @@ Decisions (each a claim at level alpha; only one of the two errors is possible f
 - "not_certified": the upper bound of p_cA is below ``Phi(r / sigma)``: with probability >= 1 - alpha
   the true radius sigma * Phi^-1(p_cA) is below r, so no amount of sampling would certify r.
 - "undecided": neither after ``max_n`` samples.
-Cost-sensitive inputs (label a seed class of the cost matrix) split each alpha_k as SPEC 3.2:
+Cost-sensitive inputs (label a seed class of the cost matrix) split each alpha_k by the union bound:
 alpha_k/2 for the bound on p_cA and alpha_k/(2K') for each of the K' target bounds. "certified":
 cA is not a target and ``sigma/2 * (Phi^-1(pA_lower) - Phi^-1(min(max_j pj_upper, 1 - pA_lower))) >= r``;
 "not_certified": cA is a target, or the optimistic radius (upper bound of p_cA, lower bounds of
@@ -156,7 +156,7 @@ def _round_up(x):
 
 
 def standard_test(n_A, t, level, radius: float, sigma: float):
-    """SPEC 3.1 at radius r from ``n_A`` votes for cA in ``t`` samples, bounds at ``level`` (vectorised).
+    """Cohen et al.'s condition ``p_cA >= Phi(r / sigma)`` at radius r from ``n_A`` votes for cA in ``t`` samples, bounds at ``level`` (vectorised).
 
     ``sigma`` is the requested noise level; "certified" uses the lower and "not_certified" the upper of
     ``sigma_bounds(sigma)``. Returns ``(decision, pA_lower, certified_radius)``: int arrays of CONTINUE /
@@ -176,7 +176,7 @@ def standard_test(n_A, t, level, radius: float, sigma: float):
 
 
 def target_radii(counts, top_class, targets: Sequence[int], t, level, sigma: float):
-    """Per-target radii ``[B, K]`` and the lower bound of p_cA ``[B]`` from counts ``[B, C]`` (SPEC 3.2).
+    """Per-target radii ``[B, K]`` and the lower bound of p_cA ``[B]`` from counts ``[B, C]`` (p_cA at alpha/2, each of the K targets at alpha/(2K)).
 
     ``R_j = sigma_low/2 * (Phi^-1(pA_lower) - Phi^-1(min(pj_upper, 1 - pA_lower)))`` with pA_lower at
     ``level/2`` and each pj_upper at ``level/(2K)``: all K + 1 bounds hold together at ``level``, so
@@ -196,7 +196,7 @@ def target_radii(counts, top_class, targets: Sequence[int], t, level, sigma: flo
 
 
 def cost_sensitive_test(counts, top_class, targets: Sequence[int], t, level, radius: float, sigma: float):
-    """SPEC 3.2 at radius r from counts ``[B, C]`` (vectorised over B), the label's target set fixed.
+    """The cost-sensitive condition ``R_cs >= r`` at radius r from counts ``[B, C]`` (vectorised over B), the label's target set fixed.
 
     ``level`` is split alpha/2 (p_cA) and alpha/(2K) (each target). ``top_class`` is an int or int
     ``[B]``. "certified" uses the cost-sensitive radius (``target_radii``, at the lower sigma);

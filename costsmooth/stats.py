@@ -1,4 +1,4 @@
-"""Confidence bounds for Monte Carlo vote counts (SPEC 2).
+"""Confidence bounds for Monte Carlo vote counts: one-sided Clopper-Pearson bounds and Cohen's PREDICT.
 
 All bounds are one-sided Clopper-Pearson (exact binomial) bounds: for k successes in n trials,
 ``P(p < lower(k, n, alpha)) <= alpha`` and ``P(p > upper(k, n, alpha)) <= alpha`` over the draw.

@@ -1,4 +1,4 @@
-"""Certified calibration (SPEC 6; Emde, Pinto, Lukasiewicz, Torr & Bibi): smoothed confidences with
+"""Certified calibration (Emde, Pinto, Lukasiewicz, Torr & Bibi): smoothed confidences with
 certified boxes, the certified Brier score (CBS) and certified ECE (CECE), calibration attacks and
 adversarial calibration training. See docs/calibration.md."""
 from .bounds import (CECE_METHODS, MILP_MAX_N, SIGNS_MAX_BINS, CertifiedECE, bin_edges, bin_index, brier_score,

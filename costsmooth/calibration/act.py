@@ -1,4 +1,4 @@
-"""Adversarial calibration training (ACT, Emde et al.; SPEC 6): ``ACTBrier`` and ``ACTECE``.
+"""Adversarial calibration training (ACT, Emde et al.): ``ACTBrier`` and ``ACTECE``.
 
 Both follow the ``costsmooth.losses`` interface (``loss(model, x, y) -> (loss, diagnostics)``, noise from
 a ``NoiseSource`` on the training stream, ``state_dict`` for exact resume) and are registered as

@@ -1,4 +1,4 @@
-"""Calibration attacks: (eta, omega)-ACE of Emde et al. (SPEC 6), on ``costsmooth.attacks.pgd``.
+"""Calibration attacks: (eta, omega)-ACE of Emde et al., on ``costsmooth.attacks.pgd``.
 
 PGD maximises ``eta * CE(p(x'), omega)`` over ``||x' - x|| <= eps`` while the predicted label stays
 the same (``pgd``'s ``keep`` constraint: a step that changes it is not taken). ``p`` is the base

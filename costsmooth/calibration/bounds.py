@@ -1,4 +1,4 @@
-"""Calibration metrics and their certified worst cases over confidence boxes (SPEC 6).
+"""Calibration metrics and their certified worst cases over confidence boxes.
 
 Top-label metrics over N inputs with confidences z_n in [0, 1] and correctness c_n in {0, 1}:
 - Brier score ``mean_n (c_n - z_n)^2``;

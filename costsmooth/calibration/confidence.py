@@ -1,4 +1,4 @@
-"""Smoothed top-label confidences, their confidence intervals and certified boxes (SPEC 6).
+"""Smoothed top-label confidences, their confidence intervals and certified boxes (Emde et al.; Kumar et al. 2020).
 
 The smoothed confidence of the predicted class cA is ``z(x) = E_e softmax(f(x + e))_cA``, e ~ N(0, sigma^2 I).
 The engine's ``prob_sum`` gives ``sum_j softmax(f(x + e_j))`` over the n samples of the estimation draw,
@@ -66,7 +66,7 @@ def confidence_interval(conf_sum, n, alpha: float, method: str = "hoeffding") ->
             probability (``prob_sums[cA]`` of the estimation draw).
         n: the number of samples (a number or ``[N]``).
         alpha: failure probability of the interval, split alpha/2 per side.
-        method: "hoeffding" (``mean -/+ sqrt(log(2/alpha) / (2n))``, SPEC 6) or "kl" (Chernoff's
+        method: "hoeffding" (``mean -/+ sqrt(log(2/alpha) / (2n))``) or "kl" (Chernoff's
             relative-entropy bound ``n KL(mean || q) <= log(2/alpha)``, valid for any [0, 1]-valued
             i.i.d. samples and much tighter near 0 and 1, where confident models live). The CDF/DKW
             variant of Kumar et al. needs every sample's confidence, which the engine's sums do not
