@@ -181,8 +181,8 @@ class Smooth:
                                batch_size: Optional[int] = None, *, index: Optional[int] = None) -> Certificate:
         """The standard and the cost-sensitive certificate of one input of known label.
 
-        ``cs_radius`` is the smallest of the per-target radii sigma/2 * (Phi^-1(pA_lower) - Phi^-1(pT_upper))
-        over the label's target classes T (0 when the top class is a target). Guarantee: with probability
+        ``cs_radius`` is the smallest over the label's target classes T of the per-target radii
+        sigma/2 * (Phi^-1(pA_lower) - Phi^-1(min(pT_upper, 1 - pA_lower))) (0 when the top class is a target). Guarantee: with probability
         >= 1 - alpha, g(x + delta) is not in the label's target set for all ||delta|| < cs_radius; alpha/2
         goes to the lower bound on p_A and alpha/(2K) to each of the K targets' upper bounds.
         ``index``: as for ``certify``.
