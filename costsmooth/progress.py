@@ -28,10 +28,13 @@ class _Lines:
 
 def progress_bar(*args, file=None, **kwargs) -> tqdm:
     """``tqdm(*args, **kwargs)`` writing to ``file`` (default stderr); when ``file`` is not a terminal,
-    one line every ``LOG_INTERVAL`` seconds and a last one at the end."""
+    one line every ``LOG_INTERVAL`` seconds and a last one at the end (a ``leave=False`` bar: lines only
+    when it lasts longer than ``LOG_INTERVAL``)."""
     file = sys.stderr if file is None else file
     isatty = getattr(file, "isatty", None)
     if not (isatty is not None and isatty()):
         kwargs.update(mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, dynamic_ncols=False, ncols=100)
+        if kwargs.get("leave") is False:  # a bar that vanishes when done (an epoch): only if it lasts
+            kwargs["delay"] = LOG_INTERVAL
         file = _Lines(file)
     return tqdm(*args, file=file, **kwargs)

@@ -35,3 +35,11 @@ def test_certify_log_has_no_carriage_returns(files, capsys):
     assert main(certify_args(files, files / "p.tsv")) == 0  # progress on (no --quiet), stderr not a terminal
     err = capsys.readouterr().err
     assert "\r" not in err and 1 <= len(err.splitlines()) <= 4, err
+
+
+def test_without_a_terminal_a_short_vanishing_bar_prints_nothing():
+    log = io.StringIO()
+    bar = progress_bar(range(20), desc="epoch 1/5", leave=False, file=log)
+    for _ in bar:
+        pass
+    assert log.getvalue() == ""
