@@ -3,6 +3,7 @@
     ./run.sh python scripts/demo_tables.py                  # full digits and breast_cancer demos: rewrite README.md
     ./run.sh python scripts/demo_tables.py --check          # the same, but exit 1 naming each table that differs
     ./run.sh python scripts/demo_tables.py --quick --check  # the --quick digits table only (the test suite runs this)
+    ./run.sh python scripts/demo_tables.py --dataset digits # one dataset's full table
 
 Each table sits in README.md between ``<!-- demo-table KEY -->`` and ``<!-- /demo-table -->`` and is
 exactly what ``./run.sh demo [--quick] [--dataset D]`` prints under "The README's table". The demos run
@@ -39,21 +40,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only the --quick digits table (seconds, not minutes)")
     parser.add_argument("--check", action="store_true", help="compare, do not write; exit 1 when a table differs")
-    parser.add_argument("--out", help="demo output directory (default: a fresh temporary one)")
+    parser.add_argument("--dataset", choices=[d for d, _ in FULL], help="only this dataset's full table")
+    parser.add_argument("--out", help="demo output directory (default: a fresh temporary one; an existing one "
+                                      "resumes the demo's finished pieces)")
     args = parser.parse_args(argv)
 
     from costsmooth.demo import readme_table as render, run_demo
 
-    text = open(README).read()
-    differ = []
+    tables = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for dataset, quick in QUICK if args.quick else FULL:
-            k = key(dataset, quick)
+        for dataset, quick in QUICK if args.quick else [c for c in FULL if args.dataset in (None, c[0])]:
             rows = run_demo(dataset, os.path.join(args.out or tmp, dataset), quick=quick, progress=False)
-            table = render(rows, dataset)
-            if readme_table(text, k) != table:
-                differ.append(k)
-                text = pattern(k).sub(lambda m: m.group(1) + table + m.group(3), text)
+            tables[key(dataset, quick)] = render(rows, dataset)
+    text = open(README).read()  # read after the demos: edits made while they ran are kept
+    differ = [k for k, table in tables.items() if readme_table(text, k) != table]
+    for k in differ:
+        text = pattern(k).sub(lambda m: m.group(1) + tables[k] + m.group(3), text)
     if args.check:
         for k in differ:
             print(f"README.md's demo table '{k}' differs from the demo's output; regenerate it: ./run.sh python "
