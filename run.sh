@@ -82,12 +82,17 @@ if ! compgen -G "costsmooth/_C*.so" >/dev/null || [ "$(stamp)" != "$(cat build/c
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-# pytest's default folder, unless the arguments name test files or folders (tests/test_x.py[::name])
+# pytest's default folder, unless the arguments name test files or folders (tests/test_x.py[::name]);
+# the values of pytest's options (-k EXPR, --deselect ID, ...) are not paths.
 default_paths() {
-  local default=$1 arg
+  local default=$1 arg prev=""
   shift
   for arg in "$@"; do
-    [[ $arg != -* && -e ${arg%%::*} ]] && return 0
+    case $prev in
+      -k|-m|-p|-o|-c|--deselect|--ignore|--ignore-glob|--rootdir|--junitxml|--durations|--maxfail|--basetemp) ;;
+      *) [[ $arg != -* && -e ${arg%%::*} ]] && return 0 ;;
+    esac
+    prev=$arg
   done
   echo "$default"
 }

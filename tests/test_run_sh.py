@@ -27,3 +27,15 @@ def test_up_to_date_check_is_silent_and_skips_setup_py(tmp_path):
     assert res.returncode == 0 and "version:" in res.stdout
     assert res.stderr == ""  # no "costsmooth build:" line when nothing was built
     assert os.stat(log).st_mtime_ns == before  # setup.py was not run
+
+
+def test_run_sh_test_runs_only_the_files_it_is_given(tmp_path):
+    res = run("test", "-q", "--collect-only", "tests/test_help.py", "-k", "data_first", cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    collected = [line for line in res.stdout.splitlines() if "::" in line]
+    assert collected == ["tests/test_help.py::test_commands_taking_data_and_model_take_data_first"], res.stdout
+    res = run("test", "-q", "--collect-only", "--deselect", "tests/test_help.py::test_commands_taking_data_and_"
+              "model_take_data_first", "-p", "no:cacheprovider", cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    files = {line.split("::")[0] for line in res.stdout.splitlines() if "::" in line}
+    assert len(files) > 10  # the whole suite, less the one test
