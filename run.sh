@@ -43,8 +43,11 @@ else
 fi
 
 # Install only the packages that are missing (import name -> package name); test tools only for
-# the commands that need them.
+# the commands that need them. Once all were found for this Python, a stamp skips the check.
 cmd=${1:-demo}
+mkdir -p build
+case "$cmd" in test|bench) kind=test ;; *) kind=run ;; esac
+if [ "$(cat "build/costsmooth-packages-$kind.stamp" 2>/dev/null)" != "$PY" ]; then
 missing=$("$PY" - "$cmd" <<'PYEOF'
 import importlib.util, sys
 need = {"numpy": "numpy", "scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib",
@@ -61,10 +64,11 @@ for pkg in $missing; do
     exit 1
   fi
 done
+echo "$PY" > "build/costsmooth-packages-$kind.stamp"
+fi
 # Build the extension in place; the compiler log is shown on failure. Up to date (the sources, setup.py,
 # the Python and the built library unchanged since the last build: a stamp of their paths, sizes and
 # times) costs no setup.py call and prints nothing; a build prints its configuration line once.
-mkdir -p build
 stamp() {
   { echo "$PY"; find csrc setup.py costsmooth -maxdepth 3 \( -name '*.cpp' -o -name '*.cu' -o -name '*.h' \
       -o -name '*.cuh' -o -name 'setup.py' -o -name '_C*.so' \) -printf '%p %s %T@\n' | sort; } \
