@@ -120,10 +120,11 @@ class Dataset(torch.utils.data.Dataset):
         return tuple(self.inputs.shape[1:])
 
     def describe_input(self, index: int) -> str:
-        """``input I of NAME``, with the input's row in the file when I counts within a split of a file."""
+        """``input I of NAME``, with the input's row in the file when I counts within a split of a file
+        (and the two differ)."""
         rows = self.extra.get("file_rows")
         where = (f" (row {rows[index]} of the file; indices count within its {self.extra.get('split')} split)"
-                 if rows is not None else "")
+                 if rows is not None and rows[index] != index else "")
         return f"input {index} of {self.name}{where}"
 
 
