@@ -269,7 +269,9 @@ def _what_was_kept(args) -> str:
         return "no epoch finished, so no checkpoint was written; run the same command again to start over"
     outfile = getattr(args, "outfile", None)
     if outfile and getattr(args, "command", None) == "certify":
-        if os.path.isfile(outfile):
+        with open(outfile) if os.path.isfile(outfile) else open(os.devnull) as f:
+            rows = sum(1 for _ in f) - 1  # below the header
+        if rows > 0:
             return f"the finished rows are kept in {outfile}; run the same command again to resume"
-        return "no input was finished, so no result file was kept; run the same command again to start over"
+        return "no input was finished, so no row was kept; run the same command again to start over"
     return "stopped before the end; run the same command again"

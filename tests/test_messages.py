@@ -43,7 +43,7 @@ def test_ctrl_c_before_any_row_says_nothing_was_kept(files, capsys, monkeypatch)
     out = files / "none.tsv"
     assert main(certify_args(files, out, "--quiet")) == 130
     err = capsys.readouterr().err
-    assert "no input was finished, so no result file was kept" in err and "are kept" not in err
+    assert "no input was finished, so no row was kept" in err and "are kept" not in err
     assert not out.exists()
     monkeypatch.setattr(train_module, "train", interrupted)
     monkeypatch.setattr("costsmooth.train.train", interrupted)
