@@ -46,9 +46,9 @@ def readme_table(rows: list, dataset: str) -> str:
         out = ["| method | radius | cert_acc | Rob_std | Rob_cs | worst-case cost | ACR |", "|---|---|---|---|---|---|---|"]
         for name in names:
             for r in radii:
-                acr = value(name, r, "acr") if r == radii[0] else ""
+                acr = f" {value(name, r, 'acr')} |" if r == radii[0] else "|"  # the ACR once per method
                 out.append(f"| {METHOD_NAMES[name]} | {r:g} | " + " | ".join(
-                    value(name, r, k) for k in ("cert_acc", "rob_std", "rob_cs", "wc_cost")) + f" | {acr} |")
+                    value(name, r, k) for k in ("cert_acc", "rob_std", "rob_cs", "wc_cost")) + f" |{acr}")
         return "\n".join(out)
     out = ["| method | cert_acc r=0 | " + " | ".join(f"Rob_cs r={r:g}" for r in radii) + " |",
            "|---" * (len(radii) + 2) + "|"]

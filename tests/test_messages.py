@@ -63,7 +63,7 @@ def test_split_indices_of_a_pt_file_name_the_file_row(tmp_path, capsys):
     x[250, 2] = float("nan")  # row 250 of the file: input 50 of its test split
     torch.save({"inputs": x, "labels": torch.zeros(300, dtype=torch.long), "split": split,
                 "class_names": ["a", "b", "c"]}, tmp_path / "data.pt")
-    torch.save(torch.nn.Linear(5, 3), tmp_path / "model.pt")
+    torch.jit.script(torch.nn.Linear(5, 3)).save(str(tmp_path / "model.pt"))
     base = ["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5"]
     assert main(base + [str(tmp_path / "a.tsv"), "--N0", "10", "--N", "50", "--quiet"]) == 2
     err = capsys.readouterr().err
