@@ -46,7 +46,7 @@ def readme_table(rows: list, dataset: str) -> str:
         out = ["| method | radius | cert_acc | Rob_std | Rob_cs | worst-case cost | ACR |", "|---|---|---|---|---|---|---|"]
         for name in names:
             for r in radii:
-                acr = f" {value(name, r, 'acr')} |" if r == radii[0] else "|"  # the ACR once per method
+                acr = f" {value(name, r, 'acr')} |" if r == radii[0] else " |"  # the ACR once per method
                 out.append(f"| {METHOD_NAMES[name]} | {r:g} | " + " | ".join(
                     value(name, r, k) for k in ("cert_acc", "rob_std", "rob_cs", "wc_cost")) + f" |{acr}")
         return "\n".join(out)
