@@ -15,7 +15,8 @@ from typing import List, Optional
 import torch
 
 from .cost import CostMatrix
-from .data import default_workers, load_dataset
+from .data import default_workers, ham10000_cost_matrix, load_dataset
+from .models import ARCHS, NORMALIZE_CHOICES, load_model
 
 __all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
@@ -48,7 +49,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def _ham10000_cost():
-    from .data import ham10000_cost_matrix
     return ham10000_cost_matrix()
 
 
@@ -201,8 +201,6 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n0: int, n: int, seed_help:
 def add_model_args(p: argparse.ArgumentParser, *, arch: bool = True, normalize: bool = True) -> None:
     """The options of every command that loads a model file: --arch (a bare state dict's architecture),
     --normalize (the input normalisation of a file without one) and --trust-model-code."""
-    from .models import ARCHS, NORMALIZE_CHOICES
-
     g = p.add_argument_group("model file (checkpoints and state dicts load without running code from the file)")
     if arch:
         g.add_argument("--arch", choices=sorted(ARCHS), metavar="ARCH",
@@ -222,8 +220,6 @@ def model_from_args(args, path: str, dataset_spec: Optional[str] = None, dataset
     """The model in ``path`` loaded with the options of ``add_model_args`` (``costsmooth.models.load_model``);
     ``dataset_spec`` (e.g. ``cifar10:ROOT``) decides the default normalisation, ``dataset`` gives the
     input shape of a file that does not record it."""
-    from .models import load_model
-
     return load_model(path, map_location, input_shape=getattr(dataset, "input_shape", None), dataset=dataset_spec,
                       arch=getattr(args, "arch", None), normalize=getattr(args, "normalize", None),
                       trust_code=args.trust_model_code)

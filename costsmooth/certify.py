@@ -31,7 +31,7 @@ from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
 
 __all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts",
-           "conservative_sigma", "half_gap_radius", "check_labels"]
+           "conservative_sigma", "half_gap_radius", "check_labels", "check_counts_matrix"]
 
 ABSTAIN = -1
 
@@ -87,8 +87,9 @@ def _counts_vector(counts, name: str) -> np.ndarray:
     return c.astype(np.int64)
 
 
-def _counts_matrix(counts, name: str) -> np.ndarray:
-    """[B, C] non-negative integer counts with at least one sample per row."""
+def check_counts_matrix(counts, name: str) -> np.ndarray:
+    """``counts`` (array or tensor) as a [B, C] int64 matrix, refusing other shapes, non-integer dtypes, negative
+    entries and rows without a sample; ``name`` names the argument in the error."""
     c = np.asarray(counts.cpu() if hasattr(counts, "cpu") else counts)
     if c.ndim != 2:
         raise ValueError(f"{name} must be a [B, C] array, got shape {list(c.shape)}")
@@ -194,8 +195,8 @@ def certify_from_counts(selection_counts, counts, alpha: float, sigma: float, la
     """
     alpha = check_alpha(alpha)
     sigma = conservative_sigma(check_positive_finite(sigma, "sigma"))
-    sel = _counts_matrix(selection_counts, "selection counts")
-    est = _counts_matrix(counts, "estimation counts")
+    sel = check_counts_matrix(selection_counts, "selection counts")
+    est = check_counts_matrix(counts, "estimation counts")
     if est.shape != sel.shape:
         raise ValueError(f"selection counts {list(sel.shape)} and estimation counts {list(est.shape)} must both be "
                          f"[B, C] with the same B and C")

@@ -11,22 +11,23 @@ from typing import List, Optional
 
 import torch
 
+# calibration also adds the act_* losses to LOSSES, which train's command lists
+from . import __version__, build_info, calibration, demo, distributed, fairness, input_dependent, train
 from ._checks import error_line
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args,
                    add_sampling_args, check_data_model_order, dataset_from_args, float_list, model_from_args,
                    parse_cost, positive_float, positive_int, probability, resolve_device)
-from .distributed import RankError
-from .runs import analyze, certify_dataset_at, probe_num_classes, recertify, summarize_sequential
-from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
+from .distributed import FailFast, RankError, certify_distributed, init_from_env, parse_shard
 from .input_dependent import add_sigma_fn_args, sigma_from_args
+from .results import read_meta
+from .runs import (analyze, certify_dataset, certify_dataset_at, probe_num_classes, recertify, summarize_run,
+                   summarize_sequential)
+from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
 
 __all__ = ["main", "build_parser"]
 
 
 def cmd_certify(args) -> None:
-    from .distributed import FailFast, certify_distributed, init_from_env, parse_shard
-    from .runs import certify_dataset, summarize_run
-
     check_data_model_order("certify", args.dataset, args.model)
     if certify_sequential(args) is not None:  # --sequential --radius R (costsmooth.sequential)
         return
@@ -70,7 +71,7 @@ def cmd_certify(args) -> None:
             stats = certify_distributed(model, dataset, sigma, args.outfile, split_samples=args.split_samples,
                                         ctx=ctx, **kwargs)
     if ctx is not None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # optional: only under torchrun
         dist.destroy_process_group()  # after success only: on a failure the process ends (FailFast)
         if ctx["rank"] != 0:
             return
@@ -129,7 +130,6 @@ def certify_sequential(args) -> Optional[dict]:
 
 
 def cmd_recertify(args) -> None:
-    from .results import read_meta
     meta = read_meta(args.tsv)
     if not meta:
         raise UsageError(f"{args.tsv}.meta.json not found: recertify needs a run written by costsmooth certify")
@@ -144,7 +144,6 @@ def cmd_analyze(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from . import build_info
     info = build_info()
     info["torch"] = torch.__version__
     info["cuda_available"] = torch.cuda.is_available()
@@ -153,7 +152,6 @@ def cmd_info(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     parser = ArgumentParser(prog="costsmooth", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"costsmooth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,9 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    from . import calibration  # first: it registers the act_* losses before train lists the losses
-    from . import demo, distributed, input_dependent, train
-    from . import fairness
     return [train.register_cli, demo.register_cli, distributed.register_cli, input_dependent.register_cli,
             fairness.register_cli, calibration.register_cli]
 

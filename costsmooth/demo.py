@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 import time
 
+from .args import HelpFormatter, resolve_device
 from .cost import CostMatrix
 from .data import load_dataset
+from .models import load_model
+from .runs import analyze, certify_dataset
+from .train import train
 
 __all__ = ["run_demo", "register_cli", "DEMO_SETTINGS", "readme_table"]
 
@@ -64,10 +68,6 @@ def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False
 
     A quick run writes under ``out/quick`` so that it never mixes with the full run's results.
     """
-    from .runs import analyze, certify_dataset
-    from .models import load_model
-    from .train import train
-
     if dataset not in DEMO_SETTINGS:
         raise ValueError(f"unknown demo dataset {dataset!r}; choose one of {', '.join(DEMO_SETTINGS)}")
     s = DEMO_SETTINGS[dataset]
@@ -102,8 +102,6 @@ def run_demo(dataset: str = "digits", out: str = "demo_out", quick: bool = False
 
 
 def register_cli(sub) -> None:
-    from .args import HelpFormatter
-
     p = sub.add_parser("demo", help="train and certify four methods on an embedded dataset and compare them",
                        formatter_class=HelpFormatter,
                        description="Train Gaussian, Gaussian-R, MACER and CS-RS models on an embedded dataset, certify "
@@ -118,7 +116,6 @@ def register_cli(sub) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
     def run(args):
-        from .args import resolve_device
         run_demo(args.dataset, args.out, args.quick, args.seed, resolve_device(args.device))
 
     p.set_defaults(func=run)

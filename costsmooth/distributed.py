@@ -33,8 +33,12 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from filelock import FileLock
 
 from ._checks import error_line
+from .args import HelpFormatter
+from .results import read_counts, read_meta, read_tsv_checked, settings_mismatch, write_atomic
+from .runs import certify_dataset, select_indices
 
 __all__ = ["SampleSplit", "init_from_env", "part_path", "certify_distributed", "merge_parts", "parse_shard",
            "FailFast", "RankError"]
@@ -60,7 +64,7 @@ class FailFast:
     KEY = "costsmooth/failed"
 
     def __init__(self, rank: int, world: int, poll: float = POLL_SECONDS):
-        import torch.distributed as dist
+        import torch.distributed as dist  # optional: only under torchrun
 
         self.rank, self.world, self.poll = rank, world, poll
         self._stop = threading.Event()
@@ -148,13 +152,13 @@ class SampleSplit:
         return start, n * (self.rank + 1) // self.world - start
 
     def reduce(self, counts: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
+        import torch.distributed as dist  # optional: only under torchrun
         total = counts.to(self.comm_device, dtype=torch.int64).contiguous()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total
 
     def broadcast(self, obj):
-        import torch.distributed as dist
+        import torch.distributed as dist  # optional: only under torchrun
         box = [obj]
         dist.broadcast_object_list(box, src=0, device=self.comm_device if self.comm_device.type == "cuda" else None)
         return box[0]
@@ -169,7 +173,7 @@ def init_from_env() -> Optional[dict]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    import torch.distributed as dist
+    import torch.distributed as dist  # optional: only under torchrun
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -202,9 +206,8 @@ def certify_distributed(model, dataset, sigma: float, outfile: str, *, split_sam
 
 
 def _certify_ranks(model, dataset, sigma: float, outfile: str, split_samples: bool, ctx: dict, kwargs: dict):
-    import torch.distributed as dist
+    import torch.distributed as dist  # optional: only under torchrun
 
-    from .runs import certify_dataset
 
     rank, world = ctx["rank"], ctx["world"]
     meta_extra = dict(kwargs.pop("meta_extra", None) or {})
@@ -214,7 +217,6 @@ def _certify_ranks(model, dataset, sigma: float, outfile: str, split_samples: bo
         result = certify_dataset(model, dataset, sigma, outfile, sample_split=split, meta_extra=meta_extra, **kwargs)
         dist.barrier()
         return result
-    from .results import read_meta
     if os.path.exists(outfile) and not read_meta(outfile).get("merged_from"):  # checked before any sampling
         raise ValueError(f"{outfile} exists and was not written by a torchrun run (merged from per-rank parts); "
                          f"choose another OUTFILE, or resume it with the command that wrote it")
@@ -234,7 +236,6 @@ def _certify_ranks(model, dataset, sigma: float, outfile: str, split_samples: bo
 
 
 def _rows_by_index(path: str):
-    from .results import read_tsv_checked
     rows, problems = read_tsv_checked(path)
     if problems:
         n, why = problems[0]
@@ -252,10 +253,6 @@ def merge_parts(outfile: str, parts: Sequence[str], *, allow_missing: bool = Fal
     An existing ``outfile`` is refused unless ``replace`` and it was itself written by a merge.
     Returns {"rows", "missing", "duplicated"}.
     """
-    from filelock import FileLock
-
-    from .results import _write_atomic, read_counts, read_meta, settings_mismatch
-    from .runs import select_indices
 
     if not parts:
         raise ValueError("merge needs at least one part")
@@ -304,9 +301,9 @@ def merge_parts(outfile: str, parts: Sequence[str], *, allow_missing: bool = Fal
     meta = dict(first, shard=None, merged_from=[os.path.abspath(p) for p in parts],
                 **({"missing_indices": missing} if missing else {}))
     with FileLock(outfile + ".lock", timeout=0):
-        _write_atomic(outfile + ".meta.json", json.dumps(meta, indent=1))
-        _write_atomic(outfile + ".counts.jsonl", "".join(json.dumps(counts[i]) + "\n" for i in sorted(rows)))
-        _write_atomic(outfile, "\t".join(header) + "\n"
+        write_atomic(outfile + ".meta.json", json.dumps(meta, indent=1))
+        write_atomic(outfile + ".counts.jsonl", "".join(json.dumps(counts[i]) + "\n" for i in sorted(rows)))
+        write_atomic(outfile, "\t".join(header) + "\n"
                       + "".join("\t".join(rows[i].get(c, "") for c in header) + "\n" for i in sorted(rows)))
         try:
             os.remove(outfile + ".lock")
@@ -316,8 +313,6 @@ def merge_parts(outfile: str, parts: Sequence[str], *, allow_missing: bool = Fal
 
 
 def register_cli(sub) -> None:
-    from .args import HelpFormatter
-
     p = sub.add_parser("merge", help="join certification parts (certify --shard i/k) into one result file",
                        formatter_class=HelpFormatter,
                        description="Join the parts of one certification run (certify --shard I/K, e.g. the jobs of "

@@ -26,9 +26,20 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import optimize, stats
 
 from . import metrics
 from ._checks import check_count, check_float_tensor, check_positive_finite
+from .args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order,
+                   model_from_args, positive_float, positive_int, probability, resolve_device)
+from .attacks import pgd_attack, smoothed_pgd_attack, soft_smoothed_probs
+from .data import load_dataset
+from .losses import NoiseSource, PGDTraining
+from .metrics import format_table
+from .mixup import SameClassMixup
+from .results import load_records
+from .runs import certify_dataset, json_safe, probe_num_classes, select_indices
+from .sampling import eval_mode
 
 __all__ = ["disparity", "classwise_robustness", "fairness_report", "format_report", "plot_report",
            "linear_classwise_errors", "synthetic_study", "population_optimum", "format_synthetic", "register_cli"]
@@ -44,8 +55,6 @@ def disparity(values: Mapping) -> Dict[str, object]:
 
 
 def _soft_predict(model, x: torch.Tensor, m: int, sigma: float, seed: int, offset: int) -> torch.Tensor:
-    from .attacks import soft_smoothed_probs
-    from .losses import NoiseSource
     source = NoiseSource(seed)
     source.counter = offset
     with torch.no_grad():
@@ -66,10 +75,6 @@ def classwise_robustness(model, X: torch.Tensor, y: torch.Tensor, *, eps: float,
     error), "classes": [{"class", "count", "natural_error", "robust_error"}], "natural_error",
     "robust_error"}`` (overall error rates).
     """
-    from .attacks import pgd_attack, smoothed_pgd_attack
-    from .sampling import eval_mode
-    from .losses import NoiseSource
-
     check_float_tensor(X, "X")
     y = torch.as_tensor(y).long()
     if y.shape != X.shape[:1]:
@@ -140,9 +145,6 @@ def fairness_report(model, dataset, sigma: float, outdir: str, *, eps: float = 0
     Natural and robust errors come from ``classwise_robustness`` on the same inputs (every
     ``skip``-th index below ``max_index``). Writes ``outdir/fairness.json``; returns the report dict.
     """
-    from .results import load_records
-    from .runs import certify_dataset, select_indices
-
     radius = float(radius)
     if not radius >= 0:
         raise ValueError(f"radius must be a number >= 0, got {radius!r}")
@@ -175,15 +177,13 @@ def fairness_report(model, dataset, sigma: float, outdir: str, *, eps: float = 0
                           "certified_error": 1.0 - metrics.certified_accuracy(rec, radius)},
               "disparity": {key: disparity({r["class"]: r[key] for r in classes}) for key, _ in _METRICS},
               "files": {"certify": tsv}}
-    from .runs import _json_safe
     with open(os.path.join(outdir, "fairness.json"), "w") as f:
-        json.dump(_json_safe(report), f, indent=1)
+        json.dump(json_safe(report), f, indent=1)
     return report
 
 
 def format_report(report: Mapping) -> str:
     """The per-class table (natural, robust, certified error) and one line of disparity per metric."""
-    from .metrics import format_table
     s = report["settings"]
     lines = [f"Class-wise errors on {report['inputs']} inputs: natural, PGD robust ({s['attack']} classifier, "
              f"{s['norm']} eps {s['eps']}, {s['steps']} steps), certified at r = {s['radius']} "
@@ -210,7 +210,7 @@ def run_title(model_path: str, dataset: str, sigma: float) -> str:
 def plot_report(reports: Mapping[str, Mapping], path: str) -> None:
     """Save the per-class natural / robust / certified errors as three bars per class, one panel per
     report (``{title: report}``)."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a plot is drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -274,9 +274,6 @@ def _synthetic_data(n: int, dim: int, mu: float, s0: float, s1: float, generator
 
 def _train_linear(x, y, *, adversarial: bool, mixup: Optional[float], eps: float, norm: str, steps: int,
                   epochs: int, batch: int, lr: float, seed: int) -> torch.nn.Linear:
-    from .losses import PGDTraining
-    from .mixup import SameClassMixup
-
     torch.manual_seed(seed)
     model = torch.nn.Linear(x.shape[1], 2).double()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -385,9 +382,6 @@ def population_optimum(adversarial: bool, mixup: Optional[float], **settings) ->
     Gauss-Hermite (z, 80 nodes) and Gauss-Legendre (lam, 60 nodes) quadrature, the minimum by
     Nelder-Mead. Returns ``{"threshold", "natural": [e0, e1], "robust": [r0, r1]}``.
     """
-    from scipy import optimize
-    from scipy import stats
-
     cfg = {**SYNTHETIC_DEFAULTS, **settings}
     mu, s0, s1, eps = cfg["mu"], cfg["s0"], cfg["s1"], cfg["eps"]
     e = eps if adversarial else 0.0
@@ -420,7 +414,6 @@ def population_optimum(adversarial: bool, mixup: Optional[float], **settings) ->
 def format_synthetic(study: Mapping, population: bool = True) -> str:
     """The study's summary table (means over seeds; gap = |error of class 1 - error of class 0|, the
     standard deviation over the two classes is half of it), with the population optimum per row."""
-    from .metrics import format_table
     s = study["settings"]
     rows = []
     for row in study["summary"]:
@@ -447,9 +440,6 @@ def format_synthetic(study: Mapping, population: bool = True) -> str:
 
 # -- command line ------------------------------------------------------------------------------------
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order,
-                       model_from_args, positive_float, positive_int, probability, resolve_device)
-
     p = sub.add_parser("fairness", help="class-wise natural, PGD robust and certified error (robustness disparity)",
                        formatter_class=HelpFormatter,
                        description="Per class: natural error, PGD robust error at --eps and certified error at "
@@ -485,9 +475,8 @@ def register_cli(sub) -> None:
             print(format_synthetic(study))
             if args.out:
                 os.makedirs(args.out, exist_ok=True)
-                from .runs import _json_safe
                 with open(os.path.join(args.out, "synthetic.json"), "w") as f:
-                    json.dump(_json_safe(study), f, indent=1)
+                    json.dump(json_safe(study), f, indent=1)
                 print(f"json: {os.path.join(args.out, 'synthetic.json')}")
             return
         if not (args.model and args.dataset):
@@ -499,8 +488,6 @@ def register_cli(sub) -> None:
             raise UsageError(f"--eps must be a finite number >= 0, got {args.eps}")
         if not (args.radius >= 0 and np.isfinite(args.radius)):
             raise UsageError(f"--radius must be a finite number >= 0, got {args.radius}")
-        from .data import load_dataset
-        from .runs import probe_num_classes
         device = resolve_device(args.device)
         dataset = load_dataset(args.dataset, split=args.split)
         model = model_from_args(args, args.model, args.dataset, dataset)

@@ -39,13 +39,16 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
 from scipy.stats import ncx2, norm
 
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
-from .certify import (ABSTAIN, Certificate, _counts_matrix, check_labels, conservative_sigma, half_gap_radius,
-                      cost_sensitive_certificate, standard_certificate)
+from .args import HelpFormatter, UsageError, float_list, positive_float
+from .certify import (ABSTAIN, Certificate, check_counts_matrix, check_labels, conservative_sigma,
+                      cost_sensitive_certificate, half_gap_radius, standard_certificate)
 from .cost import CostMatrix
+from .data import DatasetError, load_dataset
 
 __all__ = ["KNNSigma", "check_sigma_fn", "worst_case_probability", "certified_radius", "two_class_radius",
            "admissible_ratio", "admissible_table", "certificates_from_counts", "sigma_noise_level",
@@ -262,8 +265,6 @@ def admissible_ratio(dim: int, sigma0: float, p_lower: float, d: float) -> Tuple
         raise ValueError(f"p_lower must lie in (1/2, 1), got {p_lower!r}")
     if not (isinstance(d, numbers.Real) and math.isfinite(d) and d >= 0):
         raise ValueError(f"d must be a finite distance >= 0, got {d!r}")
-    from scipy.optimize import minimize_scalar
-
     def xi(u):  # u = log(sigma1 / sigma0)
         return float(worst_case_probability(1.0 - p, d, sigma0, sigma0 * math.exp(u), dim))
 
@@ -491,8 +492,8 @@ def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: 
     if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r < 0:
         raise ValueError(f"r (the semi-elasticity) must be a finite number >= 0, got {r!r}")
     dim = check_count(dim, "dim")
-    sel = _counts_matrix(selection_counts, "selection counts")
-    est = _counts_matrix(counts, "estimation counts")
+    sel = check_counts_matrix(selection_counts, "selection counts")
+    est = check_counts_matrix(counts, "estimation counts")
     if est.shape != sel.shape:
         raise ValueError(f"selection counts {list(sel.shape)} and estimation counts {list(est.shape)} must both be "
                          f"[B, C] with the same B and C")
@@ -547,8 +548,6 @@ def add_sigma_fn_args(p) -> None:
 
 def sigma_from_args(args, device=None):
     """``args.sigma`` (a number), or a ``KNNSigma`` on the train split of ``args.dataset`` with --sigma-fn knn."""
-    from .args import UsageError
-
     extra = [flag for flag, value in (("--sigma-r", args.sigma_r), ("--sigma-k", args.sigma_k),
                                       ("--sigma-m", args.sigma_m)) if value is not None]
     if args.sigma_fn is None:
@@ -563,7 +562,6 @@ def sigma_from_args(args, device=None):
         raise UsageError(f"--sigma-k {k}: must be an integer >= 1")
     if not (math.isfinite(args.sigma) and args.sigma > 0):
         raise UsageError(f"sigma {args.sigma}: sigma_base must be a positive finite number")
-    from .data import DatasetError, load_dataset
     try:
         bank = load_dataset(args.dataset, split="train")
     except DatasetError:  # no train split: a dataset certified with --split all is its own bank
@@ -580,8 +578,6 @@ def sigma_from_args(args, device=None):
 
 
 def register_cli(sub) -> None:
-    from .args import HelpFormatter, UsageError, positive_float
-
     p = sub.add_parser("admissible-ratio", formatter_class=HelpFormatter,
                        help="the band of sigma1/sigma0 that keeps a class at distance d (input-dependent sigma)",
                        description="Prints the admissible sigma1/sigma0 band of input-dependent smoothing for "
@@ -592,7 +588,6 @@ def register_cli(sub) -> None:
     p.add_argument("--d", default="0.1,0.25,0.5", help="comma-separated distances")
 
     def run(args):
-        from .args import float_list
         try:
             dims = [int(v) for v in args.dim.split(",") if v.strip()]
         except ValueError:

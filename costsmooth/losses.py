@@ -12,6 +12,8 @@ dropped from hinge terms, never propagated.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -19,11 +21,13 @@ import torch.nn.functional as F
 
 from . import ops
 from ._checks import check_count, check_non_negative_finite, check_positive_finite
+from .attacks import norm_name, pgd_attack, smoothed_pgd_attack
 from .cost import CostMatrix
 from .sampling import STREAM_TRAINING
 
 __all__ = ["NoiseSource", "GaussianAugmentation", "GaussianReweighted", "MACER", "CSRSSeedwise", "CSRSPairwise",
-           "CSRSSeedwiseReference", "CSRSPairwiseReference", "SmoothAdv", "LOSSES", "COST_SENSITIVE_LOSSES", "make_loss"]
+           "CSRSSeedwiseReference", "CSRSPairwiseReference", "SmoothAdv", "LOSSES", "COST_SENSITIVE_LOSSES", "make_loss",
+           "Loss", "check_batch"]
 
 Diagnostics = Dict[str, float]
 
@@ -57,14 +61,17 @@ class NoiseSource:
         self.seed, self.stream, self.counter = state["seed"], state["stream"], state["counter"]
 
 
-def _check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None) -> None:
+def check_batch(x: torch.Tensor, y: torch.Tensor, num_classes: Optional[int] = None) -> None:
+    """Refuse labels ``y`` that are not one per input of ``x`` or (given ``num_classes``) outside [0, num_classes)."""
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"labels must have shape [{x.shape[0]}], got {list(y.shape)}")
     if y.numel() and (int(y.min()) < 0 or (num_classes is not None and int(y.max()) >= num_classes)):
         raise ValueError(f"labels must lie in [0, {num_classes}), got {int(y.min())}..{int(y.max())}")
 
 
-class _Loss:
+class Loss:
+    """Base of the training losses: ``loss(model, x, y)`` returns ``(scalar to minimise, diagnostics dict)``,
+    drawing its noise from a resumable ``NoiseSource(seed)``; subclasses set ``name`` and are listed in ``LOSSES``."""
     name = "loss"
     accepts_sigma_fn = False  # Gaussian and CS-RS losses also take an input-dependent sigma function
 
@@ -99,7 +106,7 @@ class _Loss:
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in params.items())})"
 
 
-class GaussianAugmentation(_Loss):
+class GaussianAugmentation(Loss):
     """Cohen et al. 2019: cross-entropy on ``x + N(0, sigma^2 I)``, one draw per input and step.
 
     ``sigma`` may be an input-dependent sigma function (``costsmooth.input_dependent.KNNSigma``): each
@@ -108,7 +115,7 @@ class GaussianAugmentation(_Loss):
     accepts_sigma_fn = True
 
     def __call__(self, model, x, y) -> Tuple[torch.Tensor, Diagnostics]:
-        _check_batch(x, y)
+        check_batch(x, y)
         logits = model(self.noise.draw(x, 1, self._sigma_of(x)))
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach()), "acc": float((logits.argmax(1) == y).float().mean())}
@@ -125,7 +132,7 @@ def _check_cost(cost, model_out: torch.Tensor) -> None:
     cost.check_num_classes(model_out.shape[-1])
 
 
-class GaussianReweighted(_Loss):
+class GaussianReweighted(Loss):
     """Gaussian-R (baseline of Xin et al.): ``CE(all) + w * CE(seed-class inputs)``; an empty seed subset adds 0."""
     name = "gaussian_r"
 
@@ -134,7 +141,7 @@ class GaussianReweighted(_Loss):
         self.cost, self.w = cost, float(w)
 
     def __call__(self, model, x, y):
-        _check_batch(x, y, self.cost.num_classes)
+        check_batch(x, y, self.cost.num_classes)
         logits = model(self.noise.draw(x, 1, self.sigma))
         _check_cost(self.cost, logits)
         per = F.cross_entropy(logits, y, reduction="none")
@@ -193,7 +200,7 @@ def _runner_up(g_beta: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     return g_beta.masked_fill(F.one_hot(exclude, g_beta.shape[1]).bool(), -1.0).max(1).values
 
 
-class MACER(_Loss):
+class MACER(Loss):
     """Zhai et al. 2020: ``[sum -log(g_hat_y + 1e-10) + lambda * sigma/2 * sum_{correct, xi <= gamma} (gamma - xi)] / B``
     with ``xi = Phi^-1(p1) - Phi^-1(p2)`` for the top two of g_beta."""
     name = "macer"
@@ -204,7 +211,7 @@ class MACER(_Loss):
         self.k, self.beta, self.gamma, self.lam = check_count(k, "k"), float(beta), float(gamma), float(lam)
 
     def __call__(self, model, x, y):
-        _check_batch(x, y)
+        check_batch(x, y)
         g_hat, g_beta, _ = _smoothed_probs(model, self.noise, x, self.k, self.sigma, self.beta)
         ce = -torch.log(g_hat.gather(1, y[:, None]).squeeze(1) + 1e-10)
         top2 = g_beta.topk(2, dim=1).values
@@ -214,7 +221,7 @@ class MACER(_Loss):
         return loss, {"ce": float(ce.mean().detach()), "hinge_inputs": float(used), "mean_xi": _mean_finite(xi)}
 
 
-class CSRSSeedwise(_Loss):
+class CSRSSeedwise(Loss):
     """Xin et al.'s CS-RS (seedwise): ``xi = Phi^-1(g_beta_y) - Phi^-1(max_{c != y} g_beta_c)``.
 
     Seed-class inputs with ``|xi| < gamma1`` add ``gamma1 - xi`` (misclassified ones included, pushing
@@ -248,7 +255,7 @@ class CSRSSeedwise(_Loss):
         return lambda xi: seed & (xi > 0) & (xi < self.gamma1)
 
     def _terms(self, model, x, y):
-        _check_batch(x, y, self.cost.num_classes)
+        check_batch(x, y, self.cost.num_classes)
         sigma = self._sigma_of(x)
         self._batch_sigma = self._scale(sigma)  # the hinge weight's sigma for this batch
         g_hat, g_beta, logits = _smoothed_probs(model, self.noise, x, self.k, sigma, self.beta)
@@ -315,7 +322,7 @@ class CSRSPairwiseReference(CSRSPairwise):
                          anchor=anchor, seed=seed)
 
 
-class SmoothAdv(_Loss):
+class SmoothAdv(Loss):
     """Salman et al. 2019: L2 PGD on the soft smoothed classifier, then cross-entropy on x' + d_i.
 
     Per input, m noise vectors d_i are drawn once; T steps of normalised-gradient ascent of size
@@ -332,12 +339,11 @@ class SmoothAdv(_Loss):
         """x' for fixed noise ``[B * m, *shape]``: ``costsmooth.attacks.smoothed_pgd_attack`` from x itself."""
         if self.eps <= 0:
             return x.detach()
-        from .attacks import smoothed_pgd_attack
         return smoothed_pgd_attack(model, x, y, noise, eps=self.eps, norm="l2", steps=self.steps,
                                    step_size=2 * self.eps / self.steps, random_start=False)
 
     def __call__(self, model, x, y):
-        _check_batch(x, y)
+        check_batch(x, y)
         noise = self.noise.noise(x.detach(), self.m, self.sigma)
         x_adv = self.attack(model, x.detach(), y, noise)
         logits = model(x_adv.repeat_interleave(self.m, 0) + noise)
@@ -350,7 +356,7 @@ LOSSES = {cls.name: cls for cls in (GaussianAugmentation, GaussianReweighted, MA
                                     CSRSSeedwiseReference, CSRSPairwiseReference, SmoothAdv)}
 
 
-class PGDTraining(_Loss):
+class PGDTraining(Loss):
     """Adversarial training of the base model (Madry et al. 2018): cross-entropy on ``x'``, the PGD
     maximiser of the base model's cross-entropy over ``||x' - x||_norm <= eps`` (``costsmooth.attacks.pgd_attack``:
     ``steps`` projected steps of ``step_size``, default ``2.5 * eps / steps``, from a random start).
@@ -370,7 +376,6 @@ class PGDTraining(_Loss):
         self.eps = check_non_negative_finite(eps, "eps")
         self.steps = check_count(steps, "steps")
         self.step_size = None if step_size is None else check_positive_finite(step_size, "step_size")
-        from .attacks import norm_name
         self.norm = norm_name(norm)
         if noise not in (0, 1):
             raise ValueError(f"noise must be 0 (plain adversarial training) or 1 (add Gaussian noise), got {noise!r}")
@@ -378,8 +383,7 @@ class PGDTraining(_Loss):
         self._calls = 0
 
     def __call__(self, model, x, y):
-        from .attacks import pgd_attack  # attacks sits beside the losses; imported here to keep imports one way
-        _check_batch(x, y)
+        check_batch(x, y)
         x_adv = pgd_attack(model, x.detach(), y, eps=self.eps, norm=self.norm, steps=self.steps,
                            step_size=self.step_size if self.eps > 0 else None,
                            seed=(self.noise.seed * 1000003 + self._calls) % 2**63)
@@ -410,11 +414,9 @@ LAZY_LOSSES = {"act_brier": "costsmooth.calibration", "act_ece": "costsmooth.cal
 def make_loss(name: str, sigma: float, cost: Optional[CostMatrix] = None, seed: int = 0, **kwargs):
     """A loss by name (``LOSSES``); the cost-sensitive ones need ``cost``."""
     if name not in LOSSES and name in LAZY_LOSSES:
-        import importlib
         importlib.import_module(LAZY_LOSSES[name])
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    import inspect
     accepted = [k for k in inspect.signature(LOSSES[name].__init__).parameters if k not in ("self", "sigma", "cost", "seed")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from ._checks import sigma_tensor
@@ -169,8 +170,6 @@ def cohen_sample_counts(model, x: torch.Tensor, n: int, sigma: float, num_classe
     take the argmax, copy the predictions to the host and count them with numpy, batch by batch.
     Returns int64 counts ``[num_classes]`` on the CPU. Its noise is torch's, not costsmooth's stream.
     """
-    import numpy as np
-
     counts = np.zeros(num_classes, dtype=np.int64)
     remaining = n
     with torch.no_grad():

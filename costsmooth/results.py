@@ -20,6 +20,7 @@ import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .certify import Certificate
 from .cost import CostMatrix
@@ -27,7 +28,7 @@ from .sequential import SequentialResult
 
 __all__ = ["COLUMNS", "ResultWriter", "ResultFileError", "read_tsv", "read_tsv_checked", "read_meta", "read_counts",
            "settings_mismatch", "format_row", "Records", "load_records", "SEQUENTIAL_COLUMNS", "SequentialWriter",
-           "format_sequential_row"]
+           "format_sequential_row", "write_atomic"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
            "pA_lower", "target_radii", "sigma0"]
@@ -167,7 +168,8 @@ def format_row(idx: int, cert: Certificate, seconds: float) -> str:
     return "\t".join(fields) + "\n"
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` all or nothing: a synced temporary file beside it, then renamed over it."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
@@ -184,8 +186,6 @@ def settings_mismatch(old: dict, new: dict) -> List[str]:
 
 def acquire_run_lock(path: str):
     """Hold ``path.lock`` (filelock), one writer per result file, or refuse naming the file."""
-    from filelock import FileLock, Timeout
-
     lock = FileLock(path + ".lock", timeout=0)
     try:
         lock.acquire()
@@ -225,8 +225,8 @@ def begin_run(path: str, meta: dict, columns: List[str]) -> bool:
     """
     meta_path = path + ".meta.json"
     if not os.path.isfile(path):
-        _write_atomic(meta_path, json.dumps(meta, indent=1))
-        _write_atomic(path, "\t".join(columns) + "\n")
+        write_atomic(meta_path, json.dumps(meta, indent=1))
+        write_atomic(path, "\t".join(columns) + "\n")
         if os.path.exists(path + ".counts.jsonl"):
             os.remove(path + ".counts.jsonl")
         return True
@@ -243,7 +243,7 @@ def begin_run(path: str, meta: dict, columns: List[str]) -> bool:
         raise ResultFileError(f"{path} exists from a run with different settings ({details}); use another "
                               f"OUTFILE or delete it to start over")
     if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
-        _write_atomic(meta_path, json.dumps(meta, indent=1))
+        write_atomic(meta_path, json.dumps(meta, indent=1))
     return False
 
 
@@ -296,7 +296,7 @@ class ResultWriter:
         with open(self.path) as f:
             header = f.readline()
         cols = header.rstrip("\n").split("\t")
-        _write_atomic(self.path, header + "".join("\t".join(r[c] for c in cols) + "\n" for r in rows))
+        write_atomic(self.path, header + "".join("\t".join(r[c] for c in cols) + "\n" for r in rows))
 
     def write(self, idx: int, cert: Certificate, seconds: float, invalid: Optional[str] = None,
               input: Optional[dict] = None) -> None:
@@ -381,7 +381,7 @@ class SequentialWriter:
             self._width = len(header)
             good = [ln for ln in lines[1:-1] if len(ln.split("\t")) == self._width]
             if len(good) != len(lines) - 2 or lines[-1] != "":
-                _write_atomic(path, lines[0] + "\n" + "".join(ln + "\n" for ln in good))
+                write_atomic(path, lines[0] + "\n" + "".join(ln + "\n" for ln in good))
             self.done = {int(ln.split("\t")[0]) for ln in good}
         except BaseException:
             self.close()

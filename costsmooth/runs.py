@@ -3,24 +3,31 @@ commands do, callable from Python (the demo uses them too)."""
 from __future__ import annotations
 
 import collections
+import csv
 import hashlib
+import inspect
+import json
 import math
 import os
 import sys
 import time
+import warnings
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from . import __version__
-from ._checks import check_alpha, check_count, check_positive_finite
+from . import __version__, metrics
+from ._checks import check_alpha, check_count, check_positive_finite, check_seed
+from .certify import ABSTAIN, Certificate, certify_from_counts
 from .cost import CostMatrix
 from .data import batches
 from .data.base import tensor_digest
 from .data.loading import ConversionCount
 from .progress import progress_bar
-from .results import ResultFileError, SequentialWriter, read_counts, read_meta
+from .results import (ResultFileError, ResultWriter, SequentialWriter, load_records, read_counts, read_meta,
+                      read_tsv_checked)
+from .sampling import eval_mode, resolve_batch_size
 from .sequential import DEFAULT_FINAL_SHARE, DEFAULT_FIRST, DEFAULT_GROWTH, Boundary
 from .smooth import Smooth
 
@@ -38,8 +45,6 @@ def fingerprint_model(model) -> str:
     wherever the model file lives -- also two models with equal weights that differ in a Python
     attribute (a temperature, a sign) or in their TorchScript code.
     """
-    import inspect
-
     h = hashlib.sha256(type(model).__name__.encode())
     modules = model.named_modules() if isinstance(model, torch.nn.Module) else []
     for name, module in modules:
@@ -139,7 +144,6 @@ def select_indices(size: int, skip: int, max_index: int) -> List[int]:
         raise ValueError("the dataset is empty: there is nothing to certify")
     stop = size if max_index < 0 else min(max_index, size)
     if 0 < max_index <= skip and skip > 1:
-        import warnings
         warnings.warn(f"--skip {skip} with --max {max_index} selects only input 0; --max is a dataset index to stop "
                       f"before, not a number of inputs")
     return list(range(0, stop, skip))
@@ -177,13 +181,6 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     counts record names its input (file, sha256); resuming refuses data whose certified inputs changed
     (``check_certified_inputs``).
     """
-
-    from . import __version__
-    from ._checks import check_alpha, check_count, check_positive_finite, check_seed
-    from .results import ResultWriter
-    from .sampling import eval_mode, resolve_batch_size
-    from .smooth import Smooth
-
     if not callable(sigma):
         sigma = check_positive_finite(sigma, "sigma")
     n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
@@ -301,8 +298,6 @@ def invalid_inputs(dataset, indices) -> List:
 
 def _not_certified(num_classes: int, label: int, cost):
     """The certificate recorded for an invalid input: abstain, radius 0, nothing cost-sensitive."""
-    from .certify import ABSTAIN, Certificate
-
     zeros = np.zeros(num_classes, dtype=np.int64)
     cert = Certificate(prediction=ABSTAIN, radius=0.0, top_class=ABSTAIN, pA_lower=0.0, counts=zeros,
                        selection_counts=zeros, label=label)
@@ -315,9 +310,6 @@ def _not_certified(num_classes: int, label: int, cost):
 def summarize_run(outfile: str, stats: dict, seconds: float, radii=(0.0, 0.25, 0.5)) -> str:
     """A few lines for the end of a certify run: inputs, certified accuracy at the first radii,
     abstentions, time and samples/s."""
-    from . import metrics
-    from .results import load_records
-
     rec = load_records(outfile)
     abstain = int((rec.predict == -1).sum())
     parts = [f"wrote {outfile}: {len(rec)} inputs ({stats['certified_now']} certified now"
@@ -431,8 +423,6 @@ def summarize_sequential(out: dict, radius: float, max_n: int, seconds: float) -
 
 def probe_num_classes(model, dataset, device) -> int:
     """The model's output width on one input of ``dataset``, checked against the dataset's classes."""
-    from .sampling import eval_mode
-
     if len(dataset) == 0:
         raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to certify")
     x = dataset.take([0])[0].to(device)
@@ -464,10 +454,6 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     Every row of ``tsv`` needs its saved counts; if some are missing this refuses, naming them, unless
     ``available_only`` (then only the rows with counts are written, and the metadata says so).
     """
-    from ._checks import check_alpha
-    from .certify import certify_from_counts
-    from .results import ResultWriter, read_counts, read_meta, read_tsv_checked
-
     if os.path.exists(outfile):
         raise ValueError(f"{outfile} exists; choose a new output file")
     if alpha is not None:
@@ -486,7 +472,6 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     rows, problems = read_tsv_checked(tsv)
     times = {int(r["idx"]): float(r["time"]) for r in rows}
     if problems:  # the counts are the source of the certificates: garbled rows are recomputed, not dropped
-        import warnings
         warnings.warn(f"{tsv}: {len(problems)} malformed line(s) (line {', '.join(str(k) for k, _ in problems[:5])}); "
                       f"their inputs are recertified from the saved counts")
     num_classes = meta.get("num_classes")
@@ -545,8 +530,6 @@ def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, p
     inputs per file.
     """
     out = out or sys.stdout
-    from . import metrics
-    from .results import load_records, read_meta, read_tsv_checked
 
     records, report = [], {"files": [], "metrics": [], "classwise": []}
     for path, name in zip(paths, _distinct_names(paths)):
@@ -590,12 +573,10 @@ def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, p
         plot_curves(records, plot)
         print(f"\nplots: {plot}", file=out)
     if json_path:
-        import json
         with open(json_path, "w") as f:
-            json.dump(_json_safe(report), f, indent=1)
+            json.dump(json_safe(report), f, indent=1)
         print(f"json: {json_path}", file=out)
     if csv_path:
-        import csv
         with open(csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"])
             w.writeheader()
@@ -604,12 +585,13 @@ def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, p
     return rows
 
 
-def _json_safe(value):
-    """NaN and infinities as None, numpy scalars as Python numbers (valid JSON)."""
+def json_safe(value):
+    """``value`` (nested dicts, lists and tuples of numbers) made valid JSON: NaN and infinities become None,
+    numpy scalars Python numbers, dict keys strings."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, float)):
         return float(value) if np.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -620,11 +602,9 @@ def _json_safe(value):
 def plot_curves(records, path: str) -> None:
     """Certified accuracy (and, for files with a cost matrix, Rob_std, Rob_cs and worst-case cost)
     against the L2 radius, one line per file, its sigma, alpha and n in the legend."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a plot is drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from . import metrics
 
     if not any(len(r) for r in records):
         raise ValueError("nothing to plot: the files hold no certified rows")

@@ -25,6 +25,7 @@ from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
 from .cost import CostMatrix
+from .input_dependent import certificates_from_counts, check_sigma_fn
 from .packing import sample_until
 from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, eval_mode, resolve_batch_size,
                        sample_statistics)
@@ -68,7 +69,6 @@ class Smooth:
         # Input-dependent sigma (costsmooth.input_dependent): a callable with a declared semi-elasticity.
         self.semi_elasticity = None
         if callable(sigma):
-            from .input_dependent import check_sigma_fn
             self.semi_elasticity = check_sigma_fn(sigma)
             self.sigma = sigma
         else:
@@ -353,7 +353,6 @@ class Smooth:
             if self.prob_sums:
                 sums.append(est.prob_sums)
         if callable(self.sigma):
-            from .input_dependent import certificates_from_counts
             certs = certificates_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha,
                                              sigma, self.semi_elasticity, X.shape[1:].numel(), labels, cost)
         else:

@@ -7,6 +7,7 @@ weights as an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,12 +16,19 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ._checks import check_count, check_positive_finite, check_seed
+from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, dataset_from_args,
+                   parse_cost, positive_float, positive_int, resolve_device, seed_arg)
 from .cost import CostMatrix
 from .data import Dataset, channel_stats
 from .data import batches as read_batches
 from .data.loading import ConversionCount
-from .losses import make_loss
-from .models import build_model, load_weights, read_checkpoint, save_checkpoint
+from .losses import LOSSES, make_loss
+from .mixup import SameClassMixup
+from .progress import progress_bar
+from .models import ARCHS, build_model, load_weights, read_checkpoint, save_checkpoint
+from .runs import fingerprint_dataset, invalid_inputs
+from .sampling import eval_mode
 
 __all__ = ["train", "register_cli", "TrainingDiverged", "COHEN_RECIPE", "DEFAULT_RECIPE", "recipe_for"]
 
@@ -58,8 +66,6 @@ def _scheduler(opt, schedule: str, epochs: int):
 def _schedule_at(lr: float, schedule: str, epochs: int, epoch: int) -> dict:
     """The state of the learning-rate schedule of an ``epochs``-epoch run after ``epoch`` epochs (stepped
     exactly as that run steps it), for a run resumed with more epochs than it was started with."""
-    import warnings
-
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
     sched = _scheduler(opt, schedule, epochs)
     with warnings.catch_warnings():  # "scheduler stepped before the optimiser": no optimiser runs here
@@ -120,10 +126,6 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     crop and flip for CIFAR-10 and ImageNet) drawn from (seed, epoch, index). An image dataset without
     normalisation statistics (``folder:``) gets them from one streaming pass over its images.
     """
-    from .progress import progress_bar
-
-    from ._checks import check_count, check_positive_finite, check_seed
-    from .runs import fingerprint_dataset, invalid_inputs
 
     epochs = check_count(epochs, "epochs")
     check_seed(seed)
@@ -158,7 +160,6 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
                 "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
     mixer = None  # same-class mixup (costsmooth.mixup); "mixup": None records a run without it
     if mixup is not None:
-        from .mixup import SameClassMixup
         mixer = SameClassMixup(mixup, seed)
     settings["mixup"] = mixer.alpha if mixer is not None else None
     init_state, settings["init_sha256"] = _load_init(init, arch, trust_code) if init is not None else (None, None)
@@ -292,8 +293,6 @@ def noisy_accuracy(model, x: torch.Tensor, y: torch.Tensor, sigma, seed_classes:
     training noise. Returns ``{"noisy_acc": ...}`` over all inputs and ``{"noisy_acc_<c>": ...}`` for each
     seed class c with inputs in ``x``: the fraction of class-c inputs predicted as c.
     """
-    from .sampling import eval_mode
-
     gen = torch.Generator().manual_seed(seed)
     preds = []
     with eval_mode(model), torch.no_grad():
@@ -335,15 +334,12 @@ def _warn_lost_seed_classes(record: dict, seed_classes, held: dict, epoch: int, 
 
 def _finite_outputs(model, x: torch.Tensor) -> bool:
     """Whether the model's logits on ``x`` are finite (``sampling.eval_mode``: its mode is restored)."""
-    from .sampling import eval_mode
     with eval_mode(model):
         return bool(torch.isfinite(model(x)).all())
 
 
 def _load_init(path: str, arch: str, trust_code: bool = False):
     """(state_dict, sha256 of the file) of the checkpoint that starts a fine-tuning run."""
-    import hashlib
-
     ckpt = read_checkpoint(path, "cpu", trust_code=trust_code, what="--init")
     with open(path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -367,11 +363,6 @@ def _diverged(what: str, epoch: int, epochs: int, step: int, ckpt_path: str, sta
 
 
 def register_cli(sub) -> None:
-    from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, dataset_from_args,
-                       seed_arg, parse_cost, positive_float, positive_int, resolve_device)
-    from .losses import LOSSES
-    from .models import ARCHS
-
     p = sub.add_parser("train", help="train a base classifier for randomized smoothing", formatter_class=HelpFormatter,
                        description="Train a base classifier under Gaussian noise (or a smoothing-aware loss). Writes "
                                    "OUT/checkpoint.pt after every epoch and OUT/log.jsonl; --resume continues.")

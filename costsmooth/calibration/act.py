@@ -26,14 +26,14 @@ import torch.nn.functional as F
 
 from .._checks import check_count, check_non_negative_finite, check_positive_finite
 from ..attacks import norm_name, pgd, soft_smoothed_probs
-from ..losses import LOSSES, _check_batch, _Loss
+from ..losses import LOSSES, Loss, check_batch
 from ..sampling import eval_mode
 from .bounds import bin_index, dece
 
 __all__ = ["ACTBrier", "ACTECE"]
 
 
-class _ACT(_Loss):
+class _ACT(Loss):
     name = "act"
 
     def __init__(self, sigma: float, eps: float = 0.25, steps: int = 4, m: int = 4, lam: float = 1.0,
@@ -65,7 +65,7 @@ class _ACT(_Loss):
         return x_adv, pred, correct
 
     def __call__(self, model, x, y):
-        _check_batch(x, y)
+        check_batch(x, y)
         x = x.detach()
         start_seed = self.noise.counter  # part of the saved state: a resumed run replays the same starts
         noise = self.noise.noise(x, self.m, self.sigma)

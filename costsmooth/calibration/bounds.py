@@ -32,11 +32,13 @@ Certified ECE (CECE): the maximum of the ECE over confidences inside the boxes. 
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+import torch
 
 __all__ = ["bin_edges", "bin_index", "expected_calibration_error", "brier_score", "certified_brier",
            "brier_worst_confidences", "certified_ece", "CertifiedECE", "brute_force_certified_ece", "dece",
@@ -223,6 +225,7 @@ def _solve_signs(p: _Problem):
 
 
 def _solve_milp(p: _Problem, time_limit: Optional[float]):
+    # scipy's MILP solver and its sparse constraints: imported only when the milp method runs
     import scipy.sparse as sp
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -352,8 +355,6 @@ def certified_ece(low, up, correct, n_bins: int = 10, method: str = "auto",
 def brute_force_certified_ece(low, up, correct, n_bins: int = 10) -> float:
     """The certified ECE by enumeration (tests; N <= ~7): every input's bin among those its box meets and,
     since the ECE for fixed bins is convex in z (a sum of |affine|), every end of the box clipped to the bin."""
-    import itertools
-
     lo, hi, c = _boxes(low, up, correct)
     M = _check_bins(n_bins)
     e = bin_edges(M)
@@ -383,8 +384,6 @@ def dece(conf, correct, n_bins: int = 10, temperature: float = 0.01):
     ``softmax((w z + b) / temperature)`` with ``w = [1..M]``, ``b = -cumsum([0, e_1..e_{M-1}])`` (Yang et al.'s
     soft binning), then ``(1/N) sum_m |sum_n o_nm (c_n - z_n)|``. conf, correct: torch ``[N]``; returns a
     0-d tensor, differentiable in conf."""
-    import torch
-
     M = _check_bins(n_bins)
     cuts = torch.linspace(0, 1, M + 1, dtype=conf.dtype, device=conf.device)[1:-1]
     w = torch.arange(1, M + 1, dtype=conf.dtype, device=conf.device)

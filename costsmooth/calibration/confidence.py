@@ -22,6 +22,8 @@ from scipy.special import ndtr, xlogy
 from .. import stats
 from .._checks import check_alpha, check_non_negative_finite
 from ..certify import ABSTAIN, certify_from_counts, conservative_sigma
+from ..sampling import eval_mode
+from ..smooth import Smooth
 
 __all__ = ["CI_METHODS", "confidence_interval", "confidence_box", "CertifiedConfidences", "certified_confidences",
            "sample_confidences"]
@@ -237,9 +239,6 @@ def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int 
     stream 1) gives the votes and the softmax sums. Returns (CertifiedConfidences, selection counts,
     estimation counts, prob_sums) -- the same statistics ``certify --prob-sums`` saves.
     """
-    from ..sampling import eval_mode
-    from ..smooth import Smooth
-
     if num_classes is None:
         with eval_mode(model):
             num_classes = int(model(x[:1]).shape[1])

@@ -9,12 +9,19 @@ run without sampling (same seed and settings give the same numbers).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order, float_list,
+                    model_from_args, probability, resolve_device)
+from ..data import load_dataset
+from ..progress import progress_bar
+from ..results import read_counts, read_meta
+from ..runs import probe_num_classes, select_indices
 from .bounds import (CECE_METHODS, bin_index, brier_score, certified_brier, certified_ece, dece_ascent,
                      ece_at_brier_worst, expected_calibration_error)
 from .confidence import CI_METHODS, CertifiedConfidences, certified_confidences, sample_confidences
@@ -91,7 +98,7 @@ def _reliability(ax, z, c, n_bins: int, title: str) -> None:
 def plot_reliability(rows: List[dict], path: str, n_bins: int = 10, title: str = "") -> None:
     """Reliability diagrams: the clean confidences at the first eps, then the certified worst case
     (CECE-attaining confidences) at each eps > 0 (up to three)."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a plot is drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -123,8 +130,6 @@ def confidences_from_run(tsv: str, alpha: Optional[float] = None, method: str = 
     (over all inputs together; ``joint=False``: per input, level 1 - N * alpha).
     Inputs recorded as invalid (not sampled) are left out.
     """
-    from ..results import read_counts, read_meta
-
     meta = read_meta(tsv)
     if not meta:
         raise ValueError(f"{tsv}.meta.json not found: --from needs a run written by costsmooth certify --prob-sums")
@@ -155,7 +160,6 @@ def _json_rows(rows):
 
 def _bins_arg(text: str) -> int:
     """--bins: 1 to 100 equal-width bins (ECE is read with 10-20; the exact CECE grows with the bin count)."""
-    import argparse
     try:
         value = int(text)
     except ValueError:
@@ -166,9 +170,6 @@ def _bins_arg(text: str) -> int:
 
 
 def register_cli(sub) -> None:
-    from ..args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order, float_list,
-                        probability)
-
     p = sub.add_parser("calibration", formatter_class=HelpFormatter,
                        help="certified calibration: ECE, Brier, certified Brier score and certified ECE at radii",
                        usage="costsmooth calibration DATA MODEL SIGMA OUT [options]\n"
@@ -246,11 +247,6 @@ def register_cli(sub) -> None:
 
 
 def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfidences:
-    from ..progress import progress_bar
-
-    from ..args import model_from_args, resolve_device
-    from ..data import load_dataset
-    from ..runs import probe_num_classes, select_indices
 
     device = resolve_device(args.device)
     dataset = load_dataset(data, split=args.split)
