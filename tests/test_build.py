@@ -71,16 +71,6 @@ LAZY_IMPORTS_ALLOWED = ("matplotlib", "scipy.optimize", "scipy.sparse", "torch.d
 # Known breaches kept for now, by (file or folder without .py, rule), each with its reason; a circle is looked for
 # without the imports of the files allowed one. The goal is an empty list.
 ALLOWED_VIOLATIONS = {
-    # sequential certification is being split into its three layers (boundary beside certify, scheduler in the
-    # engine, writer with the runs); that removes smooth <-> sequential <-> runs and these lazy and private imports
-    ("costsmooth/sequential", "circle"): "sequential.py is being split into its three layers",
-    ("costsmooth/sequential", "lazy"): "sequential.py is being split into its three layers",
-    ("costsmooth/sequential", "private"): "sequential.py is being split into its three layers",
-    ("costsmooth/smooth", "circle"): "Smooth.certify_at calls into sequential.py until it is split",
-    ("costsmooth/smooth", "lazy"): "Smooth.certify_at calls into sequential.py until it is split",
-    ("costsmooth/smooth", "private"): "Smooth.certify_at calls sequential._certify_at until sequential.py is split",
-    # the datasets module is becoming a package; its optional loaders (scikit-learn, Pillow) get their comments there
-    ("costsmooth/data", "lazy"): "data.py is being turned into a package",
 }
 
 

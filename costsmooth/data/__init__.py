@@ -34,6 +34,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..cost import CostMatrix
 from .base import SPLITS, DatasetError, check_split, tensor_digest
 from .images import IMAGE_EXTENSIONS, ImageFiles, load_image_folder, load_imagenet
 from .loading import Batch, batches, channel_stats, default_workers
@@ -129,7 +130,7 @@ class Dataset(torch.utils.data.Dataset):
 
 
 def _split(n_items: int, labels: np.ndarray, split: str, test_size=0.3, seed=0) -> np.ndarray:
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # heavy: scikit-learn loads only for its datasets
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     train, test = train_test_split(np.arange(n_items), test_size=test_size, random_state=seed, stratify=labels)
@@ -142,7 +143,7 @@ def _channel_stats(x: torch.Tensor):
 
 
 def load_digits(split: str = "test") -> Dataset:
-    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.datasets import load_digits as sk_digits  # heavy: scikit-learn loads only for its datasets
     d = sk_digits()
     idx = _split(len(d.target), d.target, split)
     x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
@@ -164,12 +165,12 @@ def _standardised_table(name: str, bunch, split: str) -> Dataset:
 
 
 def load_breast_cancer(split: str = "test") -> Dataset:
-    from sklearn.datasets import load_breast_cancer as sk_bc
+    from sklearn.datasets import load_breast_cancer as sk_bc  # heavy: scikit-learn loads only for its datasets
     return _standardised_table("breast_cancer", sk_bc(), split)
 
 
 def load_wine(split: str = "test") -> Dataset:
-    from sklearn.datasets import load_wine as sk_wine
+    from sklearn.datasets import load_wine as sk_wine  # heavy: scikit-learn loads only for its datasets
     return _standardised_table("wine", sk_wine(), split)
 
 
@@ -264,7 +265,6 @@ HAM10000_LAYOUT = ("a HAM10000 folder: ROOT/HAM10000_metadata.csv (columns image
 def ham10000_cost_matrix():
     """The medical cost matrix for HAM10000: a malignant lesion (akiec, bcc, mel) predicted as any
     benign class (bkl, df, nv, vasc) is harmful; confusions within either group are not."""
-    from ..cost import CostMatrix
     benign = [HAM10000_CLASSES.index(c) for c in HAM10000_CLASSES if c not in HAM10000_MALIGNANT]
     return CostMatrix.pairwise(len(HAM10000_CLASSES), {HAM10000_CLASSES.index(m): benign for m in HAM10000_MALIGNANT},
                                class_names=list(HAM10000_CLASSES))

@@ -82,7 +82,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def load(self, i: int, rng: Optional[np.random.Generator] = None):
         """(input, label, info) of input ``i``: the file is read once; info holds the sha256 of its bytes
         and the conversion flags (``transforms.CONVERTED_*``). ``rng``: apply ``train_transform``."""
-        from PIL import Image
+        from PIL import Image  # optional: Pillow, needed only for image files
 
         path = self.path(i)
         try:

@@ -65,7 +65,7 @@ def _rgb(img):
 
 
 def _bilinear():
-    from PIL import Image
+    from PIL import Image  # optional: Pillow, needed only for image files
     return Image.BILINEAR
 
 
@@ -160,7 +160,7 @@ class RandomResizedCropFlip:
         return f"random resized crop to {self.size}x{self.size} (area 8-100%, aspect 3/4-4/3), horizontal flip"
 
     def __call__(self, img, rng: np.random.Generator) -> Tuple[torch.Tensor, int]:
-        from PIL import Image
+        from PIL import Image  # optional: Pillow, needed only for image files
         img, flags = _rgb(img)
         box = random_resized_crop_box(img.size[0], img.size[1], rng)
         img = img.crop(box).resize((self.size, self.size), _bilinear())
