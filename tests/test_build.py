@@ -199,6 +199,12 @@ def _layer_violations():
     return found, edges
 
 
+def _modules(edges=None):
+    """{module: the costsmooth modules it imports, anywhere in the file} for every module of the package."""
+    edges = _layer_violations()[1] if edges is None else edges
+    return {m: set(edges.get(m, ())) for m in _package_modules()}
+
+
 RULES = {"circle": "no import circle",
          "lazy": "imports at the top of the module; inside a function only an optional heavy dependency ("
                  + ", ".join(LAZY_IMPORTS_ALLOWED) + ") with a comment saying why",
@@ -214,7 +220,7 @@ def test_imports_run_one_way():
     assert not found, (f"{len(found)} breaches of the import rules\n"
                        + "".join(f"  {rule}: {text}\n" for rule, text in RULES.items())
                        + "\n".join(f"{file}:{line}: {what} [{rule}]" for file, line, rule, what in found))
-    modules = {m: set(edges.get(m, ())) for m in _package_modules()}
+    modules = _modules(edges)
     assert "costsmooth.cli" in modules and "costsmooth.sampling" in modules
     # the command line is on top: only ``python -m costsmooth`` imports it
     assert sorted(m for m, deps in modules.items() if "costsmooth.cli" in deps) == ["costsmooth.__main__"]
