@@ -18,6 +18,13 @@ Rounding: every bound and radius is rounded toward its conservative side (``cost
 lower bounds and Phi^-1 of a lower bound down, upper bounds, ``1 - pA_lower`` and Phi^-1 of an upper
 bound up, and each radius one ulp toward 0 after every float operation that forms it. A radius
 written to a result file is therefore never above the one the exact bounds give.
+
+Noise charge: the counts estimate probabilities under the law the generator draws, which differs
+from the Gaussian by at most ``charge`` in total variation (``costsmooth.sound``: Box-Muller's
+truncation on the standard path, the table's rounding and tails in sound mode). Every bound pays
+it here, in ``lower_bound`` and ``upper_bound``: ``charge`` is subtracted from each lower bound and
+added to each upper bound (rounded outward), so each bound holds for the Gaussian law whenever the
+Clopper-Pearson bound holds for the drawn one; the alpha split is unchanged.
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
 
 __all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts",
-           "conservative_sigma", "half_gap_radius", "check_labels", "check_counts_matrix"]
+           "conservative_sigma", "half_gap_radius", "check_labels", "check_counts_matrix", "lower_bound",
+           "upper_bound", "check_charge"]
 
 ABSTAIN = -1
 
@@ -130,6 +138,31 @@ def conservative_sigma(sigma: float) -> float:
     return min(float(sigma), float(np.float32(sigma)))
 
 
+def check_charge(charge) -> float:
+    """A noise charge: a probability in [0, 1)."""
+    if isinstance(charge, bool) or not isinstance(charge, (int, float, np.floating)) or not 0 <= charge < 1:
+        raise ValueError(f"the noise charge must be a probability in [0, 1), got {charge!r}")
+    return float(charge)
+
+
+def lower_bound(k, n, alpha: float, charge: float = 0.0):
+    """Lower confidence bound at level alpha on the Gaussian-law probability of an event seen k times in
+    n draws: Clopper-Pearson's, minus the noise charge (rounded down; 0 at most)."""
+    p = np.asarray(stats.cp_lower(k, n, alpha), dtype=np.float64)
+    if charge:
+        p = np.maximum(np.nextafter(p - charge, -np.inf), 0.0)
+    return p[()]
+
+
+def upper_bound(k, n, alpha: float, charge: float = 0.0):
+    """Upper confidence bound at level alpha, as ``lower_bound``: Clopper-Pearson's plus the noise
+    charge (rounded up; 1 at most)."""
+    p = np.asarray(stats.cp_upper(k, n, alpha), dtype=np.float64)
+    if charge:
+        p = np.minimum(np.nextafter(p + charge, np.inf), 1.0)
+    return p[()]
+
+
 def half_gap_radius(p_lower, p_upper, sigma: float):
     """``sigma/2 * (Phi^-1(p_lower) - Phi^-1(p_upper))`` rounded down: Phi^-1 of the lower bound down, of
     the upper bound up, the difference and the product one ulp toward 0 when positive (the value is
@@ -138,30 +171,32 @@ def half_gap_radius(p_lower, p_upper, sigma: float):
     return stats.round_toward_zero(sigma / 2 * stats.round_toward_zero(gap))
 
 
-def standard_certificate(top_class: int, counts, alpha: float, sigma: float):
+def standard_certificate(top_class: int, counts, alpha: float, sigma: float, charge: float = 0.0):
     """Cohen et al.'s CERTIFY from the estimation counts, given cA from the selection draw.
 
     Returns (prediction, radius, pA_lower): prediction -1 and radius 0.0 when pA_lower < 1/2,
     else ``radius = sigma * Phi^-1(pA_lower)``, pA_lower at level alpha; Phi^-1 and the product
-    rounded down.
+    rounded down; pA_lower pays the noise charge (``lower_bound``).
     """
     counts = _counts_vector(counts, "counts")
     sigma = conservative_sigma(sigma)
     n = int(counts.sum())
-    p_low = float(stats.cp_lower(counts[top_class], n, alpha))
+    p_low = float(lower_bound(counts[top_class], n, alpha, charge))
     if p_low < 0.5:
         return ABSTAIN, 0.0, p_low
     return int(top_class), float(stats.round_toward_zero(sigma * stats.norm_ppf_down(p_low))), p_low
 
 
-def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMatrix, alpha: float, sigma: float):
+def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMatrix, alpha: float, sigma: float,
+                               charge: float = 0.0):
     """The cost-sensitive certificate of one input of a seed class. Returns a dict of the cost-sensitive fields.
 
     ``pA_low`` = CP lower bound of n_cA at alpha/2; ``pj_up`` = CP upper bound of n_j at alpha/(2K) for
     each target j; ``pOmega_up = min(max_j pj_up, 1 - pA_low)``; ``cs_radius = sigma/2 *
     (Phi^-1(pA_low) - Phi^-1(pOmega_up))`` when positive. If cA is itself a target, nothing is certified.
     ``1 - pA_low`` is rounded up, Phi^-1(pA_low) down and Phi^-1(pOmega_up) up, and the difference and
-    the product toward 0 (``half_gap_radius``).
+    the product toward 0 (``half_gap_radius``). Every bound pays the noise charge (``lower_bound``,
+    ``upper_bound``).
     """
     counts = _counts_vector(counts, "counts")
     targets = cost.targets(label)
@@ -169,8 +204,8 @@ def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMat
         raise ValueError(f"label {label} is not a seed class of {cost}; it has no cost-sensitive certificate")
     n, k = int(counts.sum()), len(targets)
     sigma = conservative_sigma(sigma)
-    p_low = float(stats.cp_lower(counts[top_class], n, alpha / 2))
-    p_up = np.atleast_1d(stats.cp_upper(counts[targets], n, stats.bonferroni(alpha / 2, k)))
+    p_low = float(lower_bound(counts[top_class], n, alpha / 2, charge))
+    p_up = np.atleast_1d(upper_bound(counts[targets], n, stats.bonferroni(alpha / 2, k), charge))
     cap = float(stats.complement_up(p_low))
     top_is_target = top_class in targets
     radii = half_gap_radius(p_low, np.minimum(p_up, cap), sigma)
@@ -187,13 +222,16 @@ def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMat
 
 
 def certify_from_counts(selection_counts, counts, alpha: float, sigma: float, labels: Optional[Sequence[int]] = None,
-                        cost: Optional[CostMatrix] = None) -> List[Certificate]:
+                        cost: Optional[CostMatrix] = None, charge: float = 0.0) -> List[Certificate]:
     """Certificates for a batch from selection counts ``[B, C]`` and estimation counts ``[B, C]``.
 
     cA is the argmax of the selection counts (ties to the lowest class). The standard certificate is
     computed for every input; the cost-sensitive one for inputs whose label is a seed class of ``cost``.
+    ``charge``: the noise charge of the draw (``costsmooth.sound.noise_charge``; a run records it in
+    its metadata), paid by every bound.
     """
     alpha = check_alpha(alpha)
+    charge = check_charge(charge)
     sigma = conservative_sigma(check_positive_finite(sigma, "sigma"))
     sel = check_counts_matrix(selection_counts, "selection counts")
     est = check_counts_matrix(counts, "estimation counts")
@@ -207,12 +245,12 @@ def certify_from_counts(selection_counts, counts, alpha: float, sigma: float, la
     out = []
     for b in range(sel.shape[0]):
         top = int(np.argmax(sel[b]))
-        pred, radius, p_low = standard_certificate(top, est[b], alpha, sigma)
+        pred, radius, p_low = standard_certificate(top, est[b], alpha, sigma, charge)
         label = None if labels is None else labels[b]
         cert = Certificate(prediction=pred, radius=radius, top_class=top, pA_lower=p_low,
                            counts=est[b].astype(np.int64), selection_counts=sel[b].astype(np.int64), label=label)
         if cost is not None and label is not None and cost.is_seed(label):
-            for key, value in cost_sensitive_certificate(top, est[b], label, cost, alpha, sigma).items():
+            for key, value in cost_sensitive_certificate(top, est[b], label, cost, alpha, sigma, charge).items():
                 setattr(cert, key, value)
         out.append(cert)
     return out

@@ -23,12 +23,19 @@ from .results import read_meta
 from .runs import (analyze, certify_dataset, certify_dataset_at, probe_num_classes, recertify, summarize_run,
                    summarize_sequential)
 from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
+from .sound import parse_grid
 
 __all__ = ["main", "build_parser"]
 
 
 def cmd_certify(args) -> None:
     check_data_model_order("certify", args.dataset, args.model)
+    if args.grid is not None and not args.sound:
+        raise UsageError("--grid is the input grid of --sound: add --sound")
+    if args.sound and getattr(args, "sequential", False):
+        raise UsageError("--sound is not available with --sequential; drop one of them")
+    if args.sound and getattr(args, "sigma_fn", None):
+        raise UsageError("--sound draws with one noise level: it cannot be combined with --sigma-fn")
     if certify_sequential(args) is not None:  # --sequential --radius R (costsmooth.sequential)
         return
     if args.N0 > args.N:
@@ -64,7 +71,7 @@ def cmd_certify(args) -> None:
                       autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
                       channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
                       progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums,
-                      workers=args.workers)
+                      workers=args.workers, sound=args.sound, grid=args.grid)
         if ctx is None:
             stats = certify_dataset(model, dataset, sigma, args.outfile, shard=shard, **kwargs)
         else:
@@ -129,6 +136,14 @@ def certify_sequential(args) -> Optional[dict]:
     return out
 
 
+def grid_step(text: str) -> float:
+    """--grid: a positive number or fraction (1/255)."""
+    try:
+        return parse_grid(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def cmd_recertify(args) -> None:
     meta = read_meta(args.tsv)
     if not meta:
@@ -183,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob-sums", action="store_true",
                    help="also save each input's softmax sums of the estimation draw in OUTFILE.counts.jsonl (for "
                         "costsmooth calibration --from)")
+    g = p.add_argument_group("sound floating-point mode (Voracek and Hein 2023; see the README)")
+    g.add_argument("--sound", action="store_true",
+                   help="inputs on a grid: the model sees the grid point of the cell of x + noise, drawn exactly "
+                        "from the Gaussian's law, so the certificate holds whatever the model does with floating "
+                        "point; inputs off the grid are refused")
+    g.add_argument("--grid", metavar="H", type=grid_step,
+                   help="the grid step of --sound (default: the dataset's, digits 1/16; else 1/255)")
     g = p.add_argument_group("scale-out (see the README: several GPUs, machines, SLURM arrays)")
     g.add_argument("--shard", metavar="I/K",
                    help="certify only part I of K (every K-th selected input from the I-th); join the parts with "

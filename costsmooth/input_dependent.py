@@ -45,8 +45,8 @@ from scipy.stats import ncx2, norm
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .args import HelpFormatter, UsageError, float_list, positive_float
-from .certify import (ABSTAIN, Certificate, check_counts_matrix, check_labels, conservative_sigma,
-                      cost_sensitive_certificate, half_gap_radius, standard_certificate)
+from .certify import (ABSTAIN, Certificate, check_charge, check_counts_matrix, check_labels, conservative_sigma,
+                      cost_sensitive_certificate, half_gap_radius, lower_bound, standard_certificate, upper_bound)
 from .cost import CostMatrix
 from .data import DatasetError, load_dataset
 
@@ -431,16 +431,17 @@ class KNNSigma:
 # ----------------------------------------------------------------------------------------------
 # Certificates from counts
 # ----------------------------------------------------------------------------------------------
-def _standard(top: int, counts: np.ndarray, alpha: float, sigma0: float, r: float, dim: int, slack: float):
+def _standard(top: int, counts: np.ndarray, alpha: float, sigma0: float, r: float, dim: int, slack: float,
+              charge: float = 0.0):
     n = int(counts.sum())
-    p_low = float(stats.cp_lower(counts[top], n, alpha))
+    p_low = float(lower_bound(counts[top], n, alpha, charge))
     if p_low < 0.5:
         return ABSTAIN, 0.0, p_low
     return int(top), certified_radius(p_low, sigma0, r, dim, ratio_slack=slack), p_low
 
 
 def _cost_sensitive(top: int, counts: np.ndarray, label: int, cost: CostMatrix, alpha: float, sigma0: float,
-                    r: float, dim: int, slack: float) -> dict:
+                    r: float, dim: int, slack: float, charge: float = 0.0) -> dict:
     """The cost-sensitive certificate with the worst-case bound xi: the same bounds and alpha split as
     ``costsmooth.certify.cost_sensitive_certificate`` (p_A at alpha/2, each of the K targets at
     alpha/(2K)); radii from ``two_class_radius`` instead of Cohen's closed form."""
@@ -448,8 +449,8 @@ def _cost_sensitive(top: int, counts: np.ndarray, label: int, cost: CostMatrix, 
     if not targets:
         raise ValueError(f"label {label} is not a seed class of {cost}; it has no cost-sensitive certificate")
     n, k = int(counts.sum()), len(targets)
-    p_low = float(stats.cp_lower(counts[top], n, alpha / 2))
-    p_up = np.atleast_1d(stats.cp_upper(counts[targets], n, stats.bonferroni(alpha / 2, k)))
+    p_low = float(lower_bound(counts[top], n, alpha / 2, charge))
+    p_up = np.atleast_1d(upper_bound(counts[targets], n, stats.bonferroni(alpha / 2, k), charge))
     cap = float(stats.complement_up(p_low))  # an upper bound: 1 - p_low rounded up
     top_is_target = top in targets
 
@@ -470,7 +471,7 @@ def _cost_sensitive(top: int, counts: np.ndarray, label: int, cost: CostMatrix, 
 
 def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: float, dim: int,
                              labels: Optional[Sequence[int]] = None,
-                             cost: Optional[CostMatrix] = None) -> List[Certificate]:
+                             cost: Optional[CostMatrix] = None, charge: float = 0.0) -> List[Certificate]:
     """Certificates of input-dependent smoothing from selection and estimation counts ``[B, C]``.
 
     Args:
@@ -480,7 +481,7 @@ def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: 
         sigma0: float ``[B]`` (tensor or array) or a number: the sigma requested for each input; the
             certificate uses the float32 value the kernels drew with (``sigma_noise_level``).
         r: the sigma function's semi-elasticity; dim: number of elements of one input.
-        labels, cost: as in ``costsmooth.certify.certify_from_counts``.
+        labels, cost, charge: as in ``costsmooth.certify.certify_from_counts``.
 
     Radii come from ``certified_radius`` / ``two_class_radius`` with ``FLOAT32_RATIO_SLACK`` (the
     float32 rounding of sigma at x0 and at the displaced point). r = 0 is a constant sigma: the
@@ -489,6 +490,7 @@ def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: 
     Guarantees: as in ``costsmooth.certify``, given that sigma is r-semi-elastic.
     """
     alpha = check_alpha(alpha)
+    charge = check_charge(charge)
     if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r < 0:
         raise ValueError(f"r (the semi-elasticity) must be a finite number >= 0, got {r!r}")
     dim = check_count(dim, "dim")
@@ -514,14 +516,14 @@ def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: 
         cs_fields = None
         if r == 0.0:  # constant sigma: the standard certificates, exactly
             s0 = conservative_sigma(float(sig[b]))
-            pred, radius, p_low = standard_certificate(top, est[b], alpha, s0)
+            pred, radius, p_low = standard_certificate(top, est[b], alpha, s0, charge)
             if cost is not None and label is not None and cost.is_seed(label):
-                cs_fields = cost_sensitive_certificate(top, est[b], label, cost, alpha, s0)
+                cs_fields = cost_sensitive_certificate(top, est[b], label, cost, alpha, s0, charge)
         else:
             s0 = float(sigma_noise_level(sig[b:b + 1])[0])
-            pred, radius, p_low = _standard(top, est[b], alpha, s0, r, dim, FLOAT32_RATIO_SLACK)
+            pred, radius, p_low = _standard(top, est[b], alpha, s0, r, dim, FLOAT32_RATIO_SLACK, charge)
             if cost is not None and label is not None and cost.is_seed(label):
-                cs_fields = _cost_sensitive(top, est[b], label, cost, alpha, s0, r, dim, FLOAT32_RATIO_SLACK)
+                cs_fields = _cost_sensitive(top, est[b], label, cost, alpha, s0, r, dim, FLOAT32_RATIO_SLACK, charge)
         cert = Certificate(prediction=pred, radius=radius, top_class=top, pA_lower=p_low,
                            counts=est[b].astype(np.int64), selection_counts=sel[b].astype(np.int64), label=label)
         cert.sigma0 = s0

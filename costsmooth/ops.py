@@ -12,11 +12,12 @@ from typing import Optional, Union
 import torch
 
 from . import _C  # noqa: F401  (loading the extension registers the ops)
+from . import sound
 from ._checks import (FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_positive_finite,
                       check_same_device, check_seed, sigma_tensor)
 
-__all__ = ["philox", "noisy_batch", "noisy_rows", "vote_count", "vote_rows", "prob_sum", "vote_count_nan",
-           "raise_on_nan", "NaNLogitsError"]
+__all__ = ["philox", "noisy_batch", "noisy_rows", "grid_sigma", "vote_count", "vote_rows", "prob_sum",
+           "vote_count_nan", "raise_on_nan", "NaNLogitsError"]
 
 SigmaLike = Union[float, torch.Tensor]
 
@@ -38,7 +39,8 @@ def philox(counters: torch.Tensor, key: tuple) -> torch.Tensor:
 
 def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream: int = 0,
                 index_offset: int = 0, sample_offset: int = 0, dtype: Optional[torch.dtype] = None,
-                channels_last: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                channels_last: bool = False, out: Optional[torch.Tensor] = None,
+                grid: Optional[float] = None) -> torch.Tensor:
     """``n`` noisy copies of each input, in one pass.
 
     Args:
@@ -53,6 +55,10 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
         out: optional buffer ``[B * n, *shape]`` (contiguous or channels-last) written in place, e.g.
             a slice of a buffer reused across batches; its dtype and layout override ``dtype`` and
             ``channels_last``.
+        grid: sound mode (``costsmooth.sound``): the inputs lie on a grid of this step (e.g. 1/255),
+            and each coordinate moves by ``k * grid``, with ``k`` drawn exactly from the Gaussian's
+            law of grid cells: ``P(k) = Phi((k + 1/2) grid / sigma) - Phi((k - 1/2) grid / sigma)``.
+            ``sigma`` must then be one number. Inputs off the grid are refused.
 
     Returns:
         ``out`` of shape ``[B * n, *shape]`` with
@@ -60,6 +66,9 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
         The noise is a pure function of those indices (see ``csrc/philox.h``): it does not depend on
         batch size, on how inputs are grouped or on sharding. Every device draws the same Philox
         words; the normals computed from them agree across devices to within 2e-6, not bit for bit.
+        With ``grid``, ``out[b*n + j] = (m_b + k) * grid`` (``m_b = x[b] / grid``, the offsets ``k`` a
+        pure function of the same indices; ``csrc/grid.h``), computed in float64 and rounded once to
+        the output dtype.
     """
     check_float_tensor(x, "x")
     if x.dim() < 1:
@@ -70,11 +79,37 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
         raise TypeError(f"dtype must be one of float32, float64, float16, bfloat16, got {dtype}")
     if channels_last and x.dim() != 4:
         raise ValueError(f"channels_last needs 4-d inputs [B, C, H, W], got shape {list(x.shape)}")
+    indices = (check_seed(seed), check_index(stream, "stream"), check_index(index_offset, "index_offset", x.shape[0]),
+               check_index(sample_offset, "sample_offset", n))
+    if grid is not None:
+        grid = sound.parse_grid(grid)
+        table = sound.cell_table(grid_sigma(sigma), grid)
+        head = (sound.grid_cells(x, grid), *table.tensors(x.device), table.first_cell, grid, n)
+        if out is None:
+            out = torch.empty((x.shape[0] * n,) + tuple(x.shape[1:]), dtype=dtype, device=x.device,
+                              memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        else:
+            _check_out(x, n, out)
+        torch.ops.costsmooth.noisy_grid_into(*head, *indices, out)
+        return out
     sig = sigma_tensor(sigma, x.shape[0], x.device)
-    args = (x, sig, n, check_seed(seed), check_index(stream, "stream"),
-            check_index(index_offset, "index_offset", x.shape[0]), check_index(sample_offset, "sample_offset", n))
+    args = (x, sig, n, *indices)
     if out is None:
         return torch.ops.costsmooth.noisy_batch(*args, dtype, bool(channels_last))
+    _check_out(x, n, out)
+    torch.ops.costsmooth.noisy_batch_into(*args, out)
+    return out
+
+
+def grid_sigma(sigma) -> float:
+    """The one noise level of a sound (grid) draw: a positive number (a per-input tensor is refused)."""
+    if isinstance(sigma, torch.Tensor):
+        raise ValueError("sound mode (grid=...) draws with one noise level: pass sigma as a number, not a tensor")
+    return check_positive_finite(sigma, "sigma")
+
+
+def _check_out(x: torch.Tensor, n: int, out) -> None:
+    """A caller's output buffer for ``n`` noisy copies of ``x``."""
     expected = (x.shape[0] * n,) + tuple(x.shape[1:])
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected or out.dtype not in FLOAT_DTYPES:
         raise ValueError(f"out must be a float tensor of shape {list(expected)}, got "
@@ -82,8 +117,6 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
     check_same_device(x, out, "x", "out")
     if not (out.is_contiguous() or (out.dim() == 4 and out.is_contiguous(memory_format=torch.channels_last))):
         raise ValueError("out must be contiguous or channels-last (e.g. a leading slice of a buffer)")
-    torch.ops.costsmooth.noisy_batch_into(*args, out)
-    return out
 
 
 def noisy_rows(x: torch.Tensor, sigma: SigmaLike, table: torch.Tensor, *, seed: int, stream: int = 0,
@@ -243,6 +276,13 @@ def _noisy_batch_fake(x, sigma, n, seed, stream, index_offset, sample_offset, dt
     shape = (x.shape[0] * n,) + tuple(x.shape[1:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.new_empty(shape, dtype=dtype).contiguous(memory_format=fmt)
+
+
+@torch.library.register_fake("costsmooth::noisy_grid_into")
+def _noisy_grid_into_fake(cells, thresholds, guide, first_cell, grid, n, seed, stream, index_offset, sample_offset,
+                          out):
+    torch._check(out.shape[0] == cells.shape[0] * n, lambda: "out must have B * n rows")
+    return None
 
 
 @torch.library.register_fake("costsmooth::noisy_batch_into")

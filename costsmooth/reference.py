@@ -128,6 +128,36 @@ def vote_rows(logits: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -
     return torch.bincount(group[~valid], minlength=batch)
 
 
+def noise_cells(table, seed: int, stream: int, index_offset: int, batch: int, sample_offset: int, n: int, dim: int,
+                device="cpu") -> torch.Tensor:
+    """The table cells ``[batch, n, dim]`` (int64) the grid kernels draw (``csrc/grid.h``): the first cell c
+    with U < thresholds[c] for the full 64-bit uniform U = (high word << 32) | low word."""
+    arange = lambda start, count: torch.arange(start, start + count, dtype=torch.int64, device=device)
+    groups = arange(0, (dim + 3) // 4)
+    inputs, samples = arange(index_offset, batch), arange(sample_offset, n)
+    hi = noise_words(seed, stream, inputs, samples, groups)
+    lo = noise_words(seed, stream, inputs, samples, groups | 0x80000000)
+    u = ((hi - 2**31) << 32) + lo  # U - 2^63: signed order is U's order
+    thresholds = torch.from_numpy((table.thresholds ^ (1 << 63)).view("int64")).to(device)  # T - 2^63
+    cells = torch.searchsorted(thresholds, u.reshape(-1), right=True).clamp_max(table.cells - 1)
+    return cells.reshape(batch, n, 4 * ((dim + 3) // 4))[..., :dim]
+
+
+def noisy_grid(x: torch.Tensor, n: int, sigma: float, grid: float, *, seed: int, stream: int = 0,
+               index_offset: int = 0, sample_offset: int = 0, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Reference of ``costsmooth.ops.noisy_batch(..., grid=grid)`` (bit-identical values)."""
+    from .sound import cell_table, grid_cells
+
+    dtype = x.dtype if dtype is None else dtype
+    table = cell_table(sigma, grid)
+    batch, dim = x.shape[0], int(torch.Size(x.shape[1:]).numel())
+    k = noise_cells(table, seed, stream, index_offset, batch, sample_offset, n, dim, x.device) + table.first_cell
+    value = (grid_cells(x, grid).reshape(batch, 1, dim).long() + k).double() * grid
+    if dtype != torch.float64:
+        value = value.float()
+    return value.to(dtype).reshape((batch * n,) + tuple(x.shape[1:]))
+
+
 def _valid_rows(logits: torch.Tensor) -> torch.Tensor:
     return ~logits.isnan().any(dim=1)
 

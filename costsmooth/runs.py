@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__, metrics
+from . import sound as sound_mode
 from ._checks import check_alpha, check_count, check_positive_finite, check_seed
 from .certify import ABSTAIN, Certificate, certify_from_counts
 from .cost import CostMatrix
@@ -155,7 +156,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                     progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
                     cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False,
                     shard: Optional[Tuple[int, int]] = None, sample_split=None, prob_sums: bool = False,
-                    workers: Optional[int] = None):
+                    workers: Optional[int] = None, sound: bool = False, grid: Optional[float] = None):
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
@@ -180,6 +181,10 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     processes (default ``data.default_workers()``) while the model runs, never all at once. Each row's
     counts record names its input (file, sha256); resuming refuses data whose certified inputs changed
     (``check_certified_inputs``).
+    ``sound``: sound floating-point mode (``costsmooth.sound``) on the input grid ``grid`` (default: the
+    dataset's ``grid``, else 1/255); inputs off the grid are refused before any file is created.
+    The metadata records the noise ("gaussian" or "sound"), the grid and the noise charge every bound
+    paid (``recertify`` pays the same).
     """
     if not callable(sigma):
         sigma = check_positive_finite(sigma, "sigma")
@@ -202,6 +207,16 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     num_classes = probe_num_classes(model, dataset, device)
     if cost is not None:
         cost.check_num_classes(num_classes)
+    if grid is not None and not sound:
+        raise ValueError("--grid is the input grid of --sound: add --sound")
+    if sound and callable(sigma):
+        raise ValueError("--sound draws with one noise level: it cannot be combined with --sigma-fn")
+    if sound:
+        grid = sound_mode.parse_grid(grid) if grid is not None else (getattr(dataset, "grid", None)
+                                                                      or sound_mode.DEFAULT_GRID)
+        _check_on_grid(dataset, indices, grid)
+    dim = math.prod(dataset.input_shape)
+    charge = sound_mode.noise_charge(dim, None if callable(sigma) else sigma, grid if sound else None)
     sigma_meta = sigma.describe() if callable(sigma) else sigma  # input-dependent sigma: its settings
     meta = {"sigma": sigma_meta, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
@@ -211,6 +226,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
             "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
             **_file_rows_meta(dataset),
+            "noise": "sound" if sound else "gaussian", "grid": grid if sound else None, "charge": charge,
             **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
     invalid = invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
@@ -238,7 +254,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         noise_dtype = autocast if (autocast is not None and device.type == "cuda") else None
         smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
                         channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype,
-                        sample_split=sample_split, prob_sums=prob_sums)
+                        sample_split=sample_split, prob_sums=prob_sums, sound=sound, grid=grid if sound else None)
         chunk = max(1, batch_rows // max(n, 1))
         bar = progress_bar(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
                    desc=os.path.basename(outfile), dynamic_ncols=True)
@@ -281,6 +297,23 @@ def _file_rows_meta(dataset) -> dict:
         return {}
     return {"idx_counts": f"inputs of the {dataset.extra.get('split')} split of {dataset.name}; file_rows[idx] is the "
                           f"row in the file", "file_rows": list(rows)}
+
+
+def _check_on_grid(dataset, indices, grid: float, chunk: int = 256) -> None:
+    """Refuse a selection with an input off the grid, naming its dataset index and the element."""
+    for start in range(0, len(indices), chunk):
+        ids = indices[start:start + chunk]
+        try:
+            sound_mode.grid_cells(dataset.take(ids)[0], grid)
+            continue
+        except ValueError:
+            pass
+        for i in ids:  # the chunk holds an input off the grid: find the first
+            try:
+                sound_mode.grid_cells(dataset.take([i])[0], grid)
+            except ValueError as err:
+                message = str(err).replace("input element [0, ", "element [")
+                raise ValueError(f"input {i} of {dataset.name}: {message}") from None
 
 
 def invalid_inputs(dataset, indices) -> List:
@@ -500,7 +533,8 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
             labels = [counts[i]["label"] for i in ids]
             certs = certify_from_counts(np.array([counts[i]["selection"] for i in ids]),
                                         np.array([counts[i]["estimation"] for i in ids]), alpha, meta["sigma"],
-                                        None if any(y is None for y in labels) else labels, cost)
+                                        None if any(y is None for y in labels) else labels, cost,
+                                        charge=meta.get("charge", 0.0))
             for i, cert in zip(ids, certs):
                 if "prob_sums" in counts[i]:  # certify --prob-sums: keep the saved sums (costsmooth.calibration)
                     cert.prob_sums = np.array(counts[i]["prob_sums"], dtype=np.float64)

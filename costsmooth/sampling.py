@@ -13,7 +13,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from . import ops
+from . import ops, sound
 from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
 __all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
@@ -235,8 +235,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
                       sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
                       temperature: float = 1.0, dtype: Optional[torch.dtype] = None,
                       channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                      cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None
-                      ) -> SampleStatistics:
+                      cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None,
+                      grid: Optional[float] = None) -> SampleStatistics:
     """Votes (and optionally softmax sums) of ``model`` on ``n`` noisy copies of each input.
 
     Args:
@@ -262,6 +262,9 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             are kept across calls (``Smooth`` passes its own), keyed by model, chunk shape, dtype,
             memory format and autocast.
         progress: an optional tqdm-like object whose ``update(rows)`` is called after each chunk.
+        grid: sound mode (``costsmooth.sound``): x lies on a grid of this step and the model sees the
+            grid point of the cell of x + delta, drawn exactly (``ops.noisy_batch(..., grid=...)``);
+            sigma must be one number, and inputs off the grid are refused.
 
     Returns:
         SampleStatistics with int64 counts ``[B, C]`` (on x's device). Raises ``NaNLogitsError``
@@ -282,7 +285,12 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
     if cuda_graphs and (not x.is_cuda or prob_sums):
         raise ValueError("cuda_graphs needs inputs on a CUDA device and prob_sums=False")
     batch = x.shape[0]
-    sig = sigma_tensor(sigma, batch, x.device)
+    if grid is not None:  # sound mode: the inputs' grid indices and the sampler's table, once
+        grid = sound.parse_grid(grid)
+        table = sound.cell_table(ops.grid_sigma(sigma), grid)
+        sound_args = (sound.grid_cells(x, grid), *table.tensors(x.device), table.first_cell, grid)
+    else:
+        sig = sigma_tensor(sigma, batch, x.device)
     calls = ModelCalls(model, x, batch_size, dtype=dtype, channels_last=channels_last, autocast=autocast,
                        cuda_graphs=cuda_graphs, graph_cache=graph_cache, num_classes=num_classes)
     counts = sums = None  # allocated once the class count is known
@@ -302,8 +310,12 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         def write(out):
             # Arguments were validated once above; the op is called directly so that no chunk
             # re-validates sigma (a device synchronisation per model call).
-            torch.ops.costsmooth.noisy_batch_into(x[b0:b1], sig[b0:b1], m, seed64, stream, index_offset + b0,
-                                                  sample_offset + j0, out)
+            if grid is not None:
+                torch.ops.costsmooth.noisy_grid_into(sound_args[0][b0:b1], *sound_args[1:], m, seed64, stream,
+                                                     index_offset + b0, sample_offset + j0, out)
+            else:
+                torch.ops.costsmooth.noisy_batch_into(x[b0:b1], sig[b0:b1], m, seed64, stream, index_offset + b0,
+                                                      sample_offset + j0, out)
 
         return Chunk((b1 - b0) * m, write, m if (b1 - b0, m) == (first_b1, first_m) else None,
                      _replays(batch, n, batch_size), (b0, b1, j0, m))
@@ -344,13 +356,15 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
                   stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
                   num_classes: Optional[int] = None, dtype: Optional[torch.dtype] = None,
                   channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                  cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None) -> torch.Tensor:
+                  cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None,
+                  grid: Optional[float] = None) -> torch.Tensor:
     """int64 ``[B, C]``: how often ``model`` votes for each class on ``n`` noisy copies of each input.
 
     ``counts[b, c] = #{j < n : argmax model(x[b] + sigma_b * noise(seed, stream, index_offset + b,
-    sample_offset + j)) = c}``. See ``sample_statistics`` for the arguments.
+    sample_offset + j)) = c}``; with ``grid`` (sound mode), the noisy copies are the grid points of
+    exactly drawn cells. See ``sample_statistics`` for the arguments.
     """
     return sample_statistics(model, x, n, sigma, seed=seed, batch_size=batch_size, stream=stream,
                              index_offset=index_offset, sample_offset=sample_offset, num_classes=num_classes,
                              dtype=dtype, channels_last=channels_last, autocast=autocast,
-                             cuda_graphs=cuda_graphs, progress=progress, graph_cache=graph_cache).counts
+                             cuda_graphs=cuda_graphs, progress=progress, graph_cache=graph_cache, grid=grid).counts

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from . import sound as sound_mode
 from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
@@ -56,6 +57,15 @@ class Smooth:
         sample_split: a ``costsmooth.distributed.SampleSplit``: each process draws its own range of
             sample indices of every input and the counts are summed across processes (exact int64),
             so the certificates equal those of one process drawing all samples.
+        sound: sound floating-point mode (Voracek and Hein; ``costsmooth.sound``): inputs lie on a grid
+            of step ``grid`` (default 1/255, 8-bit images), the model sees the grid point of the cell of
+            x + delta, and the cells are drawn exactly from the Gaussian's law; the certificate then
+            holds for the real input whatever the model does with floating point. Inputs off the grid
+            are refused. Needs a constant sigma.
+
+    Every certificate pays the noise charge of its draw (``noise_charge``): the probability by which
+    the drawn noise law may differ from the Gaussian, subtracted from every lower bound and added to
+    every upper bound.
     """
 
     ABSTAIN = ABSTAIN
@@ -63,7 +73,7 @@ class Smooth:
     def __init__(self, model: torch.nn.Module, num_classes: int, sigma, *, batch_size: int = 1000,
                  seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False,
                  autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False, sample_split=None,
-                 prob_sums: bool = False):
+                 prob_sums: bool = False, sound: bool = False, grid: Optional[float] = None):
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         # Input-dependent sigma (costsmooth.input_dependent): a callable with a declared semi-elasticity.
@@ -73,6 +83,15 @@ class Smooth:
             self.sigma = sigma
         else:
             self.sigma = check_positive_finite(sigma, "sigma")
+        if grid is not None and not sound:
+            raise ValueError("grid is the input grid of sound mode: pass sound=True with it")
+        if sound and callable(sigma):
+            raise ValueError("sound mode draws with one noise level: it cannot be combined with an input-dependent "
+                             "sigma")
+        # sound mode: the step of the input grid (costsmooth.sound); None on the standard path
+        self.grid = (sound_mode.parse_grid(grid) if grid is not None else sound_mode.DEFAULT_GRID) if sound else None
+        if sound:
+            sound_mode.cell_table(self.sigma, self.grid)  # the sampler's table, built once (and checked) here
         self.seed = seed
         if device is None:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
@@ -122,13 +141,23 @@ class Smooth:
                                       sample_offset=offset, num_classes=self.num_classes, prob_sums=prob_sums,
                                       dtype=self.dtype, channels_last=self.channels_last, autocast=self.autocast,
                                       cuda_graphs=self.cuda_graphs and not prob_sums, progress=progress,
-                                      graph_cache=self._graphs)
+                                      graph_cache=self._graphs, grid=self.grid)
         counts = drawn.counts if self.sample_split is None else self.sample_split.reduce(drawn.counts)
         return SampleStatistics(counts.cpu(), None if drawn.prob_sums is None else drawn.prob_sums.cpu())
 
     def _counts(self, x: torch.Tensor, n: int, stream: int, index_offset: int, batch_size: Optional[int],
                 progress=None, sigma=None) -> torch.Tensor:
         return self._statistics(x, n, stream, index_offset, batch_size, progress, sigma).counts
+
+    @property
+    def sound(self) -> bool:
+        """Sound floating-point mode (inputs on the grid ``self.grid``)."""
+        return self.grid is not None
+
+    def noise_charge(self, dim: int) -> float:
+        """The noise charge of one sample of inputs with ``dim`` elements (``costsmooth.sound``):
+        Box-Muller's truncation on the standard path, the cell table's rounding and tails in sound mode."""
+        return sound_mode.noise_charge(dim, self.sigma if not callable(self.sigma) else None, self.grid)
 
     def _single(self, x) -> torch.Tensor:
         """One input without a batch dimension, as a batch of one. An ``x[:1]``-style batch of one is
@@ -352,12 +381,14 @@ class Smooth:
             estimation.append(est.counts)
             if self.prob_sums:
                 sums.append(est.prob_sums)
+        charge = self.noise_charge(X.shape[1:].numel())
         if callable(self.sigma):
             certs = certificates_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha,
-                                             sigma, self.semi_elasticity, X.shape[1:].numel(), labels, cost)
+                                             sigma, self.semi_elasticity, X.shape[1:].numel(), labels, cost,
+                                             charge=charge)
         else:
             certs = certify_from_counts(torch.cat(selection).numpy(), torch.cat(estimation).numpy(), alpha, self.sigma,
-                                        labels, cost)
+                                        labels, cost, charge=charge)
         for cert, row in zip(certs, torch.cat(sums).numpy() if sums else ()):
             cert.prob_sums = row
         return certs

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -49,6 +50,18 @@ inline void check_noisy_batch(const at::Tensor& x, const at::Tensor& sigma, int6
               "noisy_batch: sample indices must lie in [0, 2^32), got offset ", sample_offset);
   TORCH_CHECK(!channels_last || x.dim() == 4,
               "noisy_batch: channels_last needs 4-d inputs [B, C, H, W], got ", x.dim(), "-d");
+}
+
+// The sample and stream indices of a noise op: each must fit the 32-bit counter words.
+inline void check_noise_indices(const char* op, int64_t batch, int64_t n, int64_t stream, int64_t index_offset,
+                                int64_t sample_offset) {
+  TORCH_CHECK(n >= 1, op, ": n must be >= 1, got ", n);
+  constexpr int64_t kU32 = std::numeric_limits<uint32_t>::max();
+  TORCH_CHECK(stream >= 0 && stream <= kU32, op, ": stream must fit in 32 bits, got ", stream);
+  TORCH_CHECK(index_offset >= 0 && index_offset + batch - 1 <= kU32, op,
+              ": input indices must lie in [0, 2^32), got offset ", index_offset);
+  TORCH_CHECK(sample_offset >= 0 && sample_offset + n - 1 <= kU32, op,
+              ": sample indices must lie in [0, 2^32), got offset ", sample_offset);
 }
 
 // The output of noisy_batch: [B * n, *x.shape[1:]] in dtype, contiguous or channels-last.
@@ -131,6 +144,48 @@ inline void check_vote_rows(const at::Tensor& logits, const at::Tensor& counts, 
               "vote_rows: group must be int64 [", logits.size(0), "] (the counts row of each logits row)");
   TORCH_CHECK(counts.device() == logits.device() && group.device() == logits.device(),
               "vote_rows: logits, counts and group must be on one device");
+// The arguments of noisy_grid_into (grid.h); returns whether `out` is channels-last. On the CPU the
+// table itself is checked too (sorted thresholds, guide entries inside the table), so that a direct
+// call with a malformed table cannot read out of bounds.
+inline bool check_noisy_grid(const at::Tensor& cells, const at::Tensor& thresholds, const at::Tensor& guide,
+                             int64_t first_cell, double grid, int64_t n, int64_t stream, int64_t index_offset,
+                             int64_t sample_offset, const at::Tensor& out, int32_t* shift) {
+  TORCH_CHECK(cells.dim() >= 1 && cells.scalar_type() == at::kInt,
+              "noisy_grid: cells must be an int32 tensor [B, *shape], got ", cells.scalar_type(), " ", cells.sizes());
+  TORCH_CHECK(thresholds.dim() == 1 && thresholds.size(0) >= 1 && thresholds.scalar_type() == at::kLong &&
+                  thresholds.is_contiguous(),
+              "noisy_grid: thresholds must be a contiguous int64 [cells] tensor");
+  TORCH_CHECK(thresholds.size(0) < (int64_t{1} << 30), "noisy_grid: the table has too many cells");
+  const int64_t buckets = guide.dim() == 1 ? guide.size(0) - 1 : 0;
+  TORCH_CHECK(guide.scalar_type() == at::kInt && guide.is_contiguous() && buckets >= 1 && buckets <= (int64_t{1} << 31) &&
+                  (buckets & (buckets - 1)) == 0,
+              "noisy_grid: guide must be a contiguous int32 [2^k + 1] tensor, got ", guide.sizes());
+  TORCH_CHECK(thresholds.device() == cells.device() && guide.device() == cells.device(),
+              "noisy_grid: the table must be on the device of the cells (", cells.device(), ")");
+  TORCH_CHECK(std::isfinite(grid) && grid > 0, "noisy_grid: grid must be a positive step, got ", grid);
+  TORCH_CHECK(first_cell > -(int64_t{1} << 31) && first_cell < (int64_t{1} << 31),
+              "noisy_grid: first_cell must fit in 32 bits, got ", first_cell);
+  check_noise_indices("noisy_grid", cells.size(0), n, stream, index_offset, sample_offset);
+  const bool channels_last = check_noisy_out(cells, n, out);
+  int64_t dim = 1;
+  for (int64_t d = 1; d < cells.dim(); ++d) dim *= cells.size(d);
+  TORCH_CHECK((dim + 3) / 4 <= int64_t{0x7fffffff}, "noisy_grid: inputs must have fewer than 2^33 elements");
+  int32_t bits = 0;
+  while ((int64_t{1} << bits) < buckets) ++bits;
+  *shift = 32 - bits;
+  if (cells.device().is_cpu()) {
+    const int64_t table_cells = thresholds.size(0);
+    const uint64_t* t = reinterpret_cast<const uint64_t*>(thresholds.data_ptr<int64_t>());
+    const int32_t* g = guide.data_ptr<int32_t>();
+    TORCH_CHECK(t[table_cells - 1] == ~uint64_t{0}, "noisy_grid: the last threshold must be 2^64 - 1");
+    for (int64_t c = 1; c < table_cells; ++c) TORCH_CHECK(t[c - 1] <= t[c], "noisy_grid: thresholds must be sorted");
+    for (int64_t b = 0; b <= buckets; ++b) {
+      const int64_t v = g[b] & 0x7fffffff;
+      TORCH_CHECK(v < table_cells && (b == 0 || v >= (g[b - 1] & 0x7fffffff)),
+                  "noisy_grid: guide entries must be sorted cells of the table");
+    }
+  }
+  return channels_last;
 }
 
 }  // namespace costsmooth

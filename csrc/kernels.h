@@ -32,6 +32,31 @@ struct NoisyBatchParams {
   int64_t spatial;       // H * W
 };
 
+// Sound noise on a grid (grid.h): out[b * n + j, e] = (cells[b, e] + first_cell + c) * grid, rounded
+// once from double to the output dtype (through float for float16/bfloat16), where c is the table
+// cell of (seed, stream, index_offset + b, sample_offset + j, e).
+struct NoisyGridParams {
+  const int32_t* cells;        // [batch, dim], contiguous: the inputs' grid indices
+  const uint64_t* thresholds;  // [table_cells] (grid.h's CellTable)
+  const int32_t* guide;        // [2^(32 - shift) + 1]
+  int32_t table_cells;
+  int32_t shift;
+  int64_t first_cell;          // the offset of table cell 0
+  double grid;
+  void* out;
+  DType out_dtype;
+  int64_t batch;
+  int64_t n;
+  int64_t dim;
+  uint64_t seed;
+  uint32_t stream;
+  uint32_t index_offset;
+  uint32_t sample_offset;
+  bool channels_last;          // as in NoisyBatchParams
+  int64_t channels;
+  int64_t spatial;
+};
+
 // counts[r / n, argmax(logits[r])] += 1 for every row r without NaN; nan_rows[r / n] += 1 otherwise.
 struct VoteCountParams {
   const void* logits;    // [rows, classes], unit stride along classes
@@ -87,6 +112,7 @@ void launch_philox(const PhiloxParams& params, void* cuda_stream);
 void launch_noisy_rows(const NoisyRowsParams& params, void* cuda_stream);
 void launch_vote_rows(const VoteRowsParams& params, void* cuda_stream);
 void launch_noisy_batch(const NoisyBatchParams& params, void* cuda_stream);
+void launch_noisy_grid(const NoisyGridParams& params, void* cuda_stream);
 void launch_vote_count(const VoteCountParams& params, void* cuda_stream);
 
 // The last CUDA error as text, or nullptr when the last launch succeeded.

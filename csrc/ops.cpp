@@ -23,6 +23,9 @@ TORCH_LIBRARY(costsmooth, m) {
   // The same, written into a caller's buffer (reused across batches; dtype and layout from `out`).
   m.def("noisy_batch_into(Tensor x, Tensor sigma, int n, int seed, int stream, int index_offset, "
         "int sample_offset, Tensor(a!) out) -> ()");
+  // Sound noise on a grid (csrc/grid.h): out[b*n + j] = (cells[b] + first_cell + table cell) * grid.
+  m.def("noisy_grid_into(Tensor cells, Tensor thresholds, Tensor guide, int first_cell, float grid, int n, int seed, "
+        "int stream, int index_offset, int sample_offset, Tensor(a!) out) -> ()");
   // counts[r // n, argmax(logits[r])] += 1; returns the number of NaN rows per input (not counted).
   m.def("vote_count_(Tensor logits, Tensor(a!) counts, int n) -> Tensor");
   // Rows of many inputs and samples in one call, from an int64 table [3, rows] (positions b in x, input

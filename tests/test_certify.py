@@ -59,12 +59,14 @@ def test_predict_and_certify_follow_cohen_semantics():
     assert near.certify(torch.zeros(10), 100, 1000, 0.001) == (-1, 0.0)  # on the boundary: abstain
 
 
-def spec_cs_radius(counts, top, targets, alpha, sigma):
-    """SPEC 3.2 written out with scipy.stats.beta directly (independent of costsmooth.stats)."""
+def spec_cs_radius(counts, top, targets, alpha, sigma, charge=0.0):
+    """SPEC 3.2 written out with scipy.stats.beta directly (independent of costsmooth.stats); the noise
+    charge is subtracted from the lower bound and added to the upper ones."""
     n, k = counts.sum(), len(targets)
     na = counts[top]
-    p_low = 0.0 if na == 0 else scipy.stats.beta.ppf(alpha / 2, na, n - na + 1)
-    ups = [1.0 if counts[j] == n else scipy.stats.beta.isf(alpha / (2 * k), counts[j] + 1, n - counts[j])
+    p_low = max(0.0, (0.0 if na == 0 else scipy.stats.beta.ppf(alpha / 2, na, n - na + 1)) - charge)
+    ups = [min(1.0, (1.0 if counts[j] == n else scipy.stats.beta.isf(alpha / (2 * k), counts[j] + 1,
+                                                                   n - counts[j])) + charge)
            for j in targets]
     p_omega = min(max(ups), 1 - p_low)
     return sigma / 2 * (norm.ppf(p_low) - norm.ppf(p_omega)), p_low, ups
@@ -78,7 +80,8 @@ def test_cs_radius_recomputed_from_returned_counts(targets):
     for t in (-1.8, -1.2, -0.5):
         x = torch.tensor([t, 0.0, 0.0])
         cert = smooth.certify_cost_sensitive(x, 0, cost, 100, 5000, 0.01)
-        expected, p_low, ups = spec_cs_radius(cert.counts, cert.top_class, targets, 0.01, 1.0)
+        expected, p_low, ups = spec_cs_radius(cert.counts, cert.top_class, targets, 0.01, 1.0,
+                                              smooth.noise_charge(3))  # Box-Muller's truncation: 2 * 2^-33
         # relative tolerances: target bounds here go down to ~1e-4, and outward rounding moves a
         # bound by ~1e-11 relative (a radius by ~1e-13), always to the conservative side
         assert cert.cs_pA_lower == pytest.approx(p_low, rel=1e-9, abs=0) and cert.cs_pA_lower <= p_low * (1 + 1e-15)

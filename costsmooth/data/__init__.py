@@ -68,6 +68,7 @@ class Dataset(torch.utils.data.Dataset):
     std: Optional[List[float]] = None
     extra: dict = field(default_factory=dict)
     augment: Optional[Callable] = None
+    grid: Optional[float] = None  # the step of the grid the inputs lie on, when known (sound mode)
 
     in_memory = True
 
@@ -150,7 +151,7 @@ def load_digits(split: str = "test") -> Dataset:
     train = x[_split(len(d.target), d.target, "train")]
     mean, std = _channel_stats(train)
     return Dataset("digits", x[idx], torch.tensor(d.target[idx], dtype=torch.int64), [str(i) for i in range(10)],
-                   mean, std)
+                   mean, std, grid=1 / 16)
 
 
 def _standardised_table(name: str, bunch, split: str) -> Dataset:

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../grid.h"
 #include "../philox.h"
 #include "noise_avx2.h"
 
@@ -160,6 +161,86 @@ void noisy_rows_into_cpu(const at::Tensor& x, const at::Tensor& sigma, const at:
   }
 }
 
+// The value a grid output holds: cell * grid in double, rounded once to double or float, then (for
+// float16/bfloat16) to the output type: a function of the cell alone, the same on every device.
+template <typename tout>
+inline tout grid_value(int64_t cell, double grid) {
+  const double v = static_cast<double>(cell) * grid;
+  if constexpr (std::is_same<tout, double>::value) {
+    return v;
+  } else {
+    return static_cast<tout>(static_cast<float>(v));
+  }
+}
+
+void noisy_grid_into_cpu(const at::Tensor& cells_in, const at::Tensor& thresholds, const at::Tensor& guide,
+                         int64_t first_cell, double grid, int64_t n, int64_t seed, int64_t stream,
+                         int64_t index_offset, int64_t sample_offset, at::Tensor& out) {
+  int32_t shift = 0;
+  const bool channels_last = check_noisy_grid(cells_in, thresholds, guide, first_cell, grid, n, stream, index_offset,
+                                              sample_offset, out, &shift);
+  const at::Tensor cells = cells_in.contiguous();
+  const int64_t batch = cells.size(0);
+  int64_t dim = 1;
+  for (int64_t d = 1; d < cells.dim(); ++d) dim *= cells.size(d);
+  const int64_t channels = channels_last ? cells.size(1) : 1;
+  const int64_t spatial = channels_last ? cells.size(2) * cells.size(3) : dim;
+  const int64_t groups_per_row = (dim + 3) / 4;
+  if (batch * n * groups_per_row == 0) return;
+  const CellTable table{reinterpret_cast<const uint64_t*>(thresholds.data_ptr<int64_t>()), guide.data_ptr<int32_t>(),
+                        static_cast<int32_t>(thresholds.size(0)), shift};
+  const uint64_t useed = static_cast<uint64_t>(seed);
+  const bool use_avx2 = use_simd_noise();
+  const int32_t* cp = cells.data_ptr<int32_t>();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "noisy_grid_cpu", [&] {
+    using tout = scalar_t;
+    tout* op = out.data_ptr<tout>();
+    const int64_t grain = std::max<int64_t>(1, 4096 / groups_per_row);
+    at::parallel_for(0, batch * n, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / n;
+        const int64_t j = row - b * n;
+        const int32_t* xb = cp + b * dim;
+        tout* orow = op + row * dim;
+        const uint32_t input = static_cast<uint32_t>(index_offset + b);
+        const uint32_t sample = static_cast<uint32_t>(sample_offset + j);
+        auto store = [&](int64_t e, int32_t c) {
+          int64_t dst = e;
+          if (channels_last) {
+            const int64_t ch = e / spatial;
+            dst = (e - ch * spatial) * channels + ch;
+          }
+          orow[dst] = grid_value<tout>(static_cast<int64_t>(xb[e]) + first_cell + c, grid);
+        };
+        int64_t group = 0;
+#ifdef COSTSMOOTH_CPU_AVX2
+        if (use_avx2) {  // eight element groups (32 elements) per step
+          for (; group + 8 <= groups_per_row; group += 8) {
+            int32_t c8[32];
+            noise_cells_x8(table, useed, static_cast<uint32_t>(stream), input, sample, static_cast<uint32_t>(group),
+                           c8);
+            for (int lane = 0; lane < 8; ++lane) {
+              for (int k = 0; k < 4; ++k) {
+                const int64_t e = 4 * (group + lane) + k;
+                if (e < dim) store(e, c8[8 * k + lane]);
+              }
+            }
+          }
+        }
+#endif
+        for (; group < groups_per_row; ++group) {
+          int32_t c[4];
+          noise_cells(table, useed, static_cast<uint32_t>(stream), input, sample, static_cast<uint32_t>(group), c);
+          const int64_t e0 = 4 * group;
+          const int kmax = static_cast<int>(std::min<int64_t>(4, dim - e0));
+          for (int k = 0; k < kmax; ++k) store(e0 + k, c[k]);
+        }
+      }
+    });
+  });
+}
+
 // Argmax of one row in its own precision (ties to the lowest index, as torch.argmax); -1 if any NaN.
 template <typename scalar_t>
 int64_t row_vote(const scalar_t* row, int64_t classes) {
@@ -277,6 +358,7 @@ TORCH_LIBRARY_IMPL(costsmooth, CPU, m) {
   m.impl("philox", &philox_cpu);
   m.impl("noisy_batch", &noisy_batch_cpu);
   m.impl("noisy_batch_into", &noisy_batch_into_cpu);
+  m.impl("noisy_grid_into", &noisy_grid_into_cpu);
   m.impl("vote_count_", &vote_count_cpu);
   m.impl("prob_sum_", &prob_sum_cpu);
   m.impl("noisy_rows_into", &noisy_rows_into_cpu);

@@ -69,6 +69,41 @@ at::Tensor noisy_batch_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_
                          channels_last);
 }
 
+void noisy_grid_into_cuda(const at::Tensor& cells_in, const at::Tensor& thresholds, const at::Tensor& guide,
+                          int64_t first_cell, double grid, int64_t n, int64_t seed, int64_t stream,
+                          int64_t index_offset, int64_t sample_offset, at::Tensor& out) {
+  int32_t shift = 0;
+  const bool channels_last = check_noisy_grid(cells_in, thresholds, guide, first_cell, grid, n, stream, index_offset,
+                                              sample_offset, out, &shift);
+  const c10::cuda::CUDAGuard guard(cells_in.device());
+  const at::Tensor cells = cells_in.contiguous();
+  int64_t dim = 1;
+  for (int64_t d = 1; d < cells.dim(); ++d) dim *= cells.size(d);
+  if (out.numel() == 0) return;
+  NoisyGridParams p{};
+  p.cells = cells.data_ptr<int32_t>();
+  p.thresholds = reinterpret_cast<const uint64_t*>(thresholds.data_ptr<int64_t>());
+  p.guide = guide.data_ptr<int32_t>();
+  p.table_cells = static_cast<int32_t>(thresholds.size(0));
+  p.shift = shift;
+  p.first_cell = first_cell;
+  p.grid = grid;
+  p.out = out.data_ptr();
+  p.out_dtype = to_dtype(out.scalar_type());
+  p.batch = cells.size(0);
+  p.n = n;
+  p.dim = dim;
+  p.seed = static_cast<uint64_t>(seed);
+  p.stream = static_cast<uint32_t>(stream);
+  p.index_offset = static_cast<uint32_t>(index_offset);
+  p.sample_offset = static_cast<uint32_t>(sample_offset);
+  p.channels_last = channels_last;
+  p.channels = channels_last ? cells.size(1) : 1;
+  p.spatial = channels_last ? cells.size(2) * cells.size(3) : dim;
+  launch_noisy_grid(p, c10::cuda::getCurrentCUDAStream().stream());
+  check_launch("noisy_grid");
+}
+
 at::Tensor vote_count_cuda(const at::Tensor& logits_in, at::Tensor& counts, int64_t n) {
   const int64_t batch = check_votes("vote_count", logits_in, counts, n, at::kLong);
   const c10::cuda::CUDAGuard guard(logits_in.device());
@@ -160,6 +195,7 @@ TORCH_LIBRARY_IMPL(costsmooth, CUDA, m) {
   m.impl("philox", &philox_cuda);
   m.impl("noisy_batch", &noisy_batch_cuda);
   m.impl("noisy_batch_into", &noisy_batch_into_cuda);
+  m.impl("noisy_grid_into", &noisy_grid_into_cuda);
   m.impl("vote_count_", &vote_count_cuda);
   m.impl("prob_sum_", &prob_sum_cuda);
   m.impl("noisy_rows_into", &noisy_rows_into_cuda);

@@ -6,6 +6,7 @@
 #include <cfloat>
 #include <type_traits>
 
+#include "../grid.h"
 #include "../kernels.h"
 #include "../philox.h"
 
@@ -113,6 +114,48 @@ __global__ void noisy_rows_kernel(NoisyRowsParams p) {
       } else {
         out[dst] = store_cast<Tout>(load_float(xb + e) + s * z[k]);
       }
+    }
+  }
+}
+
+// The value a grid output holds: cell * grid in double, rounded once to double or float, then (for
+// float16/bfloat16) to the output type; the same function as the CPU kernel's grid_value.
+template <typename Tout> __device__ __forceinline__ Tout grid_value(int64_t cell, double grid) {
+  const double v = static_cast<double>(cell) * grid;
+  if constexpr (std::is_same<Tout, double>::value) {
+    return v;
+  } else {
+    return store_cast<Tout>(static_cast<float>(v));
+  }
+}
+
+// Sound noise on a grid (grid.h): one thread per (row, group of four elements), as noisy_batch_kernel.
+template <typename Tout>
+__global__ void noisy_grid_kernel(NoisyGridParams p) {
+  const int64_t groups_per_row = (p.dim + 3) / 4;
+  const int64_t total = p.batch * p.n * groups_per_row;
+  const CellTable table{p.thresholds, p.guide, p.table_cells, p.shift};
+  Tout* out = static_cast<Tout*>(p.out);
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t group = t % groups_per_row;
+    const int64_t row = t / groups_per_row;
+    const int64_t b = row / p.n;
+    const int64_t j = row - b * p.n;
+    int32_t c[4];
+    noise_cells(table, p.seed, p.stream, p.index_offset + static_cast<uint32_t>(b),
+                p.sample_offset + static_cast<uint32_t>(j), static_cast<uint32_t>(group), c);
+    const int32_t* xb = p.cells + b * p.dim;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int64_t e = 4 * group + k;
+      if (e >= p.dim) break;
+      int64_t dst = row * p.dim + e;
+      if (p.channels_last) {
+        const int64_t ch = e / p.spatial;
+        dst = row * p.dim + (e - ch * p.spatial) * p.channels + ch;
+      }
+      out[dst] = grid_value<Tout>(static_cast<int64_t>(xb[e]) + p.first_cell + c[k], p.grid);
     }
   }
 }
@@ -293,6 +336,20 @@ void launch_noisy_batch(const NoisyBatchParams& p, void* cuda_stream) {
     case DType::kFloat64: noisy_batch_dispatch_out<double>(p, stream, grid, threads); break;
     case DType::kFloat16: noisy_batch_dispatch_out<__half>(p, stream, grid, threads); break;
     case DType::kBFloat16: noisy_batch_dispatch_out<__nv_bfloat16>(p, stream, grid, threads); break;
+  }
+}
+
+void launch_noisy_grid(const NoisyGridParams& p, void* cuda_stream) {
+  const int64_t groups = p.batch * p.n * ((p.dim + 3) / 4);
+  if (groups == 0) return;
+  const int threads = 256;
+  const int grid = grid_for(groups, threads);
+  cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
+  switch (p.out_dtype) {
+    case DType::kFloat32: noisy_grid_kernel<float><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat64: noisy_grid_kernel<double><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kFloat16: noisy_grid_kernel<__half><<<grid, threads, 0, stream>>>(p); break;
+    case DType::kBFloat16: noisy_grid_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(p); break;
   }
 }
 

@@ -1,0 +1,282 @@
+"""Sound mode (inputs on a grid, exact draws of the Gaussian's grid cells): the sampler, its charges."""
+import math
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+import torch
+
+from costsmooth import ops, reference, sound
+from tests.conftest import DEVICES, cuda_only
+
+H = 1 / 255
+
+
+def grid_inputs(*shape, grid=H, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, round(1 / grid) + 1, shape, generator=g).float() * grid
+
+
+# -- the table --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sigma,grid", [(0.25, H), (1.0, H), (0.5, 1 / 16), (0.01, 1 / 16)])
+def test_table_matches_the_cell_law(sigma, grid):
+    t = sound.cell_table(sigma, grid)
+    k = np.arange(t.cells) + t.first_cell
+    exact = scipy.special.ndtr((k + 0.5) * grid / sigma) - scipy.special.ndtr((k - 0.5) * grid / sigma)
+    np.testing.assert_allclose(t.probabilities, exact, rtol=1e-9, atol=1e-15)  # float64 ndtr vs 128-bit
+    drawn = np.diff(np.concatenate([[0], t.thresholds[:-1].astype(object), [2**64]])).astype(float) / 2**64
+    assert np.abs(drawn - exact).max() < 1e-15
+    # the end cells reach 9.8 sigma: beyond them lies less than 2^-70; the law's rounding is ~cells * 2^-65
+    assert (t.cells // 2) * grid / sigma >= 9.8
+    assert 0 < t.tv <= t.cells * 2.0**-64 + 2.0**-70
+    assert t.thresholds[-1] == 2**64 - 1 and np.all(np.diff(t.thresholds.astype(object)) >= 0)
+
+
+def test_charges():
+    # Box-Muller's radius is cut at word_to_uniform(0) = 2^-33: mass 2^-33 per pair, ceil(d / 2) pairs
+    assert sound.gaussian_charge(150528) == 75264 * 2.0**-33  # an ImageNet input: 8.8e-6
+    assert sound.gaussian_charge(3) == 2 * 2.0**-33
+    assert sound.sound_charge(0.5, H, 3072) >= 3072 * sound.cell_table(0.5, H).tv
+    assert sound.sound_charge(0.5, H, 3072) < 1e-12
+    assert sound.noise_charge(64, 0.5) == sound.gaussian_charge(64)
+    assert sound.noise_charge(64, 0.5, 1 / 16) == sound.sound_charge(0.5, 1 / 16, 64)
+
+
+def test_parse_and_format_grid():
+    assert sound.parse_grid("1/255") == 1 / 255 and sound.parse_grid(0.0625) == 1 / 16
+    assert sound.format_grid(1 / 255) == "1/255" and sound.format_grid(0.3) == "0.3"
+    for bad in ("0", "-1/2", "x", "1/0", "inf"):
+        with pytest.raises(ValueError, match="grid step"):
+            sound.parse_grid(bad)
+
+
+# -- the kernels ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sigma", [0.12, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_grid_noise_matches_reference(device, sigma, dtype):
+    x = grid_inputs(3, 5, 7, 3).to(device)  # 105 elements: eight-group steps and a remainder
+    kw = dict(seed=5, stream=1, index_offset=11, sample_offset=3)
+    out = ops.noisy_batch(x, 37, sigma, grid=H, dtype=dtype, **kw)
+    ref = reference.noisy_grid(x, 37, sigma, H, dtype=dtype, **kw)
+    assert out.dtype == dtype and torch.equal(out, ref)  # integer cells: bit-identical
+
+
+def test_grid_noise_is_on_the_grid_and_channels_last(device):
+    x = grid_inputs(2, 3, 4, 5).to(device)
+    out = ops.noisy_batch(x, 6, 0.5, seed=1, grid=H, channels_last=True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out.contiguous(), ops.noisy_batch(x, 6, 0.5, seed=1, grid=H))
+    k = out.double() / H  # grid points rounded to float32
+    assert (k - k.round()).abs().max() < 1e-4
+    buf = torch.empty(12, 3, 4, 5, device=device)
+    assert torch.equal(ops.noisy_batch(x, 6, 0.5, seed=1, grid=H, out=buf), out.contiguous())
+    # the noise of (seed, stream, input, sample) does not depend on the batch or on how n is split
+    first = ops.noisy_batch(x[1:], 2, 0.5, seed=1, grid=H, index_offset=1, sample_offset=4)
+    assert torch.equal(first, out.contiguous()[10:12])
+
+
+def test_ties_are_decided_by_the_low_word():
+    # A table whose thresholds share their high words with the words drawn for the first elements,
+    # so that the low word decides: the kernels (AVX2 and scalar search) against the 64-bit reference.
+    dim, n = 64, 4
+    words = reference.noise_words(3, 1, torch.arange(0, 1), torch.arange(0, n), torch.arange(0, dim // 4))
+    hi = sorted(set(words.flatten().tolist()))[::3]
+    rng = np.random.default_rng(0)
+    t = sorted({(h << 32) | int(rng.integers(0, 2**32)) for h in hi} | {int(v) for v in rng.integers(0, 2**63, 40)})
+    thresholds = np.array(t + [2**64 - 1], dtype=np.uint64)
+    table = types.SimpleNamespace(thresholds=thresholds, cells=len(thresholds))
+    guide = sound._guide(thresholds)
+    cells = torch.zeros(1, dim, dtype=torch.int32)
+    out = torch.empty(n, dim, dtype=torch.float64)
+    torch.ops.costsmooth.noisy_grid_into(cells, torch.from_numpy(thresholds.view(np.int64)), torch.from_numpy(guide),
+                                         0, 1.0, n, 3, 1, 0, 0, out)
+    expected = reference.noise_cells(table, 3, 1, 0, 1, 0, n, dim).reshape(n, dim).double()
+    assert torch.equal(out, expected)
+    ties = sum(1 for w in words.flatten().tolist() if w in set(hi))
+    assert ties >= 20  # the low word was needed this often
+
+
+def test_cpu_simd_and_scalar_cells_agree(tmp_path):
+    x = grid_inputs(3, 2, 11, 13)  # 286 elements: full eight-group steps and a scalar remainder
+    torch.save(x, tmp_path / "x.pt")
+    script = ("import sys, torch, costsmooth; x = torch.load(sys.argv[1]); "
+              "torch.save((costsmooth.build_info()['cpu_noise'], costsmooth.ops.noisy_batch(x, 50, 0.7, seed=9, "
+              "grid=1/255)), sys.argv[2])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, COSTSMOOTH_SCALAR_NOISE="1", PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], env=env,
+                   check=True)
+    path, scalar = torch.load(tmp_path / "out.pt")
+    assert path == "scalar"
+    assert torch.equal(ops.noisy_batch(x, 50, 0.7, seed=9, grid=H), scalar)
+
+
+@cuda_only
+def test_cuda_cells_equal_cpu_cells():
+    x = grid_inputs(4, 3, 9, 9)
+    for sigma in (0.12, 0.5, 1.0):
+        cpu = ops.noisy_batch(x, 64, sigma, seed=2, grid=H)
+        assert torch.equal(ops.noisy_batch(x.cuda(), 64, sigma, seed=2, grid=H).cpu(), cpu)
+
+
+# -- sampler exactness -------------------------------------------------------------------------------
+def chi_square_pvalue(offsets: torch.Tensor, sigma: float, grid: float, law_sigma: float = None) -> float:
+    """Pearson's chi-square of the drawn offsets against the exact cell law (computed here with scipy,
+    independently of the table), cells pooled so that each expects at least 20 draws."""
+    k = offsets.flatten().long().cpu().numpy()
+    lo, hi = k.min(), k.max()
+    observed = np.bincount(k - lo, minlength=hi - lo + 1).astype(float)
+    s = law_sigma or sigma
+    ks = np.arange(lo, hi + 1)
+    p = scipy.stats.norm.cdf((ks + 0.5) * grid / s) - scipy.stats.norm.cdf((ks - 0.5) * grid / s)
+    p[0] = scipy.stats.norm.cdf((lo + 0.5) * grid / s)  # the end bins take the tails
+    p[-1] = scipy.stats.norm.sf((hi - 0.5) * grid / s)
+    expected = p * k.size
+    # pool from both ends towards the centre until each bin expects >= 20
+    bins_o, bins_e, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(observed, expected):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 20:
+            bins_o.append(acc_o)
+            bins_e.append(acc_e)
+            acc_o = acc_e = 0.0
+    bins_o[-1] += acc_o
+    bins_e[-1] += acc_e
+    bins_o, bins_e = np.array(bins_o), np.array(bins_e)
+    stat = ((bins_o - bins_e) ** 2 / bins_e).sum()
+    return float(scipy.stats.chi2.sf(stat, len(bins_o) - 1))
+
+
+def draw_offsets(sigma, grid, draws, device="cpu", seed=0):
+    x = torch.zeros(10, 10000, device=device)
+    return ops.noisy_batch(x, draws // 100000, sigma, seed=seed, grid=grid, dtype=torch.float64) / grid
+
+
+# Each case: 1e7 draws; a correct sampler fails with probability 1e-4 (fixed seed: deterministic).
+# The same draws against the law of a 1% larger sigma fail: the test can tell the laws apart.
+@pytest.mark.parametrize("sigma,grid", [(0.25, H), (1.0, H), (0.12, H), (0.5, 1 / 16), (0.05, 1 / 16)])
+def test_sampler_is_exact_chi_square(sigma, grid):
+    k = draw_offsets(sigma, grid, 10**7)
+    assert torch.equal(k, k.round())
+    assert chi_square_pvalue(k, sigma, grid) > 1e-4
+    assert chi_square_pvalue(k, sigma, grid, law_sigma=sigma * 1.01) < 1e-6
+
+
+@cuda_only
+@pytest.mark.parametrize("sigma,grid", [(0.25, H), (1.0, H), (0.5, 1 / 16)])
+def test_sampler_is_exact_chi_square_cuda(sigma, grid):
+    k = draw_offsets(sigma, grid, 10**7, device="cuda")
+    assert chi_square_pvalue(k, sigma, grid) > 1e-4
+    assert torch.equal(k.cpu(), draw_offsets(sigma, grid, 10**7))
+
+
+# -- refusals -------------------------------------------------------------------------------------------
+def test_off_grid_inputs_are_refused_naming_the_first():
+    x = grid_inputs(2, 1, 4, 4)
+    x[1, 0, 2, 3] = 0.5
+    x[1, 0, 3, 0] = 0.7
+    with pytest.raises(ValueError, match=r"element \[1, 0, 2, 3\] is 0\.5.*not on the grid of step 1/255"):
+        ops.noisy_batch(x, 2, 0.5, seed=0, grid=H)
+    with pytest.raises(ValueError, match=r"element \[0\] is nan"):
+        ops.noisy_batch(torch.tensor([float("nan")]), 2, 0.5, seed=0, grid=H)
+    with pytest.raises(ValueError, match="cannot hold this grid"):
+        ops.noisy_batch(grid_inputs(1, 8).bfloat16(), 2, 0.5, seed=0, grid=H)
+    assert ops.noisy_batch(grid_inputs(1, 8).half(), 2, 0.5, seed=0, grid=H).dtype == torch.float16
+    with pytest.raises(ValueError, match="one noise level"):
+        ops.noisy_batch(grid_inputs(2, 8), 2, torch.tensor([0.5, 0.5]), seed=0, grid=H)
+
+
+# -- certificates ------------------------------------------------------------------------------------------
+class Threshold1D(torch.nn.Module):
+    """f(y) = 0 below t, 1 above (a 1-D input)."""
+
+    def __init__(self, t):
+        super().__init__()
+        self.t = t
+
+    def forward(self, y):
+        above = (y.flatten(1)[:, 0] > self.t).double()
+        return torch.stack([1 - above, above], dim=1)
+
+
+def test_sound_coverage_against_the_exact_cell_sum():
+    # x = m h on the grid 1/16; f o q votes 0 for the cells (m + k) h <= 0.8. The exact smoothed
+    # probability of class 0 is the sum of the cells' Gaussian probabilities (scipy, not the table).
+    from costsmooth import Smooth, stats
+    grid, sigma, m, trials, n = 1 / 16, 0.5, 8, 3000, 100
+    model = Threshold1D(0.8)
+    ks = np.arange(-200, 201)
+    cell_p = scipy.stats.norm.cdf((ks + 0.5) * grid / sigma) - scipy.stats.norm.cdf((ks - 0.5) * grid / sigma)
+    p_true = float(cell_p[(m + ks) * grid <= 0.8].sum())
+    assert abs(p_true - scipy.stats.norm.cdf(4.5 * grid / sigma)) < 1e-12
+    smooth = Smooth(model, 2, sigma, sound=True, grid=grid, seed=4)
+    x = torch.full((trials, 1), m * grid)
+    certs = smooth.certify_batch(x, n0=10, n=n, alpha=0.1)
+    counts = np.array([c.counts[0] for c in certs])
+    low = np.array([c.pA_lower if c.top_class == 0 else 0.0 for c in certs])
+    # the counts are Bin(n, p_true): their mean is within 4.5 standard errors (false failure 1e-5)
+    assert abs(counts.mean() / n - p_true) < 4.5 * math.sqrt(p_true * (1 - p_true) / (n * trials))
+    # coverage: P(bound > p_true) <= alpha; the exact miss probability of the one-sided bound at
+    # alpha = 0.1 and at 0.2 (a factor-2 error in the split) are far apart at these settings
+    ks_n = np.arange(n + 1)
+    miss = lambda level: float(scipy.stats.binom.pmf(ks_n, n, p_true)[stats.cp_lower(ks_n, n, level) > p_true].sum())
+    limit = scipy.stats.binom.ppf(1 - 1e-4, trials, miss(0.1))  # false failure 1e-4
+    assert scipy.stats.binom.ppf(1e-4, trials, miss(0.2)) > limit  # a factor-2 error would fail
+    assert int((low > p_true).sum()) <= limit
+
+
+class LatticeProbe(torch.nn.Module):
+    """Votes 0 when some coordinate of the noisy input is tiny (0 < |y| < 2^-8) and not a multiple of 2^-30.
+
+    From x = 0 the standard path gives y = fl(z / 2): tiny values carry bits below 2^-30. From x = 2^-6
+    in every coordinate, y = fl(2^-6 + z / 2) is tiny only when the sum is exact (Sterbenz), a
+    multiple of 2^-30. The two points are 2^-6 * 64 = 1 apart in L2.
+    """
+
+    def forward(self, y):
+        y = y.double().flatten(1)
+        tiny = (y.abs() < 2.0**-8) & (y != 0)
+        off = (y * 2.0**30) != torch.round(y * 2.0**30)
+        vote = (tiny & off).any(dim=1).double()
+        return torch.stack([vote, 1 - vote], dim=1)
+
+
+def test_floating_point_false_certificate_on_the_standard_path_and_none_in_sound_mode():
+    from costsmooth import Smooth
+    model, sigma = LatticeProbe(), 0.5
+    x0 = torch.zeros(1, 64, 64)
+    x1 = torch.full((1, 64, 64), 2.0**-6)
+    assert float((x1 - x0).norm()) == 1.0
+    standard = Smooth(model, 2, sigma, seed=0)
+    pred0, radius0 = standard.certify(x0, 100, 1000, 0.001)
+    pred1, radius1 = standard.certify(x1, 100, 1000, 0.001)
+    # the standard path certifies class 0 at x0 beyond x1, where it certifies class 1: one is false
+    assert pred0 == 0 and radius0 > 1.2
+    assert pred1 == 1 and radius1 > 1.2
+    # sound mode: the model sees grid points; x0's certificate is for class 1 (and true), never class 0
+    sound_smooth = Smooth(model, 2, sigma, sound=True, seed=0)
+    pred, radius = sound_smooth.certify(x0, 100, 1000, 0.001)
+    assert pred == 1 and radius > 1.2
+    with pytest.raises(ValueError, match="not on the grid of step 1/255"):
+        sound_smooth.certify(x1, 100, 1000, 0.001)
+
+
+def test_smooth_sound_arguments_and_charges():
+    from costsmooth import Smooth
+    model = Threshold1D(0.5)
+    with pytest.raises(ValueError, match="pass sound=True"):
+        Smooth(model, 2, 0.5, grid=1 / 16)
+    s = Smooth(model, 2, 0.5, sound=True)
+    assert s.sound and s.grid == 1 / 255
+    assert s.noise_charge(10) == sound.sound_charge(0.5, 1 / 255, 10)
+    assert Smooth(model, 2, 0.5).noise_charge(10) == 5 * 2.0**-33
+    # every bound pays the charge: pA_lower is Clopper-Pearson's minus the charge
+    from costsmooth import stats
+    cert = Smooth(model, 2, 0.5, seed=1).certify_batch(torch.full((1, 1), 0.25), n0=10, n=500, alpha=0.01)[0]
+    assert cert.pA_lower == np.nextafter(float(stats.cp_lower(cert.counts[cert.top_class], 500, 0.01)) - 2.0**-33,
+                                         -np.inf)
