@@ -179,7 +179,7 @@ def grid_cells(x: torch.Tensor, grid: float) -> torch.Tensor:
                 what += f" ({x.dtype} cannot hold this grid: pass float32 inputs)"
         raise ValueError(f"input element {list(index)} {what}: it is not on the grid of step {format_grid(grid)}; "
                          f"sound mode needs quantised inputs: round them to the grid (torch.round(x / h) * h) or "
-                         f"declare the grid they lie on")
+                         f"pass the step of the grid they lie on (--grid H, grid=H)")
     return m.to(torch.int32)
 
 

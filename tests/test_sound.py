@@ -280,3 +280,56 @@ def test_smooth_sound_arguments_and_charges():
     cert = Smooth(model, 2, 0.5, seed=1).certify_batch(torch.full((1, 1), 0.25), n0=10, n=500, alpha=0.01)[0]
     assert cert.pA_lower == np.nextafter(float(stats.cp_lower(cert.counts[cert.top_class], 500, 0.01)) - 2.0**-33,
                                          -np.inf)
+
+
+# -- command line ----------------------------------------------------------------------------------------
+@pytest.fixture
+def grid_files(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    x = torch.randint(0, 17, (12, 6)).float() / 16
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save({"inputs": x, "labels": y, "split": ["test"] * 12}, tmp_path / "data.pt")
+    return tmp_path
+
+
+def test_certify_sound_records_the_charge_and_recertify_pays_it(grid_files, capsys):
+    from costsmooth.cli import main
+    from costsmooth.certify import certify_from_counts
+    from costsmooth.results import read_counts, read_meta, read_tsv
+    d = grid_files
+    args = ["certify", str(d / "data.pt"), str(d / "model.pt"), "0.5", str(d / "sound.tsv"), "--N0", "20", "--N",
+            "500", "--sound", "--grid", "1/16"]
+    assert main(args) == 0
+    meta = read_meta(str(d / "sound.tsv"))
+    assert meta["noise"] == "sound" and meta["grid"] == 1 / 16
+    assert meta["charge"] == sound.sound_charge(0.5, 1 / 16, 6)
+    assert main(args[:5] + ["--N0", "20", "--N", "500"]) == 2  # resuming with the standard noise is refused
+    assert "charge" in capsys.readouterr().err
+    assert main(["certify", str(d / "data.pt"), str(d / "model.pt"), "0.5", str(d / "std.tsv"), "--N0", "20",
+                 "--N", "500"]) == 0
+    assert read_meta(str(d / "std.tsv"))["charge"] == 3 * 2.0**-33 and read_meta(str(d / "std.tsv"))["noise"] == "gaussian"
+    # recertify recomputes the same bounds from the saved counts, charge included
+    assert main(["recertify", str(d / "std.tsv"), str(d / "re.tsv")]) == 0
+    assert [r["pA_lower"] for r in read_tsv(str(d / "re.tsv"))] == [r["pA_lower"] for r in read_tsv(str(d / "std.tsv"))]
+    saved = read_counts(str(d / "std.tsv"))
+    ids = sorted(saved)
+    certs = certify_from_counts(np.array([saved[i]["selection"] for i in ids]),
+                                np.array([saved[i]["estimation"] for i in ids]), 0.001, 0.5, charge=3 * 2.0**-33)
+    assert [float(r["pA_lower"]) for r in read_tsv(str(d / "std.tsv"))] == [c.pA_lower for c in certs]
+
+
+def test_certify_sound_refusals(grid_files, capsys):
+    from costsmooth.cli import main
+    d = grid_files
+    base = ["certify", str(d / "data.pt"), str(d / "model.pt"), "0.5"]
+    assert main(base + [str(d / "a.tsv"), "--grid", "1/16"]) == 2
+    assert "add --sound" in capsys.readouterr().err
+    assert main(base + [str(d / "b.tsv"), "--sound"]) == 2  # the default grid 1/255 does not hold these inputs
+    err = capsys.readouterr().err
+    assert "input 0 of" in err and "not on the grid of step 1/255" in err and "Traceback" not in err
+    assert not os.path.exists(d / "b.tsv")
+    assert main(base + [str(d / "c.tsv"), "--sound", "--grid", "0"]) == 2
+    assert "grid step" in capsys.readouterr().err
