@@ -290,7 +290,7 @@ def grid_files(tmp_path):
     x = torch.randint(0, 17, (12, 6)).float() / 16
     with torch.no_grad():
         y = model(x).argmax(1)
-    torch.save(model, tmp_path / "model.pt")
+    torch.jit.save(torch.jit.script(model), str(tmp_path / "model.pt"))
     torch.save({"inputs": x, "labels": y, "split": ["test"] * 12}, tmp_path / "data.pt")
     return tmp_path
 
