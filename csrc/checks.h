@@ -144,6 +144,8 @@ inline void check_vote_rows(const at::Tensor& logits, const at::Tensor& counts, 
               "vote_rows: group must be int64 [", logits.size(0), "] (the counts row of each logits row)");
   TORCH_CHECK(counts.device() == logits.device() && group.device() == logits.device(),
               "vote_rows: logits, counts and group must be on one device");
+}
+
 // The arguments of noisy_grid_into (grid.h); returns whether `out` is channels-last. On the CPU the
 // table itself is checked too (sorted thresholds, guide entries inside the table), so that a direct
 // call with a malformed table cannot read out of bounds.
