@@ -328,7 +328,7 @@ def test_smooth_with_knn_sigma_draws_per_input_noise_and_certifies_soundly():
     counts = sample_counts(model, x[:3], 2000, sigma[:3], seed=7, stream=1, index_offset=10)
     np.testing.assert_array_equal(np.stack([c.counts for c in certs[:3]]), counts.numpy())
     ref = certificates_from_counts(np.stack([c.selection_counts for c in certs]), np.stack([c.counts for c in certs]),
-                                   0.001, sigma, 0.2, 16)
+                                   0.001, sigma, 0.2, 16, charge=smooth.noise_charge(16))
     for cert, exp in zip(certs, ref):
         assert (cert.prediction, cert.radius, cert.sigma0) == (exp.prediction, exp.radius, exp.sigma0)
         if cert.pA_lower > 0.5:
