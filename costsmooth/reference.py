@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ._checks import sigma_tensor
+from .sound import cell_table, grid_cells
 
 _MASK32 = 0xFFFFFFFF
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
@@ -146,8 +147,6 @@ def noise_cells(table, seed: int, stream: int, index_offset: int, batch: int, sa
 def noisy_grid(x: torch.Tensor, n: int, sigma: float, grid: float, *, seed: int, stream: int = 0,
                index_offset: int = 0, sample_offset: int = 0, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Reference of ``costsmooth.ops.noisy_batch(..., grid=grid)`` (bit-identical values)."""
-    from .sound import cell_table, grid_cells
-
     dtype = x.dtype if dtype is None else dtype
     table = cell_table(sigma, grid)
     batch, dim = x.shape[0], int(torch.Size(x.shape[1:]).numel())

@@ -102,7 +102,7 @@ class CellTable:
 @functools.lru_cache(maxsize=16)
 def cell_table(sigma: float, grid: float) -> CellTable:
     """The exact sampler's table for noise level ``sigma`` on a grid of step ``grid`` (cached)."""
-    import mpmath
+    import mpmath  # deferred: only sound mode's table needs arbitrary precision
 
     sigma, grid = float(sigma), float(grid)
     if not (math.isfinite(sigma) and sigma > 0 and math.isfinite(grid) and grid > 0):
