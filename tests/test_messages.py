@@ -40,6 +40,7 @@ def test_ctrl_c_before_any_row_says_nothing_was_kept(files, capsys, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "certify_dataset", interrupted)
+    monkeypatch.setattr("costsmooth.cli.certify_dataset", interrupted)  # the command line imports it at the top
     out = files / "none.tsv"
     assert main(certify_args(files, out, "--quiet")) == 130
     err = capsys.readouterr().err
