@@ -98,12 +98,19 @@ class FailFast:
         message = f"rank {self.rank} of {self.world}: {error_line(err)}"
         if isinstance(err, KeyboardInterrupt):
             message = f"rank {self.rank} of {self.world}: interrupted"
-        try:  # the first failure wins; a rank stopped by another's failure never gets here
+        first = message
+        try:  # the first failure wins: the store keeps it and returns it
             if self._report_store is not None:
-                self._report_store.compare_set(self.KEY, "", message)
+                first = self._report_store.compare_set(self.KEY, "", message).decode(errors="replace")
         except Exception:  # noqa: BLE001  (the store is gone: the launcher stops the ranks)
             pass
         self._stop.set()
+        if first != message and not isinstance(err, KeyboardInterrupt):
+            # Another rank failed first and said so (its record precedes its exit, so this rank's error,
+            # e.g. a collective's "connection closed by peer", is a consequence): end quietly, as _watch does.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         if isinstance(err, KeyboardInterrupt):
             return False
         raise RankError(message) from err
