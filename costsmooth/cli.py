@@ -14,13 +14,14 @@ import torch
 # calibration also adds the act_* losses to LOSSES, which train's command lists
 from . import __version__, build_info, calibration, demo, distributed, fairness, input_dependent, train
 from ._checks import error_line
+from .analysis import analyze
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args,
                    add_sampling_args, check_data_model_order, dataset_from_args, float_list, model_from_args,
                    parse_cost, positive_float, positive_int, probability, resolve_device)
 from .distributed import FailFast, RankError, certify_distributed, init_from_env, parse_shard
 from .input_dependent import add_sigma_fn_args, sigma_from_args
 from .results import read_meta
-from .runs import (analyze, certify_dataset, certify_dataset_at, probe_num_classes, recertify, summarize_run,
+from .runs import (certify_dataset, certify_dataset_at, probe_num_classes, recertify, summarize_run,
                    summarize_sequential)
 from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
 from .sound import parse_grid

@@ -10,7 +10,8 @@ from .args import HelpFormatter, resolve_device
 from .cost import CostMatrix
 from .data import load_dataset
 from .models import load_model
-from .runs import analyze, certify_dataset
+from .analysis import analyze
+from .runs import certify_dataset
 from .train import train
 
 __all__ = ["run_demo", "register_cli", "DEMO_SETTINGS", "readme_table"]

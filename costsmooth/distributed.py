@@ -37,8 +37,8 @@ from filelock import FileLock
 
 from ._checks import error_line
 from .args import HelpFormatter
-from .results import read_counts, read_meta, read_tsv_checked, settings_mismatch, write_atomic
-from .runs import certify_dataset, select_indices
+from .results import read_counts, read_meta, read_tsv_checked, select_indices, settings_mismatch, write_atomic
+from .runs import certify_dataset
 
 __all__ = ["SampleSplit", "init_from_env", "part_path", "certify_distributed", "merge_parts", "parse_shard",
            "FailFast", "RankError"]

@@ -29,6 +29,7 @@ import torch
 from scipy import optimize, stats
 
 from . import metrics
+from .analysis import json_safe
 from ._checks import check_count, check_float_tensor, check_positive_finite
 from .args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order,
                    model_from_args, positive_float, positive_int, probability, resolve_device)
@@ -37,8 +38,8 @@ from .data import load_dataset
 from .losses import NoiseSource, PGDTraining
 from .metrics import format_table
 from .mixup import SameClassMixup
-from .results import load_records
-from .runs import certify_dataset, json_safe, probe_num_classes, select_indices
+from .results import load_records, select_indices
+from .runs import certify_dataset, probe_num_classes
 from .sampling import eval_mode
 
 __all__ = ["disparity", "classwise_robustness", "fairness_report", "format_report", "plot_report",

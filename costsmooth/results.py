@@ -11,24 +11,32 @@ certificates can be recomputed at another alpha or cost matrix (``costsmooth rec
 Writes are append-only, one flushed line per input; a line cut short by a kill is dropped when the
 file is reopened, so a re-run resumes without losing or duplicating rows. Radii and bounds are
 written exactly (``repr``), so a value read back is never larger than the one computed.
+
+Which model and data a file holds: ``fingerprint_model`` and ``fingerprint_dataset`` go to the metadata,
+``check_certified_inputs`` refuses to resume on changed data, ``select_indices`` picks the inputs of a run.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import os
 import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 from filelock import FileLock, Timeout
 
 from .certify import Certificate
 from .cost import CostMatrix
+from .data.base import tensor_digest
 from .sequential import SequentialResult
 
 __all__ = ["COLUMNS", "ResultWriter", "ResultFileError", "read_tsv", "read_tsv_checked", "read_meta", "read_counts",
            "settings_mismatch", "format_row", "Records", "load_records", "SEQUENTIAL_COLUMNS", "SequentialWriter",
-           "format_sequential_row", "write_atomic"]
+           "format_sequential_row", "write_atomic", "fingerprint_model", "fingerprint_dataset", "check_certified_inputs",
+           "select_indices"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
            "pA_lower", "target_radii", "sigma0"]
@@ -476,3 +484,119 @@ def load_records(path: str, cost: Optional[CostMatrix] = None, rows=None) -> Rec
         meta_cost = read_meta(path).get("cost")
         cost = CostMatrix.from_json(meta_cost) if meta_cost else None
     return Records(rows, cost, name=os.path.splitext(os.path.basename(path))[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Which model, data and inputs a result file holds
+# ----------------------------------------------------------------------------------------------
+def fingerprint_model(model) -> str:
+    """sha256 of what a model computes: for every submodule its class (module, name and, when Python can
+    read it, the source of its ``forward``), its plain Python attributes (numbers, strings, flags ...),
+    TorchScript code, and every parameter and buffer (names, dtypes, shapes, values).
+
+    Recorded in a run's metadata so that a resumed run refuses to mix certificates of two models,
+    wherever the model file lives -- also two models with equal weights that differ in a Python
+    attribute (a temperature, a sign) or in their TorchScript code.
+    """
+    h = hashlib.sha256(type(model).__name__.encode())
+    modules = model.named_modules() if isinstance(model, torch.nn.Module) else []
+    for name, module in modules:
+        cls = type(module)
+        h.update(f"module {name}: {cls.__module__}.{cls.__qualname__}".encode())
+        code = getattr(module, "code", None) if isinstance(module, torch.jit.ScriptModule) else None
+        if isinstance(code, str):
+            h.update(code.encode())
+        else:
+            try:
+                h.update(inspect.getsource(cls.forward).encode())
+            except (OSError, TypeError):
+                pass
+        for key, value in sorted(vars(module).items()):
+            plain = value is None or isinstance(value, (bool, int, float, str, tuple, list))
+            if plain and key != "training" and not key.startswith("_"):
+                h.update(f"{key}={value!r}".encode())
+    state = model.state_dict() if hasattr(model, "state_dict") else {}
+    for name, tensor in state.items():
+        if not torch.is_tensor(tensor):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def fingerprint_dataset(dataset) -> str:
+    """Which data were certified: ``dataset.fingerprint()`` -- for in-memory datasets the sha256 of the
+    inputs and labels (dtypes, shapes, values); for image files the sha256 of the file list (relative
+    paths, byte sizes, labels), class names and transform, which costs a listing, not a read of every
+    image (each certified row records its own file's sha256, ``check_certified_inputs``)."""
+    if hasattr(dataset, "fingerprint"):
+        return dataset.fingerprint()
+    return tensor_digest(dataset.inputs, dataset.labels)
+
+
+def _changed_inputs(outfile: str, dataset, limit: int = 3) -> List[str]:
+    """What differs between the inputs certified in ``outfile`` (the file and sha256 in each counts record)
+    and the same indices of ``dataset`` now; reads only the certified inputs."""
+    if not os.path.isfile(outfile + ".counts.jsonl"):
+        return []
+    changed = []
+    for idx, rec in sorted(read_counts(outfile).items()):
+        was = rec.get("input")
+        if not isinstance(was, dict) or "sha256" not in was:  # a row written before inputs were recorded
+            continue
+        if idx >= len(dataset):
+            changed.append(f"input {idx} ({was.get('file', 'certified')}) is gone: the dataset has {len(dataset)} inputs")
+        elif was.get("file") is not None and was["file"] != dataset.input_name(idx):
+            changed.append(f"input {idx} was {was['file']} and is now {dataset.input_name(idx)} (files added or "
+                           f"removed)")
+        elif dataset.input_digest(idx) != was["sha256"]:
+            name = dataset.input_name(idx)
+            changed.append(f"{name if name == f'input {idx}' else f'{name} (input {idx})'} was replaced: its contents "
+                           f"differ from the certified one")
+        if len(changed) >= limit:
+            break
+    return changed
+
+
+def check_certified_inputs(outfile: str, dataset, fingerprint: str) -> None:
+    """Refuse to resume ``outfile`` on changed data, saying what changed: renamed, added or removed
+    classes; a certified input whose file was replaced or moved (its recorded sha256 or name differs);
+    else any other change of the file list (``fingerprint`` differs from the run's ``data_sha256``).
+    Costs a read of the inputs certified so far, not of the dataset."""
+    if not os.path.isfile(outfile):
+        return
+    old = read_meta(outfile)
+    if not old:
+        return  # not a costsmooth run: ResultWriter refuses it
+    fix = f"restore the data, or use another OUTFILE (or delete {outfile} to start over)"
+    was = old.get("class_names")
+    if was is not None and was != dataset.class_names:
+        gone = [c for c in was if c not in dataset.class_names]
+        new = [c for c in dataset.class_names if c not in was]
+        what = (f"class(es) {', '.join(gone[:5])} gone and {', '.join(new[:5]) or 'none'} new" if gone or new
+                else "the classes are in another order")
+        raise ResultFileError(f"{outfile} was certified on other data: {what}; {fix}")
+    changed = _changed_inputs(outfile, dataset)
+    if changed:
+        raise ResultFileError(f"{outfile} was certified on other data: {'; '.join(changed)}; {fix}")
+    if old.get("data_sha256") not in (None, fingerprint):
+        raise ResultFileError(f"{outfile} was certified on other data: the inputs of {dataset.name} changed (for image "
+                              f"files: files added, removed or resized, or another image size or resize policy), "
+                              f"though no certified input did; {fix}")
+
+
+def select_indices(size: int, skip: int, max_index: int) -> List[int]:
+    """Dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (all when max_index < 0), as in
+    Cohen et al.'s certify.py; refuses settings that select nothing."""
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+        raise ValueError(f"--skip must be an integer >= 1 (1 certifies every input), got {skip!r}")
+    if isinstance(max_index, bool) or not isinstance(max_index, int) or max_index == 0 or max_index < -1:
+        raise ValueError(f"--max must be a positive dataset index to stop before (or -1 for all), got {max_index!r}")
+    if size == 0:
+        raise ValueError("the dataset is empty: there is nothing to certify")
+    stop = size if max_index < 0 else min(max_index, size)
+    if 0 < max_index <= skip and skip > 1:
+        warnings.warn(f"--skip {skip} with --max {max_index} selects only input 0; --max is a dataset index to stop "
+                      f"before, not a number of inputs")
+    return list(range(0, stop, skip))

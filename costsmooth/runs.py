@@ -1,15 +1,12 @@
-"""Certification runs over datasets and their analysis: what the certify, recertify and analyze
-commands do, callable from Python (the demo uses them too)."""
+"""Certification runs over datasets: what the certify and recertify commands do, callable from Python
+(the demo uses them too). Result files, fingerprints and the selection of inputs are in
+``costsmooth.results``; the tables and curves of ``analyze`` in ``costsmooth.analysis`` (both re-exported
+here)."""
 from __future__ import annotations
 
 import collections
-import csv
-import hashlib
-import inspect
-import json
 import math
 import os
-import sys
 import time
 import warnings
 from typing import List, Optional, Tuple
@@ -18,136 +15,23 @@ import numpy as np
 import torch
 
 from . import __version__, metrics
+from .analysis import analyze, json_safe, plot_curves
 from . import sound as sound_mode
 from ._checks import check_alpha, check_count, check_positive_finite, check_seed
 from .certify import ABSTAIN, Certificate, certify_from_counts
 from .cost import CostMatrix
 from .data import batches
-from .data.base import tensor_digest
 from .data.loading import ConversionCount
 from .progress import progress_bar
-from .results import (ResultFileError, ResultWriter, SequentialWriter, load_records, read_counts, read_meta,
-                      read_tsv_checked)
+from .results import (ResultWriter, SequentialWriter, check_certified_inputs, fingerprint_dataset, fingerprint_model,
+                      load_records, read_counts, read_meta, read_tsv_checked, select_indices)
 from .sampling import eval_mode, resolve_batch_size
 from .sequential import DEFAULT_FINAL_SHARE, DEFAULT_FIRST, DEFAULT_GROWTH, Boundary
 from .smooth import Smooth
 
 __all__ = ["certify_dataset", "certify_dataset_at", "summarize_sequential", "recertify", "analyze", "plot_curves",
            "fingerprint_model", "fingerprint_dataset", "select_indices", "probe_num_classes", "invalid_inputs",
-           "check_certified_inputs"]
-
-
-def fingerprint_model(model) -> str:
-    """sha256 of what a model computes: for every submodule its class (module, name and, when Python can
-    read it, the source of its ``forward``), its plain Python attributes (numbers, strings, flags ...),
-    TorchScript code, and every parameter and buffer (names, dtypes, shapes, values).
-
-    Recorded in a run's metadata so that a resumed run refuses to mix certificates of two models,
-    wherever the model file lives -- also two models with equal weights that differ in a Python
-    attribute (a temperature, a sign) or in their TorchScript code.
-    """
-    h = hashlib.sha256(type(model).__name__.encode())
-    modules = model.named_modules() if isinstance(model, torch.nn.Module) else []
-    for name, module in modules:
-        cls = type(module)
-        h.update(f"module {name}: {cls.__module__}.{cls.__qualname__}".encode())
-        code = getattr(module, "code", None) if isinstance(module, torch.jit.ScriptModule) else None
-        if isinstance(code, str):
-            h.update(code.encode())
-        else:
-            try:
-                h.update(inspect.getsource(cls.forward).encode())
-            except (OSError, TypeError):
-                pass
-        for key, value in sorted(vars(module).items()):
-            plain = value is None or isinstance(value, (bool, int, float, str, tuple, list))
-            if plain and key != "training" and not key.startswith("_"):
-                h.update(f"{key}={value!r}".encode())
-    state = model.state_dict() if hasattr(model, "state_dict") else {}
-    for name, tensor in state.items():
-        if not torch.is_tensor(tensor):
-            continue
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def fingerprint_dataset(dataset) -> str:
-    """Which data were certified: ``dataset.fingerprint()`` -- for in-memory datasets the sha256 of the
-    inputs and labels (dtypes, shapes, values); for image files the sha256 of the file list (relative
-    paths, byte sizes, labels), class names and transform, which costs a listing, not a read of every
-    image (each certified row records its own file's sha256, ``check_certified_inputs``)."""
-    if hasattr(dataset, "fingerprint"):
-        return dataset.fingerprint()
-    return tensor_digest(dataset.inputs, dataset.labels)
-
-
-def _changed_inputs(outfile: str, dataset, limit: int = 3) -> List[str]:
-    """What differs between the inputs certified in ``outfile`` (the file and sha256 in each counts record)
-    and the same indices of ``dataset`` now; reads only the certified inputs."""
-    if not os.path.isfile(outfile + ".counts.jsonl"):
-        return []
-    changed = []
-    for idx, rec in sorted(read_counts(outfile).items()):
-        was = rec.get("input")
-        if not isinstance(was, dict) or "sha256" not in was:  # a row written before inputs were recorded
-            continue
-        if idx >= len(dataset):
-            changed.append(f"input {idx} ({was.get('file', 'certified')}) is gone: the dataset has {len(dataset)} inputs")
-        elif was.get("file") is not None and was["file"] != dataset.input_name(idx):
-            changed.append(f"input {idx} was {was['file']} and is now {dataset.input_name(idx)} (files added or "
-                           f"removed)")
-        elif dataset.input_digest(idx) != was["sha256"]:
-            name = dataset.input_name(idx)
-            changed.append(f"{name if name == f'input {idx}' else f'{name} (input {idx})'} was replaced: its contents "
-                           f"differ from the certified one")
-        if len(changed) >= limit:
-            break
-    return changed
-
-
-def check_certified_inputs(outfile: str, dataset, fingerprint: str) -> None:
-    """Refuse to resume ``outfile`` on changed data, saying what changed: renamed, added or removed
-    classes; a certified input whose file was replaced or moved (its recorded sha256 or name differs);
-    else any other change of the file list (``fingerprint`` differs from the run's ``data_sha256``).
-    Costs a read of the inputs certified so far, not of the dataset."""
-    if not os.path.isfile(outfile):
-        return
-    old = read_meta(outfile)
-    if not old:
-        return  # not a costsmooth run: ResultWriter refuses it
-    fix = f"restore the data, or use another OUTFILE (or delete {outfile} to start over)"
-    was = old.get("class_names")
-    if was is not None and was != dataset.class_names:
-        gone = [c for c in was if c not in dataset.class_names]
-        new = [c for c in dataset.class_names if c not in was]
-        what = (f"class(es) {', '.join(gone[:5])} gone and {', '.join(new[:5]) or 'none'} new" if gone or new
-                else "the classes are in another order")
-        raise ResultFileError(f"{outfile} was certified on other data: {what}; {fix}")
-    changed = _changed_inputs(outfile, dataset)
-    if changed:
-        raise ResultFileError(f"{outfile} was certified on other data: {'; '.join(changed)}; {fix}")
-    if old.get("data_sha256") not in (None, fingerprint):
-        raise ResultFileError(f"{outfile} was certified on other data: the inputs of {dataset.name} changed (for image "
-                              f"files: files added, removed or resized, or another image size or resize policy), "
-                              f"though no certified input did; {fix}")
-
-
-def select_indices(size: int, skip: int, max_index: int) -> List[int]:
-    """Dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (all when max_index < 0), as in
-    Cohen et al.'s certify.py; refuses settings that select nothing."""
-    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
-        raise ValueError(f"--skip must be an integer >= 1 (1 certifies every input), got {skip!r}")
-    if isinstance(max_index, bool) or not isinstance(max_index, int) or max_index == 0 or max_index < -1:
-        raise ValueError(f"--max must be a positive dataset index to stop before (or -1 for all), got {max_index!r}")
-    if size == 0:
-        raise ValueError("the dataset is empty: there is nothing to certify")
-    stop = size if max_index < 0 else min(max_index, size)
-    if 0 < max_index <= skip and skip > 1:
-        warnings.warn(f"--skip {skip} with --max {max_index} selects only input 0; --max is a dataset index to stop "
-                      f"before, not a number of inputs")
-    return list(range(0, stop, skip))
+           "check_certified_inputs", "json_safe"]
 
 
 def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100, n: int = 100000,
@@ -542,131 +426,3 @@ def recertify(tsv: str, outfile: str, alpha: Optional[float] = None, cost: Optio
     finally:
         writer.close()
     return outfile
-
-
-def _distinct_names(paths: List[str]) -> List[str]:
-    """Short names for the files: base names, with parent folders added until they differ."""
-    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = [os.path.splitext("/".join(p[-depth:]))[0] for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    base = [os.path.splitext(os.path.basename(p))[0] for p in paths]  # the same file twice: numbered
-    return [f"{b}#{k + 1}" for k, b in enumerate(base)]
-
-
-def analyze(paths: List[str], radii, classwise_radius: Optional[float] = None, plot: Optional[str] = None,
-            out=None, json_path: Optional[str] = None, csv_path: Optional[str] = None) -> List:
-    """Print the metric tables of each TSV (side by side) and optionally save the curves to ``plot``,
-    every table to ``json_path`` and the metric table to ``csv_path``.
-
-    Each file's rows read and lines skipped (malformed) are reported; every table has the number of
-    inputs per file.
-    """
-    out = out or sys.stdout
-
-    records, report = [], {"files": [], "metrics": [], "classwise": []}
-    for path, name in zip(paths, _distinct_names(paths)):
-        rows, problems = read_tsv_checked(path)
-        rec = load_records(path, rows=rows)
-        rec.name = name
-        meta = read_meta(path)
-        rec.class_names = meta.get("class_names")
-        rec.settings = {k: meta.get(k) for k in ("sigma", "alpha", "n")}
-        records.append(rec)
-        skipped = f", skipped {len(problems)} malformed line(s): " + ", ".join(
-            f"line {n} ({why})" for n, why in problems[:3]) if problems else ""
-        settings = ", ".join(f"{k}={v}" for k, v in rec.settings.items() if v is not None)
-        print(f"{name}: read {len(rows)} rows from {path}{skipped}" + (f" [{settings}]" if settings else ""), file=out)
-        if meta.get("sequential"):
-            print(f"{name}: a sequential run at radius {meta.get('radius')}: its radii are those certified when each "
-                  f"input's test stopped, so metrics at other radii and the ACR are lower bounds, not comparable "
-                  f"with a fixed-n run", file=out)
-        report["files"].append({"file": name, "path": path, "rows": len(rows), "skipped_lines": [n for n, _ in problems],
-                                **rec.settings})
-    rows = []
-    for rec in records:
-        for row in metrics.summary(rec, radii):
-            rows.append({"file": rec.name, "n": len(rec), **row})
-    report["metrics"] = rows
-    print("\nCertified metrics (cert_acc over all inputs; rob_std, rob_cs, wc_cost over seed-class inputs)", file=out)
-    print(metrics.format_table(rows, ["file", "n", "radius", "cert_acc", "rob_std", "rob_cs", "wc_cost", "acr"]),
-          file=out)
-    if classwise_radius is not None:
-        for rec in records:
-            cw = metrics.classwise(rec, classwise_radius, rec.class_names)
-            print(f"\nClass-wise at radius {classwise_radius} ({rec.name}, {len(rec)} inputs)", file=out)
-            for key, label in (("cert_acc", "certified accuracy"), ("acr", "ACR")):
-                sp = cw["spread"][key]
-                print(f"  {label}: worst class {sp['worst_class']} ({sp['worst']:.3f}), max-min gap {sp['gap']:.3f}, "
-                      f"std {sp['std']:.3f}", file=out)
-            print(metrics.format_table(cw["classes"], ["class", "count", "cert_acc", "acr", "rob_cs", "wc_cost"]),
-                  file=out)
-            report["classwise"].append({"file": rec.name, "radius": classwise_radius, **cw})
-    if plot:
-        plot_curves(records, plot)
-        print(f"\nplots: {plot}", file=out)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(json_safe(report), f, indent=1)
-        print(f"json: {json_path}", file=out)
-    if csv_path:
-        with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file"])
-            w.writeheader()
-            w.writerows(rows)
-        print(f"csv: {csv_path}", file=out)
-    return rows
-
-
-def json_safe(value):
-    """``value`` (nested dicts, lists and tuples of numbers) made valid JSON: NaN and infinities become None,
-    numpy scalars Python numbers, dict keys strings."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def plot_curves(records, path: str) -> None:
-    """Certified accuracy (and, for files with a cost matrix, Rob_std, Rob_cs and worst-case cost)
-    against the L2 radius, one line per file, its sigma, alpha and n in the legend."""
-    import matplotlib  # heavy: imported only when a plot is drawn
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not any(len(r) for r in records):
-        raise ValueError("nothing to plot: the files hold no certified rows")
-    top = max([float(np.nanmax(np.concatenate([r.radius, np.nan_to_num(r.cs_radius)]))) for r in records if len(r)]
-              + [0.1])
-    grid = np.linspace(0, top * 1.05, 200)
-    panels = [("certified accuracy", "fraction of all inputs", metrics.certified_accuracy, False),
-              ("Rob_std (seed classes)", "fraction of seed-class inputs", metrics.rob_std, True),
-              ("Rob_cs (seed classes)", "fraction of seed-class inputs", metrics.rob_cs, True),
-              ("certified worst-case cost", "mean cost over seed-class inputs", metrics.worst_case_cost, True)]
-    with_cost = [r for r in records if r.cost is not None and len(r)]
-    panels = [p for p in panels if not p[3] or with_cost]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for ax, (title, ylabel, fn, needs_cost) in zip(axes[0], panels):
-        for rec in (with_cost if needs_cost else [r for r in records if len(r)]):
-            settings = getattr(rec, "settings", {}) or {}
-            extra = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
-            ax.plot(grid, [fn(rec, r) for r in grid], label=f"{rec.name} ({len(rec)} inputs{', ' + extra if extra else ''})")
-        ax.set_title(title)
-        ax.set_xlabel("L2 radius")
-        ax.set_ylabel(ylabel)
-        if fn is not metrics.worst_case_cost:  # fractions; a cost may exceed 1
-            ax.set_ylim(-0.03, 1.03)
-        ax.grid(alpha=0.3)
-    # one legend for every panel, below them: it never covers a curve
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.05 * ((len(labels) + 2) // 3), 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

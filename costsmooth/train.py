@@ -27,7 +27,8 @@ from .losses import LOSSES, make_loss
 from .mixup import SameClassMixup
 from .progress import progress_bar
 from .models import ARCHS, build_model, load_weights, read_checkpoint, save_checkpoint
-from .runs import fingerprint_dataset, invalid_inputs
+from .results import fingerprint_dataset
+from .runs import invalid_inputs
 from .sampling import eval_mode
 
 __all__ = ["train", "register_cli", "TrainingDiverged", "COHEN_RECIPE", "DEFAULT_RECIPE", "recipe_for"]

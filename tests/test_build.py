@@ -56,8 +56,8 @@ def test_torch_cuda_arch_list_is_honoured(tmp_path):
     assert re.findall(r"arch=compute_(\d+),code=(sm|compute)_(\d+)", command) == [("86", "sm", "86")]
 
 
-COMMANDS = {"costsmooth.cli", "costsmooth.demo", "costsmooth.runs", "costsmooth.train", "costsmooth.distributed",
-            "costsmooth.fairness"}
+COMMANDS = {"costsmooth.cli", "costsmooth.demo", "costsmooth.runs", "costsmooth.analysis", "costsmooth.train",
+            "costsmooth.distributed", "costsmooth.fairness"}
 ENGINE_AND_CERTIFICATES = ["costsmooth._checks", "costsmooth.ops", "costsmooth.reference", "costsmooth.sampling",
                            "costsmooth.stats", "costsmooth.cost", "costsmooth.certify", "costsmooth.smooth"]
 

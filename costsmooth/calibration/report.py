@@ -20,8 +20,8 @@ from ..args import (HelpFormatter, UsageError, add_model_args, add_sampling_args
                     model_from_args, probability, resolve_device)
 from ..data import load_dataset
 from ..progress import progress_bar
-from ..results import read_counts, read_meta
-from ..runs import probe_num_classes, select_indices
+from ..results import read_counts, read_meta, select_indices
+from ..runs import probe_num_classes
 from .bounds import (CECE_METHODS, bin_index, brier_score, certified_brier, certified_ece, dece_ascent,
                      ece_at_brier_worst, expected_calibration_error)
 from .confidence import CI_METHODS, CertifiedConfidences, certified_confidences, sample_confidences
