@@ -26,7 +26,7 @@ from . import stats
 from ._checks import check_alpha, check_count, check_float_tensor, check_positive_finite
 from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
 from .cost import CostMatrix
-from .input_dependent import certificates_from_counts, check_sigma_fn
+from .input_dependent_certify import certificates_from_counts, check_sigma_fn
 from .packing import sample_until
 from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, eval_mode, resolve_batch_size,
                        sample_statistics)

@@ -10,9 +10,10 @@ from scipy.stats import ncx2, norm
 from costsmooth import CostMatrix, Smooth, certify_from_counts, sample_counts
 from costsmooth.certify import conservative_sigma
 from costsmooth.cli import main
-from costsmooth.input_dependent import (FLOAT32_RATIO_SLACK, LAMBDA_MAX, KNNSigma, _ncx2_xi, admissible_ratio,
+from costsmooth.input_dependent import (FLOAT32_RATIO_SLACK, LAMBDA_MAX, KNNSigma, admissible_ratio,
                                         certificates_from_counts, certified_radius, check_sigma_fn,
                                         two_class_radius, worst_case_probability)
+from costsmooth.input_dependent_certify import _ncx2_xi
 from costsmooth.losses import CSRSSeedwise, GaussianAugmentation, MACER, NoiseSource
 from costsmooth.results import COLUMNS, ResultWriter, read_tsv
 
@@ -51,7 +52,7 @@ def test_radius_decreases_in_r_and_dim_and_stays_below_cohen():
 
 def test_radius_is_monotone_pass_boundary():
     # Every d below the returned radius passes, the first 1e-6 beyond fails (the search's claim).
-    from costsmooth.input_dependent import _passes
+    from costsmooth.input_dependent_certify import _passes
     for p, sigma0, r, dim in [(0.9, 0.5, 0.3, 2), (0.99, 0.25, 0.05, 784), (0.999, 1.0, 0.01, 3072)]:
         radius = certified_radius(p, sigma0, r, dim)
         d = np.linspace(0, radius, 200)
