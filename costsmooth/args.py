@@ -186,7 +186,8 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n0: int, n: int, seed_help:
     p.add_argument("--N0", type=positive_int, default=n0, help="selection samples")
     p.add_argument("--N", type=positive_int, default=n, help="estimation samples")
     p.add_argument("--batch", type=batch_arg, default=1000,
-                   help="batch size of model calls, or 'auto' (largest that fits, by out-of-memory recovery)")
+                   help="batch size of model calls, or 'auto' (on a GPU: sized from the free memory and the bytes "
+                        "per row of the model, measured; 1000 on a CPU)")
     p.add_argument("--skip", type=positive_int, default=1, help="use every skip-th input")
     p.add_argument("--max", "--max-index", dest="max", type=max_arg, default=-1,
                    help="stop before this dataset index (-1: all); under torchrun write --max-index (torchrun "

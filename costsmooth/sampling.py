@@ -16,7 +16,7 @@ import torch
 from . import ops, sound
 from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
-__all__ = ["resolve_batch_size", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
+__all__ = ["resolve_batch_size", "check_batch_size", "auto_batch_size", "device_memory", "DeviceMemory", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
            "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options"]
 
 STREAM_SELECTION = 0
@@ -74,10 +74,14 @@ def _check_logits(logits, rows: int, num_classes: Optional[int]) -> None:
                          f"pass the model's class count")
 
 
-AUTO_BATCH_CUDA = 16384
+AUTO_BATCH_CUDA = 16384  # rows "auto" stands for before a call is sized (how many inputs a run reads at a time)
+AUTO_BATCH_CPU = 1000
+AUTO_BATCH_MAX = 1 << 20  # rows per model call at most, whatever the memory
+AUTO_MEMORY_SHARE = 0.7  # of the available device memory planned for one call (fragmentation, the rest)
+AUTO_PROBE_ROWS = (16, 64)  # rows of the two measured calls
 
-# Batch sizes found to fit after an out-of-memory error, per (model, input shape, dtype, device,
-# autocast): a later call with batch_size="auto" starts there instead of at AUTO_BATCH_CUDA again.
+# Batch sizes of batch_size="auto", per (model, input shape, dtype, device, autocast): measured once on
+# a GPU (``auto_batch_size``), lowered when a call runs out of memory; later calls start there.
 _FITTING_BATCH = {}
 
 
@@ -85,11 +89,70 @@ def _fit_key(model, x: torch.Tensor, dtype, autocast):
     return (id(model), tuple(x.shape[1:]), str(dtype or x.dtype), str(x.device), str(autocast))
 
 
+def check_batch_size(batch_size):
+    """"auto", or an integer batch size >= 1."""
+    return batch_size if batch_size == "auto" else check_count(batch_size, "batch_size")
+
+
 def resolve_batch_size(batch_size, device) -> int:
-    """An integer batch size >= 1, or "auto": AUTO_BATCH_CUDA on CUDA devices, 1000 elsewhere."""
+    """An integer batch size >= 1, or for "auto" the rows it stands for before any model call is sized:
+    AUTO_BATCH_CUDA on CUDA devices, AUTO_BATCH_CPU elsewhere (``ModelCalls`` sizes the calls on a GPU
+    from its free memory)."""
     if batch_size == "auto":
-        return AUTO_BATCH_CUDA if torch.device(device).type == "cuda" else 1000
+        return AUTO_BATCH_CUDA if torch.device(device).type == "cuda" else AUTO_BATCH_CPU
     return check_count(batch_size, "batch_size")
+
+
+class DeviceMemory:
+    """The memory queries that size the first call of batch_size="auto" on one CUDA device."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def available(self) -> int:
+        """Bytes a call can use: free device memory plus what torch's allocator holds unused."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def device_memory(device) -> Optional[DeviceMemory]:
+    """The memory queries of a CUDA device; None elsewhere (batch_size="auto" is AUTO_BATCH_CPU there)."""
+    device = torch.device(device)
+    return DeviceMemory(device) if device.type == "cuda" else None
+
+
+def auto_batch_size(run_rows: Callable[[int], None], memory, *, probe_rows: Tuple[int, int] = AUTO_PROBE_ROWS,
+                    share: float = AUTO_MEMORY_SHARE, limit: int = AUTO_BATCH_MAX) -> int:
+    """The first batch size of batch_size="auto": ``share`` of the available memory over the bytes one
+    row needs, within [1, limit].
+
+    ``run_rows(k)`` makes one model call of k rows as the sampling loop does (noise buffer, model,
+    votes). After a warm-up call (workspaces allocated lazily stay out of the measure), two calls of
+    ``probe_rows`` rows are measured by their peak allocation above what was allocated before; the
+    bytes per row are the difference of the peaks over the difference of the rows, which leaves out
+    what does not grow with the rows. ``memory``: ``available()``, ``allocated()``, ``reset_peak()``
+    and ``peak()`` in bytes (``DeviceMemory`` on CUDA; it resets the device's peak statistics).
+    """
+    run_rows(probe_rows[0])
+    peaks = []
+    for rows in probe_rows:
+        memory.reset_peak()
+        base = memory.allocated()
+        run_rows(rows)
+        peaks.append(memory.peak() - base)
+    per_row = (peaks[1] - peaks[0]) / (probe_rows[1] - probe_rows[0])
+    if per_row <= 0:  # nothing measurable grew with the rows: charge the whole peak to them
+        per_row = max(peaks[1], 1) / probe_rows[1]
+    return int(max(1, min(limit, share * memory.available() // per_row)))
 
 
 def _empty_rows(x: torch.Tensor, rows: int, dtype, fmt) -> torch.Tensor:
@@ -164,10 +227,11 @@ class ModelCalls:
     ``call(plan)`` plans a chunk for the current batch size, writes its noise, runs the model (or
     replays the chunk shape's graph) and returns ``(chunk, logits, graph_votes)``: the logits
     (checked to be ``[rows, num_classes]``) of an eager call, or the graph's ``(counts, nan_rows)``
-    (``[rows / graph_m, C]``, ``[rows / graph_m]``) of a replay. When a call runs out of device
-    memory, the batch size is halved and the chunk planned again (the counts do not change: the
-    noise depends on indices only); with ``auto`` the size that fitted is remembered for later calls
-    with the same model and input shape.
+    (``[rows / graph_m, C]``, ``[rows / graph_m]``) of a replay. With ``batch_size="auto"`` on a
+    GPU the first size is measured when the calls are set up (``auto_batch_size``). When a call runs
+    out of device memory, the batch size is halved and the chunk planned again (the counts do not
+    change: the noise depends on indices only); with ``auto`` the size that fitted is remembered for
+    later calls with the same model and input shape.
     """
 
     def __init__(self, model, x: torch.Tensor, batch_size, *, dtype: Optional[torch.dtype] = None,
@@ -177,15 +241,37 @@ class ModelCalls:
         self.auto = batch_size == "auto"
         self.batch_size = resolve_batch_size(batch_size, x.device)
         self.fit_key = _fit_key(model, x, dtype, autocast)
-        if self.auto and self.fit_key in _FITTING_BATCH:
-            self.batch_size = min(self.batch_size, _FITTING_BATCH[self.fit_key])
         self.amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
                     else contextlib.nullcontext())
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if self.auto and self.fit_key in _FITTING_BATCH:
+            self.batch_size = _FITTING_BATCH[self.fit_key]
+        elif self.auto and x.shape[0]:
+            memory = device_memory(x.device)
+            if memory is not None:
+                self.batch_size = _FITTING_BATCH[self.fit_key] = self._measure(memory)
         self.key = (id(model), str(dtype or x.dtype), str(self.fmt), str(autocast), str(x.device))
         self.cuda_graphs = cuda_graphs
         self.graphs = graph_cache if graph_cache is not None else {}
         self.buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
+
+    def _measure(self, memory) -> int:
+        """The first batch size of "auto" on a GPU: ``auto_batch_size`` from small calls of the model on
+        copies of the first input (the noise values do not change the memory a call needs)."""
+        def run_rows(rows: int) -> None:
+            noisy = _empty_rows(self.x, rows, self.dtype, self.fmt)
+            noisy.copy_(self.x[:1])
+            with self.amp:
+                logits = self.model(noisy)
+            _check_logits(logits, rows, self.num_classes)
+            torch.ops.costsmooth.vote_count_(logits, torch.zeros(1, logits.shape[1], dtype=torch.int64,
+                                                                 device=self.x.device), rows)
+
+        try:
+            with eval_mode(self.model):
+                return auto_batch_size(run_rows, memory)
+        except torch.OutOfMemoryError:  # not even the small calls fit: out-of-memory recovery goes on from here
+            return AUTO_PROBE_ROWS[0] // 2
 
     def call(self, plan: Callable[[int], Chunk]):
         while True:
@@ -244,11 +330,13 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             (its previous mode is restored).
         x: inputs ``[B, *shape]`` on the device to run on. sigma: number or ``[B]`` tensor.
         n: samples per input; seed, stream, index_offset, sample_offset: as in ``ops.noisy_batch``.
-        batch_size: rows per model call, or ``"auto"``: start at ``AUTO_BATCH_CUDA`` rows on a GPU
-            (1000 on a CPU) and let out-of-memory recovery find what fits. When a call runs out of
-            device memory, the batch size is halved and the call retried (the counts do not change:
-            the noise depends on indices only); with "auto", the size that fitted is remembered for
-            later calls with the same model and input shape.
+        batch_size: rows per model call, or ``"auto"``: on a GPU, ``AUTO_MEMORY_SHARE`` of the
+            available device memory over the bytes one row needs, measured from the peak memory of
+            two small calls of this model with these settings (``auto_batch_size``; once per model,
+            input shape, dtype and autocast); 1000 on a CPU. When a call runs out of device memory,
+            the batch size is halved and the call retried (the counts do not change: the noise
+            depends on indices only); with "auto", the size that fitted is remembered for later
+            calls with the same model and input shape.
         num_classes: checked against the model's output width.
         prob_sums: also accumulate ``sum_j softmax(logits_j / temperature)`` in float64.
         dtype, channels_last: dtype and memory format of the noisy inputs given to the model.

@@ -28,7 +28,7 @@ from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
 from .cost import CostMatrix
 from .input_dependent_certify import certificates_from_counts, check_sigma_fn
 from .packing import sample_until
-from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, eval_mode, resolve_batch_size,
+from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, check_batch_size, eval_mode,
                        sample_statistics)
 from .sequential import (DEFAULT_FIRST, DEFAULT_GROWTH, Boundary, RadiusEstimate, RadiusTest, SequentialResult,
                          SequentialTest)
@@ -97,7 +97,7 @@ class Smooth:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
             device = params[0].device if params else "cpu"
         self.device = torch.device(device)
-        self.batch_size = resolve_batch_size(batch_size, self.device)
+        self.batch_size = check_batch_size(batch_size)  # "auto": each sampling call sizes itself (ModelCalls)
         # Noisy inputs are written in the model's parameter dtype unless ``dtype`` says otherwise, so
         # x.double() with a float32 model (or x.float() with a float64 one) just works.
         params = [p for p in model.parameters() if p.is_floating_point()] if isinstance(model, torch.nn.Module) else []
@@ -315,7 +315,7 @@ class Smooth:
         if X.numel() and not bool(torch.isfinite(X).all()):
             raise ValueError("X contains NaN or infinite values; certificates of such inputs are meaningless, clean "
                              "the data first")
-        batch_size = check_count(batch_size, "batch_size") if batch_size is not None else self.batch_size
+        batch_size = check_batch_size(batch_size) if batch_size is not None else self.batch_size
         parts = [self._counts(X[a:b], n0, STREAM_SELECTION, indices[a], batch_size)
                  for a, b in _consecutive_runs(indices)]
         selection = torch.cat(parts).numpy() if parts else np.zeros((0, self.num_classes), dtype=np.int64)

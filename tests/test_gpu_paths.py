@@ -1,7 +1,10 @@
 """Frozen noise values (the reproducibility promise), and the GPU cases that run the first time a GPU
 is visible: half-precision inputs and outputs, the multi-block vote path, the global-atomic path for
 many classes and its shared-memory boundary (also run on the CPU), a non-default stream, CPU-vs-CUDA
-noise values, autocast."""
+noise values, autocast, batch_size="auto" sized from device memory."""
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +129,30 @@ def test_cuda_graphs_are_captured_once_and_reused_across_calls(monkeypatch):
         assert [c.counts.tolist() for c in a] == [c.counts.tolist() for c in b]
     assert len(built) == 1 and len(graphed._graphs) == 1
 
+
+
+@cuda_only
+def test_cuda_auto_batch_size_is_measured_from_device_memory(monkeypatch):
+    from costsmooth import Smooth, sampling
+
+    monkeypatch.setattr(sampling, "_FITTING_BATCH", {})
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 224 * 224, 10)).cuda()  # about 4 MB per row in fp32
+    x = torch.rand(2, 3, 224, 224, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the measured size must fit: no out-of-memory halving
+        auto = sample_counts(model, x, 4096, 0.25, seed=1, batch_size="auto")
+    (size,) = sampling._FITTING_BATCH.values()
+    free, _ = torch.cuda.mem_get_info()
+    assert sampling.AUTO_PROBE_ROWS[1] < size < sampling.AUTO_BATCH_MAX
+    assert size * 3 * 224 * 224 * 4 < free  # the noise buffer alone of a call fits beside the model
+    assert torch.equal(auto, sample_counts(model, x, 4096, 0.25, seed=1, batch_size=512))
+    # the sequential scheduler's packed calls use the same measured size, not a constant
+    smooth = Smooth(model, 10, 0.25, batch_size="auto", seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packed = smooth.certify_batch_at(x, 0.1, 0.01, max_n=4096, n0=64)
+    fixed = Smooth(model, 10, 0.25, batch_size=512, seed=1).certify_batch_at(x, 0.1, 0.01, max_n=4096, n0=64)
+    for a, b in zip(packed, fixed):
+        assert (a.decision, a.samples) == (b.decision, b.samples) and np.array_equal(a.counts, b.counts)

@@ -210,3 +210,99 @@ def test_sample_statistics_validates_dtype_and_channels_last():
         costsmooth.sample_counts(lin, torch.rand(2, 6), 10, 0.5, channels_last=True)
     with pytest.raises(TypeError, match="dtype must be one of"):
         costsmooth.sample_counts(lin, torch.rand(2, 6), 10, 0.5, dtype=torch.int32)
+
+
+class FakeMemory:
+    """Device memory as a GPU reports it around the model calls: the model's weights stay allocated, and
+    a call of k rows peaks at ``fixed`` (workspaces) plus ``per_row`` bytes per row (its sizes in ``calls``)."""
+
+    def __init__(self, calls, free, per_row, fixed=0, weights=10_000):
+        self.calls, self.free, self.per_row, self.fixed, self.weights = calls, free, per_row, fixed, weights
+        self.seen = 0
+
+    def available(self):
+        return self.free
+
+    def allocated(self):
+        return self.weights
+
+    def reset_peak(self):
+        self.seen = len(self.calls)
+
+    def peak(self):
+        rows = max(self.calls[self.seen:], default=0)
+        return self.weights + (self.fixed + self.per_row * rows if rows else 0)
+
+
+def test_auto_batch_size_is_a_share_of_free_memory_over_the_measured_bytes_per_row():
+    from costsmooth.sampling import AUTO_MEMORY_SHARE, auto_batch_size
+
+    calls = []
+    memory = FakeMemory(calls, free=8 * 10**9, per_row=600_000, fixed=50 * 10**6)
+    size = auto_batch_size(calls.append, memory)
+    assert calls == [16, 16, 64]  # a warm-up, then the two measured calls
+    assert size == int(AUTO_MEMORY_SHARE * 8 * 10**9 // 600_000) == 9333  # the fixed 50 MB is not charged per row
+    calls.clear()
+    assert auto_batch_size(calls.append, FakeMemory(calls, free=2 * 10**9, per_row=600_000)) == 2333
+    calls.clear()
+    assert auto_batch_size(calls.append, FakeMemory(calls, free=10**5, per_row=600_000)) == 1  # never below 1
+    calls.clear()
+    assert auto_batch_size(calls.append, FakeMemory(calls, free=10**12, per_row=4), limit=5000) == 5000
+    calls.clear()  # nothing grows with the rows: the whole peak is charged to the rows (never divides by 0)
+    assert auto_batch_size(calls.append, FakeMemory(calls, free=10**6, per_row=0, fixed=64_000)) == 700
+
+
+def recording(model, calls: list):
+    def record(z):
+        calls.append(z.shape[0])
+        return model(z)
+    return record
+
+
+def test_auto_batch_size_sizes_the_first_call_from_the_memory_queries(monkeypatch):
+    from costsmooth import sampling
+
+    calls = []
+    linear = LinearF64(18, 5)
+    model = recording(linear, calls)
+    memory = FakeMemory(calls, free=10**7, per_row=28_000, fixed=10**6)  # 0.7 * 1e7 / 28000 = 250 rows
+    monkeypatch.setattr(sampling, "_FITTING_BATCH", {})
+    monkeypatch.setattr(sampling, "device_memory", lambda device: memory)  # as on a GPU
+    x = torch.rand(3, 18)
+    counts = costsmooth.sample_counts(model, x, 1000, 0.7, seed=3, batch_size="auto")
+    assert calls[:3] == [16, 16, 64] and calls[3:] == [250] * 12  # probes, then 3 inputs x 4 calls of 250
+    assert torch.equal(counts, costsmooth.sample_counts(linear, x, 1000, 0.7, seed=3, batch_size=97))
+    calls.clear()
+    costsmooth.sample_counts(model, x, 1000, 0.7, seed=3, batch_size="auto")
+    assert calls == [250] * 12  # measured once per model and input shape
+    calls.clear()
+    costsmooth.sample_counts(model, torch.rand(2, 3, 6), 1000, 0.7, seed=3, batch_size="auto")
+    assert calls[:3] == [16, 16, 64]  # another input shape is measured again
+
+
+def test_auto_batch_size_of_smooth_and_the_sequential_scheduler_is_measured(monkeypatch):
+    from costsmooth import sampling
+    from .models import Linear2
+
+    calls = []
+    model = Linear2([0.6, 0.8], 0.1)
+    memory = FakeMemory(calls, free=10**7, per_row=70_000)  # 0.7 * 1e7 / 70000 = 100 rows
+    monkeypatch.setattr(sampling, "_FITTING_BATCH", {})
+    monkeypatch.setattr(sampling, "device_memory", lambda device: memory)
+    X = torch.tensor(np.random.default_rng(1).uniform(-0.8, 0.8, size=(4, 2)))
+    auto = costsmooth.Smooth(recording(model, calls), 2, 0.5, seed=4, batch_size="auto")
+    results = auto.certify_batch_at(X, 0.3, 0.01, max_n=3000, n0=50)
+    assert calls[:3] == [16, 16, 64] and max(calls[3:]) == 100  # the packed calls too: no constant size
+    fixed = costsmooth.Smooth(model, 2, 0.5, seed=4, batch_size=100).certify_batch_at(X, 0.3, 0.01, max_n=3000, n0=50)
+    for a, b in zip(results, fixed):
+        assert (a.decision, a.samples) == (b.decision, b.samples) and np.array_equal(a.counts, b.counts)
+
+
+def test_auto_batch_size_on_a_cpu_makes_no_probe_calls(monkeypatch):
+    from costsmooth import sampling
+
+    calls = []
+    monkeypatch.setattr(sampling, "_FITTING_BATCH", {})
+    costsmooth.sample_counts(recording(LinearF64(18, 5), calls), torch.rand(3, 18), 1500, 0.7, seed=3,
+                             batch_size="auto")
+    assert calls == [1000, 500] * 3  # 1000 rows per call
