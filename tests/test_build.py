@@ -57,7 +57,7 @@ def test_torch_cuda_arch_list_is_honoured(tmp_path):
 
 
 COMMANDS = {"costsmooth.cli", "costsmooth.demo", "costsmooth.runs", "costsmooth.analysis", "costsmooth.train",
-            "costsmooth.distributed", "costsmooth.fairness"}
+            "costsmooth.distributed", "costsmooth.fairness", "costsmooth.fairness_synthetic"}
 ENGINE_AND_CERTIFICATES = ["costsmooth._checks", "costsmooth.ops", "costsmooth.reference", "costsmooth.sampling",
                            "costsmooth.stats", "costsmooth.cost", "costsmooth.certify",
                            "costsmooth.input_dependent_certify", "costsmooth.smooth"]
