@@ -278,6 +278,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
             "class_names": dataset.class_names, "version": __version__, "model_sha256": fingerprint_model(model),
             "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
+            "noise": "gaussian", "grid": None, "charge": sound_mode.noise_charge(math.prod(dataset.input_shape), sigma),
             **(meta_extra or {})}
     if channels_last and len(dataset.input_shape) != 3:
         raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "

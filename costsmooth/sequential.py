@@ -42,6 +42,11 @@ Each claim uses the noise level that is conservative for it: the kernels draw wi
 float32, so a "certified" claim (radius at least r) uses the smaller of sigma and its float32
 rounding, and a "not_certified" claim (radius below r) the larger (``sigma_bounds``).
 
+Every bound pays the noise charge of the draw (``charge``: the total variation between the law the
+generator draws and the Gaussian, ``costsmooth.sound``), as fixed-n certificates do
+(``certify.lower_bound`` / ``upper_bound``): subtracted from each lower bound and added to each upper
+bound, for the "certified" and the "not_certified" claims alike.
+
 Layers: this module is pure numpy/scipy (the boundary, the tests, the result types and
 ``SequentialTest`` / ``RadiusTest``, which turn counts at a checkpoint into decisions). The packed
 scheduler that draws the samples is ``costsmooth.packing`` (engine); ``Smooth.certify_at``,
@@ -63,7 +68,7 @@ import numpy as np
 
 from . import stats
 from ._checks import check_alpha, check_count, check_positive_finite
-from .certify import ABSTAIN, conservative_sigma, half_gap_radius
+from .certify import ABSTAIN, check_charge, conservative_sigma, half_gap_radius, lower_bound, upper_bound
 from .cost import CostMatrix
 
 __all__ = ["Boundary", "SequentialResult", "RadiusEstimate", "SequentialTest", "RadiusTest", "standard_test",
@@ -155,18 +160,18 @@ def _round_up(x):
     return np.nextafter(x, np.inf)
 
 
-def standard_test(n_A, t, level, radius: float, sigma: float):
+def standard_test(n_A, t, level, radius: float, sigma: float, charge: float = 0.0):
     """Cohen et al.'s condition ``p_cA >= Phi(r / sigma)`` at radius r from ``n_A`` votes for cA in ``t`` samples, bounds at ``level`` (vectorised).
 
     ``sigma`` is the requested noise level; "certified" uses the lower and "not_certified" the upper of
     ``sigma_bounds(sigma)``. Returns ``(decision, pA_lower, certified_radius)``: int arrays of CONTINUE /
     CERTIFIED / NOT_CERTIFIED, the lower bound on p_cA, and ``sigma_low * Phi^-1(pA_lower)`` (0 when
-    pA_lower < 1/2).
+    pA_lower < 1/2). Both bounds pay the noise ``charge``.
     """
     low, high = sigma_bounds(sigma)
     n_A = np.asarray(n_A)
-    p_low = np.asarray(stats.cp_lower(n_A, t, level), dtype=np.float64)
-    p_up = np.asarray(stats.cp_upper(n_A, t, level), dtype=np.float64)
+    p_low = np.asarray(lower_bound(n_A, t, level, charge), dtype=np.float64)
+    p_up = np.asarray(upper_bound(n_A, t, level, charge), dtype=np.float64)
     with np.errstate(invalid="ignore"):
         r_low = np.where(p_low >= 0.5, stats.round_toward_zero(low * stats.norm_ppf_down(p_low)), 0.0)
         r_up = _round_up(high * stats.norm_ppf_up(p_up))  # the largest radius the data allow
@@ -175,33 +180,36 @@ def standard_test(n_A, t, level, radius: float, sigma: float):
     return np.where(certified, CERTIFIED, np.where(hopeless, NOT_CERTIFIED, CONTINUE)), p_low, r_low
 
 
-def target_radii(counts, top_class, targets: Sequence[int], t, level, sigma: float):
+def target_radii(counts, top_class, targets: Sequence[int], t, level, sigma: float, charge: float = 0.0):
     """Per-target radii ``[B, K]`` and the lower bound of p_cA ``[B]`` from counts ``[B, C]`` (p_cA at alpha/2, each of the K targets at alpha/(2K)).
 
     ``R_j = sigma_low/2 * (Phi^-1(pA_lower) - Phi^-1(min(pj_upper, 1 - pA_lower)))`` with pA_lower at
     ``level/2`` and each pj_upper at ``level/(2K)``: all K + 1 bounds hold together at ``level``, so
     every R_j (and their minimum, the cost-sensitive radius) comes from one event. NaN becomes -inf.
+    Every bound pays the noise ``charge``.
     """
     counts = np.atleast_2d(np.asarray(counts))
     top = np.broadcast_to(np.asarray(top_class), counts.shape[:1])
     targets = list(targets)
     t_col = np.asarray(t)[..., None] if np.ndim(t) else t
     low = sigma_bounds(sigma)[0]
-    p_low = np.asarray(stats.cp_lower(counts[np.arange(counts.shape[0]), top], t, level / 2), dtype=np.float64)
-    tg_up = np.atleast_2d(stats.cp_upper(counts[:, targets], t_col, level / (2 * len(targets))))
+    p_low = np.asarray(lower_bound(counts[np.arange(counts.shape[0]), top], t, level / 2, charge), dtype=np.float64)
+    tg_up = np.atleast_2d(upper_bound(counts[:, targets], t_col, level / (2 * len(targets)), charge))
     with np.errstate(divide="ignore", invalid="ignore"):
         cap = np.asarray(stats.complement_up(p_low), dtype=np.float64)[:, None]
         radii = np.asarray(half_gap_radius(p_low[:, None], np.minimum(tg_up, cap), low), dtype=np.float64)
     return np.where(np.isnan(radii), -np.inf, radii), p_low
 
 
-def cost_sensitive_test(counts, top_class, targets: Sequence[int], t, level, radius: float, sigma: float):
+def cost_sensitive_test(counts, top_class, targets: Sequence[int], t, level, radius: float, sigma: float,
+                        charge: float = 0.0):
     """The cost-sensitive condition ``R_cs >= r`` at radius r from counts ``[B, C]`` (vectorised over B), the label's target set fixed.
 
     ``level`` is split alpha/2 (p_cA) and alpha/(2K) (each target). ``top_class`` is an int or int
     ``[B]``. "certified" uses the cost-sensitive radius (``target_radii``, at the lower sigma);
     "not_certified" the optimistic radius (pA_upper against the largest pj_lower) at the upper sigma.
     Returns ``(decision, cs_pA_lower, cs_radius)`` (cs_radius 0 when not positive or cA is a target).
+    Every bound pays the noise ``charge``.
     """
     counts = np.atleast_2d(np.asarray(counts))
     rows = np.arange(counts.shape[0])
@@ -210,10 +218,10 @@ def cost_sensitive_test(counts, top_class, targets: Sequence[int], t, level, rad
     k = len(targets)
     high = sigma_bounds(sigma)[1]
     t_col = np.asarray(t)[..., None] if np.ndim(t) else t
-    radii, p_low = target_radii(counts, top, targets, t, level, sigma)
+    radii, p_low = target_radii(counts, top, targets, t, level, sigma, charge)
     r_cs = radii.min(axis=1)
-    p_up = np.asarray(stats.cp_upper(counts[rows, top], t, level / 2), dtype=np.float64)
-    tg_low = np.atleast_2d(stats.cp_lower(counts[:, targets], t_col, level / (2 * k))).max(axis=1)
+    p_up = np.asarray(upper_bound(counts[rows, top], t, level / 2, charge), dtype=np.float64)
+    tg_low = np.atleast_2d(lower_bound(counts[:, targets], t_col, level / (2 * k), charge)).max(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):  # the optimistic radius, rounded up
         r_opt = _round_up(high / 2 * _round_up(stats.norm_ppf_up(p_up) - stats.norm_ppf_down(tg_low)))
     top_is_target = np.isin(top, targets)
@@ -320,11 +328,12 @@ class SequentialTest:
     ``tops``: cA per input (int ``[B]``, from the selection draw); with ``cost`` and ``labels``, inputs
     whose label is a seed class get the cost-sensitive test, the others the standard one.
     ``check`` is the scheduler's callback at checkpoints (``costsmooth.packing.sample_until``);
-    ``results`` turns the counts at the stop into ``SequentialResult`` objects.
+    ``results`` turns the counts at the stop into ``SequentialResult`` objects. ``charge``: the noise
+    charge of one sample (``costsmooth.sound.noise_charge``), paid by every bound.
     """
 
     def __init__(self, boundary: Boundary, radius: float, sigma: float, tops, labels: Optional[Sequence[int]] = None,
-                 cost: Optional[CostMatrix] = None):
+                 cost: Optional[CostMatrix] = None, charge: float = 0.0):
         radius = float(radius)
         if not math.isfinite(radius) or radius < 0:
             raise ValueError(f"radius must be a finite number >= 0 (the L2 radius to certify), got {radius!r}")
@@ -336,15 +345,16 @@ class SequentialTest:
         self.cs = np.array([cost is not None and labels is not None and cost.is_seed(labels[b])
                             for b in range(self.tops.size)], dtype=bool)
         self.decided_at: Dict[int, float] = {}
+        self.charge = check_charge(charge)
 
     def _decide(self, b: np.ndarray, counts: np.ndarray, t: np.ndarray, level: float):
         """(decision, pA_lower, certified radius, standard pA_lower) of inputs ``b`` (one level)."""
         n_top = counts[np.arange(b.size), self.tops[b]]
-        decision, p_low, r_cert = standard_test(n_top, t, level, self.radius, self.sigma)
+        decision, p_low, r_cert = standard_test(n_top, t, level, self.radius, self.sigma, self.charge)
         p_std = p_low.copy()
         for j in np.nonzero(self.cs[b])[0]:
             d, p, r = cost_sensitive_test(counts[j][None], int(self.tops[b[j]]), self.cost.targets(self.labels[b[j]]),
-                                          int(t[j]), level, self.radius, self.sigma)
+                                          int(t[j]), level, self.radius, self.sigma, self.charge)
             decision[j], p_low[j], r_cert[j] = d[0], p[0], r[0]
         return decision, p_low, r_cert, p_std
 
@@ -379,7 +389,7 @@ class SequentialTest:
             if self.cs[b]:
                 targets = self.cost.targets(label)
                 r_j = target_radii(counts[b][None], top, targets, int(n[b]), float(self.boundary.levels[stop[b]]),
-                                   self.sigma)[0][0]
+                                   self.sigma, self.charge)[0][0]
                 radii = {j: float(r) if (top not in targets and r > 0) else 0.0 for j, r in zip(targets, r_j)}
             out.append(SequentialResult(
                 decision=_NAMES.get(int(decision[b]), "undecided"), samples=int(n[b]),
@@ -402,22 +412,24 @@ class RadiusTest:
     bound over checkpoints). The limit is ``min(sigma * Phi^-1(pA_upper), R_cap)`` with ``R_cap =
     sigma * Phi^-1(alpha_K^(1/max_n))`` the largest radius certifiable at max_n (clipped at 0);
     sampling stops when ``R_lo >= limit - tolerance`` or at max_n. Guarantee: with probability >=
-    1 - alpha, g(x + delta) = prediction for ||delta|| < radius.
+    1 - alpha, g(x + delta) = prediction for ||delta|| < radius. Every bound pays the noise ``charge``.
     """
 
     def __init__(self, boundary: Boundary, tolerance: float, sigma: float, tops,
-                 labels: Optional[Sequence[int]] = None):
+                 labels: Optional[Sequence[int]] = None, charge: float = 0.0):
         self.boundary, self.tolerance = boundary, check_positive_finite(tolerance, "tolerance")
         self.sigma = sigma_bounds(sigma)[0]
         self.tops, self.labels = np.asarray(tops, dtype=np.int64), labels
+        self.charge = check_charge(charge)
         last = len(boundary) - 1
         n_max = boundary.checkpoints[last]
-        self.r_cap = float(self.sigma * stats.norm_ppf_up(stats.cp_lower(n_max, n_max, boundary.levels[last])))
+        self.r_cap = float(self.sigma * stats.norm_ppf_up(lower_bound(n_max, n_max, boundary.levels[last],
+                                                                      self.charge)))
 
     def bounds(self, n_A, t, level):
         """(pA_lower, R_lo, limit) arrays for vote counts n_A at checkpoint size t and level."""
-        p_low = np.asarray(stats.cp_lower(n_A, t, level), dtype=np.float64)
-        p_up = np.asarray(stats.cp_upper(n_A, t, level), dtype=np.float64)
+        p_low = np.asarray(lower_bound(n_A, t, level, self.charge), dtype=np.float64)
+        p_up = np.asarray(upper_bound(n_A, t, level, self.charge), dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             r_lo = np.where(p_low >= 0.5, stats.round_toward_zero(self.sigma * stats.norm_ppf_down(p_low)), 0.0)
             r_hi = np.where(p_up < 1, self.sigma * stats.norm_ppf_up(p_up), np.inf)

@@ -278,7 +278,7 @@ class Smooth:
         indices = self._indices(X.shape[0] if X.dim() else 0, indices)
         X, labels, boundary, batch_size, selection, tops = self._sequential_start(X, indices, labels, alpha, max_n, n0,
                                                                                   batch_size, slots, first, growth)
-        test = RadiusTest(boundary, tolerance, self.sigma, tops, labels)
+        test = RadiusTest(boundary, tolerance, self.sigma, tops, labels, self.noise_charge(X.shape[1:].numel()))
         return test.results(self._sample_until(X, indices, boundary, test.check, batch_size, slots, progress))
 
     def _certify_at(self, X, radius, alpha, *, max_n, labels, cost, n0, indices, batch_size=None, slots=None,
@@ -289,7 +289,7 @@ class Smooth:
             cost.check_num_classes(self.num_classes)
         X, labels, boundary, batch_size, selection, tops = self._sequential_start(X, indices, labels, alpha, max_n, n0,
                                                                                   batch_size, slots, first, growth)
-        test = SequentialTest(boundary, radius, self.sigma, tops, labels, cost)
+        test = SequentialTest(boundary, radius, self.sigma, tops, labels, cost, self.noise_charge(X.shape[1:].numel()))
         t0 = time.perf_counter()
         counts = self._sample_until(X, indices, boundary, test.check, batch_size, slots, progress)
         return test.results(counts, selection, t0)

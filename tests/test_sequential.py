@@ -228,6 +228,56 @@ def test_each_decision_uses_the_sigma_conservative_for_its_claim():
     assert cost_sensitive_test(counts, 0, [2], 1000, level, high * q_cs / 2 * (1 + 1e-12), sigma)[0][0] == 2
 
 
+def test_every_sequential_bound_pays_the_noise_charge():
+    # A charge c moves every lower bound down and every upper bound up by c: a radius between the
+    # uncharged and the charged bound's radius is decided without the charge and undecided with it,
+    # on both sides ("certified" and "not_certified"), standard and cost-sensitive.
+    from costsmooth import stats
+    from costsmooth.certify import lower_bound
+    from costsmooth.sequential import RadiusTest, sigma_bounds, standard_test
+    sigma, n_A, t, level, c = 0.25, 950, 1000, 0.001, 1e-3
+    low, high = sigma_bounds(sigma)
+    p_low, p_up = float(stats.cp_lower(n_A, t, level)), float(stats.cp_upper(n_A, t, level))
+    r = low * (norm.ppf(p_low) + norm.ppf(p_low - c)) / 2
+    assert standard_test(n_A, t, level, r, sigma)[0] == 1
+    decision, charged_low, _ = standard_test(n_A, t, level, r, sigma, c)
+    assert decision == CONTINUE and charged_low == lower_bound(n_A, t, level, c) < p_low - c
+    r = high * (norm.ppf(p_up) + norm.ppf(p_up + c)) / 2
+    assert standard_test(n_A, t, level, r, sigma)[0] == 2
+    assert standard_test(n_A, t, level, r, sigma, c)[0] == CONTINUE
+    counts = np.array([[900, 30, 70]])
+    cs_low = float(stats.cp_lower(900, 1000, level / 2))
+    tg_up = float(stats.cp_upper(70, 1000, level / 2))
+    r_free = low / 2 * (norm.ppf(cs_low) - norm.ppf(tg_up))
+    r_paid = low / 2 * (norm.ppf(cs_low - c) - norm.ppf(tg_up + c))
+    assert cost_sensitive_test(counts, 0, [2], 1000, level, (r_free + r_paid) / 2, sigma)[0][0] == 1
+    assert cost_sensitive_test(counts, 0, [2], 1000, level, (r_free + r_paid) / 2, sigma, c)[0][0] == CONTINUE
+    q_free = norm.ppf(float(stats.cp_upper(900, 1000, level / 2))) - norm.ppf(float(stats.cp_lower(70, 1000, level / 2)))
+    q_paid = (norm.ppf(float(stats.cp_upper(900, 1000, level / 2)) + c)
+              - norm.ppf(float(stats.cp_lower(70, 1000, level / 2)) - c))
+    r = high / 2 * (q_free + q_paid) / 2
+    assert cost_sensitive_test(counts, 0, [2], 1000, level, r, sigma)[0][0] == 2
+    assert cost_sensitive_test(counts, 0, [2], 1000, level, r, sigma, c)[0][0] == CONTINUE
+    boundary = Boundary.geometric(0.001, 1000)
+    assert RadiusTest(boundary, 0.05, sigma, [0], charge=c).bounds(n_A, t, level)[0] == charged_low
+
+
+def test_engine_sequential_certificates_pay_the_draws_noise_charge():
+    # Smooth's sequential tests pay the charge of the standard path's draw (ceil(d/2) * 2^-33 for d inputs)
+    from costsmooth.certify import lower_bound
+    from costsmooth.sound import gaussian_charge
+    smooth = Smooth(Linear2([1.0, 0.0], 0.0), 2, SIGMA, seed=3)
+    res = smooth.certify_batch_at(_linear_inputs([0.9]), RADIUS, 0.001, max_n=20000, labels=[1])[0]
+    boundary = Boundary.geometric(0.001, 20000)
+    level = float(boundary.levels[np.searchsorted(boundary.checkpoints, res.samples)])
+    assert res.decision == "certified"
+    assert res.pA_lower == lower_bound(res.counts[1], res.samples, level, gaussian_charge(2)) < lower_bound(
+        res.counts[1], res.samples, level)
+    est = smooth.estimate_radius_batch(_linear_inputs([0.9]), 0.05, 0.001, max_n=20000)[0]
+    level = float(boundary.levels[np.searchsorted(boundary.checkpoints, est.samples)])
+    assert est.pA_lower == lower_bound(est.counts[1], est.samples, level, gaussian_charge(2))
+
+
 def test_cost_sensitive_test_refuses_a_top_class_in_the_target_set():
     d, _, r = cost_sensitive_test(np.array([[0, 0, 1000]]), 2, [2], 1000, 0.001, 0.1, 0.25)
     assert d[0] == 2 and r[0] == 0.0
