@@ -11,7 +11,6 @@ from typing import List, Optional
 
 import torch
 
-# calibration also adds the act_* losses to LOSSES, which train's command lists
 from . import __version__, build_info, calibration, demo, distributed, fairness, input_dependent, train
 from ._checks import error_line
 from .analysis import analyze

@@ -12,7 +12,6 @@ dropped from hinge terms, never propagated.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Dict, Optional, Tuple
 
@@ -27,7 +26,7 @@ from .sampling import STREAM_TRAINING
 
 __all__ = ["NoiseSource", "GaussianAugmentation", "GaussianReweighted", "MACER", "CSRSSeedwise", "CSRSPairwise",
            "CSRSSeedwiseReference", "CSRSPairwiseReference", "SmoothAdv", "LOSSES", "COST_SENSITIVE_LOSSES", "make_loss",
-           "Loss", "check_batch"]
+           "Loss", "check_batch", "EXTENSION_LOSSES"]
 
 Diagnostics = Dict[str, float]
 
@@ -406,15 +405,18 @@ LOSSES[PGDTraining.name] = PGDTraining
 __all__.append("PGDTraining")
 # the losses that take a cost matrix (make_loss refuses them without one)
 COST_SENSITIVE_LOSSES = {"gaussian_r", "cs_rs", "cs_rs_pairwise", "cs_rs_reference", "cs_rs_pairwise_reference"}
-# Losses defined in modules built on this one (they import it, so it cannot import them at import time):
-# name -> module, imported by make_loss on first use; the module adds its classes to LOSSES.
-LAZY_LOSSES = {"act_brier": "costsmooth.calibration", "act_ece": "costsmooth.calibration"}
+# Losses defined in modules built on this one: they import it and add their classes to LOSSES when they are
+# imported (``costsmooth.train`` imports them, so every command and ``train()`` know them). name -> module.
+EXTENSION_LOSSES = {"act_brier": "costsmooth.calibration", "act_ece": "costsmooth.calibration"}
 
 
 def make_loss(name: str, sigma: float, cost: Optional[CostMatrix] = None, seed: int = 0, **kwargs):
-    """A loss by name (``LOSSES``); the cost-sensitive ones need ``cost``."""
-    if name not in LOSSES and name in LAZY_LOSSES:
-        importlib.import_module(LAZY_LOSSES[name])
+    """A loss by name (``LOSSES``); the cost-sensitive ones need ``cost``. The losses of a module built on
+    this one (``EXTENSION_LOSSES``: ``act_brier``, ``act_ece`` of ``costsmooth.calibration``) are known once
+    that module (or ``costsmooth.train``) is imported."""
+    if name not in LOSSES and name in EXTENSION_LOSSES:
+        raise ValueError(f"loss {name!r} is defined in {EXTENSION_LOSSES[name]}: import {EXTENSION_LOSSES[name]} "
+                         f"(or costsmooth.train) first, which registers it")
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
     accepted = [k for k in inspect.signature(LOSSES[name].__init__).parameters if k not in ("self", "sigma", "cost", "seed")]

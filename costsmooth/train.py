@@ -19,6 +19,7 @@ import torch
 from ._checks import check_count, check_positive_finite, check_seed
 from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, dataset_from_args,
                    parse_cost, positive_float, positive_int, resolve_device, seed_arg)
+from .calibration.act import ACTBrier, ACTECE  # noqa: F401  (registers act_brier and act_ece in LOSSES)
 from .cost import CostMatrix
 from .data import Dataset, channel_stats
 from .data import batches as read_batches

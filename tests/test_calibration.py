@@ -237,9 +237,13 @@ def test_act_losses_train_and_resume_exactly(name):
     assert torch.equal(resumed(model, x, y)[0], again)
 
 
-def test_act_losses_register_lazily():
-    code = ("import costsmooth.losses as L; assert 'act_ece' not in L.LOSSES; "
-            "print(type(L.make_loss('act_ece', 0.25)).__name__)")
+def test_act_losses_register_when_calibration_is_imported():
+    # losses sits below calibration and never imports it: make_loss names the module that defines the loss
+    # until it (or costsmooth.train, which every command uses) is imported
+    code = ("import costsmooth.losses as L, pytest; assert 'act_ece' not in L.LOSSES\n"
+            "with pytest.raises(ValueError, match='defined in costsmooth.calibration: import costsmooth.calibration'):\n"
+            "    L.make_loss('act_ece', 0.25)\n"
+            "import costsmooth.train; print(type(L.make_loss('act_ece', 0.25)).__name__)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root, env=env)
