@@ -185,15 +185,16 @@ class Smooth:
                 index: Optional[int] = None) -> int:
         """PREDICT: the smoothed class of one input (no batch dimension), or -1 (abstain).
 
-        Guarantee: the returned class differs from g(x) with probability at most alpha. ``index``: the
-        input's noise identity (see the module docstring; default: fresh noise per call).
+        Guarantee: the returned class differs from g(x) with probability at most alpha (the test's level
+        pays the draw's noise charge: ``stats.predict_level``). ``index``: the input's noise identity
+        (see the module docstring; default: fresh noise per call).
         """
         check_count(n, "n")
         alpha = check_alpha(alpha)
         x = self._single(x)
         counts = self._counts(x, n, STREAM_ESTIMATION, self._indices(1, None if index is None else [index])[0],
                               batch_size)
-        return stats.predict_from_counts(counts[0].numpy(), alpha)
+        return stats.predict_from_counts(counts[0].numpy(), alpha, self.noise_charge(x.shape[1:].numel()))
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: Optional[int] = None, *,
                 index: Optional[int] = None) -> Tuple[int, float]:

@@ -20,8 +20,8 @@ import scipy.stats
 
 from ._checks import check_alpha
 
-__all__ = ["cp_lower", "cp_upper", "bonferroni", "predict_from_counts", "abstain_pvalue", "complement_up",
-           "norm_ppf_down", "norm_ppf_up", "round_toward_zero", "TAIL_MARGIN", "PPF_MARGIN"]
+__all__ = ["cp_lower", "cp_upper", "bonferroni", "predict_from_counts", "predict_level", "abstain_pvalue",
+           "complement_up", "norm_ppf_down", "norm_ppf_up", "round_toward_zero", "TAIL_MARGIN", "PPF_MARGIN"]
 
 # scipy's regularised incomplete beta (Boost's ibeta) is accurate to about 1e-13 relative at worst
 # (Boost's published error tables: some hundreds of ulps for large parameters); 1e-11 leaves a factor
@@ -139,11 +139,34 @@ def abstain_pvalue(n1: int, n2: int) -> float:
     return float(scipy.stats.binomtest(int(n1), int(n1 + n2), 0.5).pvalue)
 
 
-def predict_from_counts(counts, alpha: float) -> int:
+def predict_level(alpha: float, n: int, charge: float = 0.0) -> float:
+    """The level at which PREDICT tests ``n`` votes drawn with noise charge ``charge`` so that its
+    error stays at most ``alpha``: ``alpha / (1 + 2 charge)^n``, rounded down.
+
+    Why: the vote law differs from the Gaussian's by at most ``charge`` per class probability, so for
+    the true class c and another class j, ``q_j - q_c <= 2 charge`` where the Gaussian has ``p_j <= p_c``.
+    Given the pair's total m, the top count is Binomial(m, 1/2 + eps) with ``eps <= charge / s``
+    (``s = q_j + q_c``): against the fair coin of the test, the likelihood ratio of any outcome is at
+    most ``(1 + 2 charge / s)^m``, and over m ~ Bin(n, s) its mean is ``(1 + 2 charge)^n``. So each
+    rejection the test makes at level ``alpha'`` under the fair coin has probability at most
+    ``alpha' (1 + 2 charge)^n`` under the drawn law.
+    """
+    alpha = check_alpha(alpha)
+    if not charge:
+        return alpha
+    # the exponent rounded up by 4 ulps (log1p and the product err by 1 ulp each), the result down
+    exponent = int(n) * np.log1p(2.0 * float(charge)) * (1.0 + 2.0 ** -50)
+    return float(alpha * np.exp(-exponent) * (1.0 - 2.0 ** -50))
+
+
+def predict_from_counts(counts, alpha: float, charge: float = 0.0) -> int:
     """Cohen et al.'s PREDICT on one draw of counts ``[C]``: the top class, or -1 (abstain).
 
     Abstains when the two-sided binomial test of the top count against the runner-up has p-value
-    > alpha. Guarantee: the returned class differs from g(x) with probability <= alpha.
+    above the level: alpha, or with a noise charge ``predict_level(alpha, n, charge)``. The p-value is
+    taken as larger by a relative ``TAIL_MARGIN`` (scipy's binomial tails are accurate far beyond it),
+    so a p-value at the level abstains. Guarantee: the returned class differs from g(x) with
+    probability <= alpha.
     """
     alpha = check_alpha(alpha)
     counts = np.asarray(counts).astype(np.int64).ravel()
@@ -152,4 +175,5 @@ def predict_from_counts(counts, alpha: float) -> int:
     order = np.argsort(-counts, kind="stable")  # ties to the lowest class index
     n1 = int(counts[order[0]])
     n2 = int(counts[order[1]]) if counts.size > 1 else 0
-    return -1 if abstain_pvalue(n1, n2) > alpha else int(order[0])
+    level = predict_level(alpha, int(counts.sum()), charge)
+    return -1 if abstain_pvalue(n1, n2) * (1.0 + TAIL_MARGIN) > level else int(order[0])

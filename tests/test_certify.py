@@ -5,7 +5,7 @@ import scipy.stats
 import torch
 from scipy.stats import norm
 
-from costsmooth import CostMatrix, Smooth, certify_from_counts, stats
+from costsmooth import CostMatrix, Smooth, certify_from_counts, sample_counts, stats
 from costsmooth.certify import cost_sensitive_certificate
 
 from .models import Bins, Linear2
@@ -57,6 +57,20 @@ def test_predict_and_certify_follow_cohen_semantics():
     assert replay.certify(x, 100, 2000, 0.001) == first  # the same seed replays the same calls
     near = Smooth(Linear2(torch.ones(10, dtype=torch.float64), 0.0), 2, 0.5)
     assert near.certify(torch.zeros(10), 100, 1000, 0.001) == (-1, 0.0)  # on the boundary: abstain
+
+
+def test_predict_tests_at_the_level_that_pays_the_draws_noise_charge():
+    # Smooth.predict runs PREDICT on the counts of its draw at predict_level(alpha, n, charge): an alpha
+    # just above the p-value (by less than the charge's factor (1 + 2^-32)^1000) abstains.
+    from costsmooth.sound import gaussian_charge
+    model, x, _ = linear_setup(p_a=0.56)
+    counts = sample_counts(model, x[None], 1000, 0.5, seed=4, stream=1, index_offset=7)[0].numpy()
+    p = stats.abstain_pvalue(int(counts.max()), int(counts.min()))
+    assert 1e-6 < p < 0.01
+    alpha = p * (1 + 1e-7)
+    assert stats.predict_from_counts(counts, alpha) == 1
+    assert stats.predict_level(alpha, 1000, gaussian_charge(x.numel())) < p
+    assert Smooth(model, 2, 0.5, seed=4).predict(x, 1000, alpha, index=7) == -1
 
 
 def spec_cs_radius(counts, top, targets, alpha, sigma, charge=0.0):

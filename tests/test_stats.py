@@ -62,6 +62,40 @@ def test_predict_abstains_on_a_close_race_and_answers_a_clear_one():
     assert stats.bonferroni(0.01, 4) == pytest.approx(0.0025)
 
 
+def test_predict_abstains_at_a_p_value_equal_to_its_level():
+    # the p-value is rounded up: one exactly at alpha may lie above it; a slightly larger alpha answers
+    p = stats.abstain_pvalue(60, 20)
+    assert stats.predict_from_counts([60, 20], p) == -1
+    assert stats.predict_from_counts([60, 20], p * (1 + 1e-9)) == 0
+
+
+def test_predict_pays_the_noise_charge_where_the_truth_is_known():
+    # The drawn law Q = (0.495, 0.505) is within the charge c = 0.005 of a Gaussian law P = (0.5 + e, 0.5 - e)
+    # whose smoothed class is 0: returning 1 is an error. Its exact probability over n = 10000 votes
+    # (summing the binomial law of class 1's count) is 0.057 > alpha = 0.01 with the uncharged test,
+    # and at most alpha with the level predict_level(alpha, n, c).
+    from scipy.stats import binom
+    mpmath = pytest.importorskip("mpmath")
+    alpha, n, c = 0.01, 10000, 0.005
+    k = np.arange(5000, 5400)  # class 1's count: below 5000 it is not the top class; above 5400 counted as errors
+    pmf, beyond = binom.pmf(k, n, 0.5 + c), binom.sf(k[-1], n, 0.5 + c)
+
+    def error(charge):
+        wrong = np.array([stats.predict_from_counts([n - i, i], alpha, charge) == 1 for i in k])
+        return float(pmf[wrong].sum())
+
+    assert error(0.0) > 5 * alpha
+    assert error(c) + beyond <= alpha
+    level = stats.predict_level(alpha, n, c)
+    with mpmath.workdps(40):
+        assert level <= mpmath.mpf(alpha) / (1 + 2 * mpmath.mpf(c)) ** n
+    assert stats.predict_level(alpha, n, 0.0) == alpha
+    # a p-value between the two levels answers without the charge and abstains with it
+    p = stats.abstain_pvalue(60, 20)
+    assert stats.predict_from_counts([60, 20], p * 1.001) == 0
+    assert stats.predict_from_counts([60, 20], p * 1.001, charge=1e-5) == -1  # (1 + 2e-5)^80 = 1.0016
+
+
 # -- outward rounding, against exact arithmetic (mpmath, 40 digits) ---------------------------------
 
 ROUNDING_CASES = [(1, 1, 0.05), (3, 10, 0.05), (7, 10, 1e-10), (500, 1000, 0.001), (999, 1000, 1e-10),
