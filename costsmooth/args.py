@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 
 from .cost import CostMatrix
 from .data import default_workers, ham10000_cost_matrix, load_dataset
 from .models import ARCHS, NORMALIZE_CHOICES, load_model
+from .sampling import eval_mode
 
 __all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
            "probability", "max_arg", "check_data_model_order", "add_model_args", "model_from_args", "add_data_args",
-           "dataset_from_args"]
+           "dataset_from_args", "PRECISIONS", "runs_in", "default_formats", "ModelFormats", "resolve_formats"]
 
 
 class UsageError(ValueError):
@@ -123,6 +125,90 @@ def resolve_device(name: Optional[str]) -> torch.device:
                 raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # --precision: autocast dtype
+_PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # the metadata's names
+
+
+def runs_in(model, x: torch.Tensor, autocast: Optional[torch.dtype], channels_last: bool) -> bool:
+    """Whether ``model`` gives finite float logits for ``x`` under ``autocast`` (a dtype or None) and,
+    with ``channels_last``, with model and inputs in that memory format (the model's layout is
+    restored afterwards)."""
+    try:
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        with eval_mode(model), torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            out = model(x)
+        return isinstance(out, torch.Tensor) and out.is_floating_point() and bool(torch.isfinite(out).all())
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def default_formats(model, x: torch.Tensor, bf16: bool, precision: Optional[str] = None) -> Tuple[str, bool]:
+    """(precision, channels_last) of a GPU run by default: ``precision`` when given, else "bf16" when
+    ``bf16`` (the GPU supports it) and the model gives finite logits for ``x`` under bf16 autocast,
+    else "fp32"; channels-last for 4-d inputs ``x`` when the model runs in that layout too, at that
+    precision."""
+    if precision is None:
+        precision = "bf16" if bf16 and runs_in(model, x, torch.bfloat16, False) else "fp32"
+    channels_last = x.dim() == 4 and isinstance(model, torch.nn.Module) and runs_in(model, x, PRECISIONS[precision],
+                                                                                    True)
+    return precision, channels_last
+
+
+@dataclass
+class ModelFormats:
+    """How certify runs the model: ``autocast`` (a dtype, or None for fp32), ``channels_last``, and
+    ``chosen``, the settings taken by default (e.g. "bf16 by default on cuda")."""
+    autocast: Optional[torch.dtype]
+    channels_last: bool
+    chosen: List[str]
+
+    def summary(self) -> str:
+        """The summary line that states the precision and layout of the run."""
+        name = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.autocast]
+        line = f"model run in {name}, {'channels-last' if self.channels_last else 'standard layout'}"
+        if self.chosen:
+            line += f" ({'; '.join(self.chosen)})"
+        if self.autocast is not None:
+            line += "; a reduced-precision run certifies that model, --precision fp32 the exact one"
+        return line
+
+
+def resolve_formats(precision: Optional[str], channels_last: Optional[bool], model, dataset, device,
+                    resumed: Optional[str] = None) -> ModelFormats:
+    """certify's --precision and --channels-last; None means the default.
+
+    On a CUDA device the default is bf16 autocast with channels-last inputs and model, the formats
+    such a GPU is built for, each when the model gives finite logits in it (``default_formats``, on
+    two finite inputs of ``dataset``). A reduced-precision run certifies the reduced-precision model:
+    ``--precision fp32`` keeps the exact model. Elsewhere the default is fp32 and the standard layout.
+    ``resumed``: the precision recorded by the run being resumed ("float32", ...), kept by default.
+    """
+    device = torch.device(device)
+    chosen = []
+    if precision is None and resumed in _PRECISION_NAMES:
+        precision = _PRECISION_NAMES[resumed]
+        chosen.append(f"{precision} as in the run resumed")
+    if precision is None or channels_last is None:
+        fast = ("fp32", False)
+        if device.type == "cuda" and len(dataset):
+            x = dataset.take(list(range(min(len(dataset), 8))))[0]
+            x = x[torch.isfinite(x.flatten(1)).all(1)][:2].to(device)  # two inputs without NaN or inf
+            if len(x):
+                fast = default_formats(model, x, torch.cuda.is_bf16_supported(), precision)
+        if precision is None:
+            precision = fast[0]
+            chosen.append(f"{precision} by default on {device.type}")
+        if channels_last is None:
+            channels_last = fast[1]
+            chosen.append(f"channels-last {'on' if channels_last else 'off'} by default on {device.type}")
+    return ModelFormats(PRECISIONS[precision], channels_last, chosen)
 
 
 _BUILTIN_DATASETS = ("digits", "breast_cancer")

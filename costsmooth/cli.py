@@ -16,7 +16,7 @@ from ._checks import error_line
 from .analysis import analyze
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args,
                    add_sampling_args, check_data_model_order, dataset_from_args, float_list, model_from_args,
-                   parse_cost, positive_float, positive_int, probability, resolve_device)
+                   parse_cost, positive_float, positive_int, PRECISIONS, probability, resolve_device, resolve_formats)
 from .distributed import FailFast, RankError, certify_distributed, init_from_env, parse_shard
 from .input_dependent import add_sigma_fn_args, sigma_from_args
 from .results import read_meta
@@ -62,14 +62,16 @@ def cmd_certify(args) -> None:
         if ctx is not None and device.type == "cuda":
             device = ctx["device"]  # each rank on its local GPU
         num_classes = probe_num_classes(model.to(device), dataset, device)
+        formats = resolve_formats(args.precision, args.channels_last, model, dataset, device,
+                                  read_meta(args.outfile).get("precision"))
         cost = parse_cost(args, num_classes)
         sigma = sigma_from_args(args, device)  # a number, or KNNSigma with --sigma-fn (costsmooth.input_dependent)
         t0 = time.perf_counter()
         kwargs = dict(n0=args.N0, n=args.N, alpha=args.alpha, batch=args.batch, skip=args.skip, max_index=args.max,
                       cost=cost, seed=args.seed, device=device,
                       meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model), "split": args.split},
-                      autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
-                      channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, skip_invalid=args.skip_invalid,
+                      autocast=formats.autocast, channels_last=formats.channels_last, cuda_graphs=args.cuda_graphs,
+                      skip_invalid=args.skip_invalid,
                       progress=not args.quiet, return_stats=True, prob_sums=args.prob_sums,
                       workers=args.workers, sound=args.sound, grid=args.grid)
         if ctx is None:
@@ -83,6 +85,7 @@ def cmd_certify(args) -> None:
         if ctx["rank"] != 0:
             return
     print(summarize_run(stats["outfile"] if shard is not None else args.outfile, stats, time.perf_counter() - t0))
+    print(formats.summary())
 
 
 def add_sequential_args(p) -> None:
@@ -122,6 +125,8 @@ def certify_sequential(args) -> Optional[dict]:
     dataset = dataset_from_args(args)
     model = model_from_args(args, args.model, args.dataset, dataset)
     cost = parse_cost(args, probe_num_classes(model.to(device), dataset, device))
+    formats = resolve_formats(args.precision, args.channels_last, model, dataset, device,
+                              read_meta(args.outfile).get("precision"))
     t0 = time.perf_counter()
     out = certify_dataset_at(model, dataset, args.sigma, args.outfile, args.radius, n0=args.N0,
                              max_n=args.max_n or args.N, alpha=args.alpha,
@@ -130,9 +135,9 @@ def certify_sequential(args) -> Optional[dict]:
                              growth=args.growth,
                              meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
                                          "split": args.split},
-                             autocast={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision],
-                             channels_last=args.channels_last, workers=args.workers)
+                             autocast=formats.autocast, channels_last=formats.channels_last, workers=args.workers)
     print(summarize_sequential(out, args.radius, args.max_n or args.N, time.perf_counter() - t0))
+    print(formats.summary())
     return out
 
 
@@ -188,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p, n0=100, n=100000)  # --N0 --N --batch --skip --max --split --seed --device --quiet
     add_model_args(p)  # --arch --normalize --trust-model-code
     add_data_args(p)  # --workers --image-size --resize
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision of the model (a reduced-precision run certifies that model)")
-    p.add_argument("--channels-last", action="store_true", help="channels-last inputs and model (4-d inputs)")
+    p.add_argument("--precision", choices=list(PRECISIONS),
+                   help="autocast precision of the model; a reduced-precision run certifies that model, fp32 the "
+                        "exact one (default: bf16 on a CUDA device when the model gives finite logits in it, else "
+                        "fp32; a resumed run keeps its precision)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels-last inputs and model, for 4-d inputs (default: on a CUDA device when the model "
+                        "runs in it, else off)")
     p.add_argument("--cuda-graphs", action="store_true", help="replay model + vote as a CUDA graph (CUDA only)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="record inputs with NaN or infinite values as not certified (predict -1) and go on, "

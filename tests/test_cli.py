@@ -238,3 +238,52 @@ def test_classwise_metrics():
     assert by_class[0]["acr"] == pytest.approx(0.25) and by_class[1]["acr"] == pytest.approx(0.2)
     assert cw["spread"]["acr"]["worst_class"] == 1 and cw["spread"]["acr"]["gap"] == pytest.approx(0.05)
     assert cw["gap"] == 0.0 and cw["worst"] == 0.5
+
+
+class _Conv(torch.nn.Module):
+    """A small image classifier; ``break_on`` names what it cannot run in (bf16 or channels_last)."""
+
+    def __init__(self, break_on=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.head, self.break_on = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4 * 6 * 6, 5), break_on
+
+    def forward(self, x):
+        if self.break_on == "channels_last" and not x.is_contiguous():
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        y = self.head(self.conv(x).reshape(x.shape[0], -1))
+        return y * float("nan") if self.break_on == "bf16" and y.dtype == torch.bfloat16 else y
+
+
+def test_gpu_defaults_are_bf16_and_channels_last_where_the_model_runs_in_them():
+    from costsmooth.args import default_formats
+
+    x = torch.rand(2, 3, 8, 8)  # CPU autocast runs bf16 too: the same probe a GPU run makes
+    assert default_formats(_Conv(), x, bf16=True) == ("bf16", True)
+    assert default_formats(_Conv(), x, bf16=False) == ("fp32", True)  # a GPU without bf16
+    assert default_formats(_Conv("bf16"), x, bf16=True) == ("fp32", True)  # NaN logits in bf16
+    assert default_formats(_Conv("channels_last"), x, bf16=True) == ("bf16", False)
+    assert default_formats(_Conv(), x, bf16=True, precision="fp32") == ("fp32", True)  # --precision fp32 kept
+    assert default_formats(torch.nn.Linear(6, 3), torch.rand(2, 6), bf16=True) == ("bf16", False)  # not images
+    model = _Conv()
+    default_formats(model, x, bf16=True)
+    assert model.conv.weight.is_contiguous()  # the probe leaves the model's layout as it was
+
+
+def test_certify_on_a_cpu_keeps_fp32_and_says_so(files, capsys):
+    out = files / "fp32.tsv"
+    assert main(certify_args(files, out, "--max", "2", "--quiet")) == 0
+    assert read_meta(str(out))["precision"] == "float32"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        "model run in fp32, standard layout (fp32 by default on cpu; channels-last off by default on cpu)"
+
+
+def test_a_resumed_run_keeps_its_precision_by_default(files, capsys):
+    out = files / "bf16.tsv"
+    assert main(certify_args(files, out, "--max", "2", "--precision", "bf16", "--quiet")) == 0
+    assert "model run in bf16 autocast, standard layout (channels-last off by default on cpu); a reduced-precision " \
+           "run certifies that model, --precision fp32 the exact one" in capsys.readouterr().out
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 0  # no --precision: bf16 as recorded
+    assert "bf16 as in the run resumed" in capsys.readouterr().out and len(read_tsv(str(out))) == 4
+    assert main(certify_args(files, out, "--max", "5", "--precision", "fp32", "--quiet")) == 2  # a real change
+    assert 'precision: "bfloat16" in the file, "float32" now' in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Frozen noise values (the reproducibility promise), and the GPU cases that run the first time a GPU
 is visible: half-precision inputs and outputs, the multi-block vote path, the global-atomic path for
 many classes and its shared-memory boundary (also run on the CPU), a non-default stream, CPU-vs-CUDA
-noise values, autocast, batch_size="auto" sized from device memory."""
+noise values, autocast, batch_size="auto" sized from device memory, certify's bf16/channels-last
+defaults."""
 import warnings
 
 import numpy as np
@@ -156,3 +157,29 @@ def test_cuda_auto_batch_size_is_measured_from_device_memory(monkeypatch):
     fixed = Smooth(model, 10, 0.25, batch_size=512, seed=1).certify_batch_at(x, 0.1, 0.01, max_n=4096, n0=64)
     for a, b in zip(packed, fixed):
         assert (a.decision, a.samples) == (b.decision, b.samples) and np.array_equal(a.counts, b.counts)
+
+
+@cuda_only
+def test_cuda_certify_defaults_to_bf16_and_channels_last(tmp_path, capsys):
+    from costsmooth.args import resolve_formats
+    from costsmooth.cli import main
+    from costsmooth.data import load_dataset
+    from costsmooth.results import read_meta
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+    torch.save({"inputs": torch.rand(6, 3, 8, 8), "labels": torch.arange(6) % 5, "split": ["test"] * 6},
+               tmp_path / "data.pt")
+    dataset = load_dataset(str(tmp_path / "data.pt"))
+    formats = resolve_formats(None, None, model.cuda(), dataset, "cuda")
+    assert (formats.autocast, formats.channels_last) == (torch.bfloat16, True)
+    assert "bf16 by default on cuda" in formats.summary()
+    exact = resolve_formats("fp32", False, model, dataset, "cuda")
+    assert (exact.autocast, exact.channels_last, exact.chosen) == (None, False, [])  # the exact model, as asked
+    torch.jit.script(model.cpu()).save(str(tmp_path / "model.pt"))
+    out = tmp_path / "out.tsv"
+    assert main(["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.25", str(out), "--N0", "50",
+                 "--N", "1000", "--device", "cuda", "--quiet"]) == 0
+    assert read_meta(str(out))["precision"] == "bfloat16"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(
+        "model run in bf16 autocast, channels-last (bf16 by default on cuda; channels-last on by default on cuda)")
