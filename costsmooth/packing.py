@@ -25,34 +25,35 @@ import torch
 
 from . import ops
 from ._checks import check_count, check_seed, sigma_tensor
-from .sampling import STREAM_ESTIMATION, Chunk, ModelCalls, eval_mode
+from .sampling import STREAM_ESTIMATION, Chunk, ModelCalls, SamplingOptions, eval_mode, sampling_options
 
 __all__ = ["sample_until"]
 
 
 def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoints: np.ndarray,
                  check: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], *, num_classes: int,
-                 seed: int = 0, stream: int = STREAM_ESTIMATION, batch_size=1000, slots: Optional[int] = None,
-                 dtype: Optional[torch.dtype] = None, channels_last: bool = False,
-                 autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False,
-                 graph_cache: Optional[dict] = None, progress=None) -> np.ndarray:
+                 seed: int = 0, stream: int = STREAM_ESTIMATION, slots: Optional[int] = None,
+                 graph_cache: Optional[dict] = None, progress=None, options: Optional[SamplingOptions] = None,
+                 **settings) -> np.ndarray:
     """Draw samples of each input of ``x[B, *shape]`` checkpoint by checkpoint until ``check`` stops it.
 
     Input b is sampled up to checkpoint ``checkpoints[k]`` (its samples ``t .. n_k - 1`` of (seed,
     stream, ``indices[b]``)), then ``check(b, k, counts)`` (int64 arrays ``[D]``, ``[D]``, ``[D, C]``
     for the D inputs that reached a checkpoint in one model call) says which are done (bool ``[D]``);
     the others continue to the next checkpoint; at the last checkpoint an input is done regardless.
-    ``x`` must be finite and on the device to run on; sigma a number or ``[B]`` tensor. The sampling
-    options are those of ``sample_statistics``. Returns int64 counts ``[B, C]`` (numpy) at each
+    ``x`` must be finite and on the device to run on; sigma a number or ``[B]`` tensor. ``options`` (or
+    its fields as keywords) as for ``sample_statistics``; sound mode (``grid``) is not supported here. Returns int64 counts ``[B, C]`` (numpy) at each
     input's stop. Raises ``NaNLogitsError`` when the model returned NaN for some rows of an input.
     """
+    options = sampling_options(options, "sample_until", **settings)
+    if options.sound:
+        raise ValueError("sequential sampling draws on the standard path; sound mode (grid) is not supported")
     batch = x.shape[0]
     points = np.asarray(checkpoints, dtype=np.int64)
     seed64 = check_seed(seed)
     limit = check_count(slots, "slots") if slots is not None else None
     sig = sigma_tensor(sigma, batch, x.device)
-    calls = ModelCalls(model, x, batch_size, dtype=dtype, channels_last=channels_last, autocast=autocast,
-                       cuda_graphs=cuda_graphs, graph_cache=graph_cache, num_classes=num_classes)
+    calls = ModelCalls(model, x, options, graph_cache=graph_cache, num_classes=num_classes)
     counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
     drawn = np.zeros(batch, dtype=np.int64)

@@ -7,9 +7,10 @@ so the counts do not depend on the batch size, on how inputs are grouped or on h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
@@ -17,7 +18,8 @@ from . import ops, sound
 from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
 __all__ = ["resolve_batch_size", "check_batch_size", "auto_batch_size", "device_memory", "DeviceMemory", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
-           "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options"]
+           "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options", "SamplingOptions",
+           "sampling_options", "options_or_settings"]
 
 STREAM_SELECTION = 0
 STREAM_ESTIMATION = 1
@@ -33,6 +35,61 @@ class SampleStatistics:
     """
     counts: torch.Tensor
     prob_sums: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the noisy rows are drawn and the model is called: one object that ``Smooth``, the certify runs,
+    ``sample_statistics`` and the sequential scheduler pass down instead of each setting by hand. Only
+    ``grid`` (sound mode) changes the draws; the others change how fast they are made, not the counts
+    (``autocast`` certifies the reduced-precision model).
+
+    batch_size: rows per model call, or ``"auto"`` (see ``sample_statistics``).
+    dtype, channels_last: dtype (None: x's) and memory format of the noisy inputs given to the model.
+    autocast: run the model under ``torch.autocast`` with this dtype (bfloat16 or float16).
+    cuda_graphs: replay model -> vote as a CUDA graph for the common chunk shape (CUDA inputs only).
+    grid: sound mode (``costsmooth.sound``): the step of the input grid; None is the standard path.
+    device: where ``Smooth`` and the certify runs put the model and the inputs (None: the model's device,
+        else the CPU); ``sample_statistics`` runs where ``x`` is.
+    """
+    batch_size: Union[int, str] = 1000
+    dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+    autocast: Optional[torch.dtype] = None
+    cuda_graphs: bool = False
+    grid: Optional[float] = None
+    device: Optional[Union[str, torch.device]] = None
+
+    @property
+    def sound(self) -> bool:
+        """Sound floating-point mode (inputs on the grid ``grid``)."""
+        return self.grid is not None
+
+
+def sampling_options(options: Optional[SamplingOptions] = None, caller: str = "sampling_options",
+                     **settings) -> SamplingOptions:
+    """``options`` (default ``SamplingOptions()``) with the given fields replaced: how the functions that take
+    ``options`` also take its fields as keywords. An unknown keyword is a TypeError naming ``caller``."""
+    if options is not None and not isinstance(options, SamplingOptions):
+        raise TypeError(f"options must be a costsmooth.sampling.SamplingOptions, got {type(options).__name__}")
+    fields = {f.name for f in dataclasses.fields(SamplingOptions)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    options = options if options is not None else SamplingOptions()
+    return dataclasses.replace(options, **settings) if settings else options
+
+
+def options_or_settings(options: Optional[SamplingOptions], settings: dict, caller: str) -> SamplingOptions:
+    """``options``, or a ``SamplingOptions`` of ``settings`` (the keyword conveniences of ``caller``, each at its
+    default unless given); refuses both at once, naming the keywords given."""
+    if options is None:
+        return SamplingOptions(**settings)
+    given = sorted(k for k, v in settings.items() if v != getattr(SamplingOptions, k))
+    if given:
+        raise TypeError(f"{caller}() takes the sampling settings either in options or as keywords, not both; "
+                        f"move {', '.join(given)} into options (dataclasses.replace(options, ...))")
+    return sampling_options(options, caller)
 
 
 @contextlib.contextmanager
@@ -234,16 +291,16 @@ class ModelCalls:
     later calls with the same model and input shape.
     """
 
-    def __init__(self, model, x: torch.Tensor, batch_size, *, dtype: Optional[torch.dtype] = None,
-                 channels_last: bool = False, autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False,
-                 graph_cache: Optional[dict] = None, num_classes: Optional[int] = None):
+    def __init__(self, model, x: torch.Tensor, options: SamplingOptions, *, graph_cache: Optional[dict] = None,
+                 num_classes: Optional[int] = None):
+        dtype, autocast = options.dtype, options.autocast
         self.model, self.x, self.dtype, self.num_classes = model, x, dtype, num_classes
-        self.auto = batch_size == "auto"
-        self.batch_size = resolve_batch_size(batch_size, x.device)
+        self.auto = options.batch_size == "auto"
+        self.batch_size = resolve_batch_size(options.batch_size, x.device)
         self.fit_key = _fit_key(model, x, dtype, autocast)
         self.amp = (torch.autocast(device_type=x.device.type, dtype=autocast) if autocast is not None
                     else contextlib.nullcontext())
-        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.fmt = torch.channels_last if options.channels_last else torch.contiguous_format
         if self.auto and self.fit_key in _FITTING_BATCH:
             self.batch_size = _FITTING_BATCH[self.fit_key]
         elif self.auto and x.shape[0]:
@@ -251,7 +308,7 @@ class ModelCalls:
             if memory is not None:
                 self.batch_size = _FITTING_BATCH[self.fit_key] = self._measure(memory)
         self.key = (id(model), str(dtype or x.dtype), str(self.fmt), str(autocast), str(x.device))
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = options.cuda_graphs
         self.graphs = graph_cache if graph_cache is not None else {}
         self.buffer = None  # noisy inputs, reused across model calls (grown when a call needs more rows)
 
@@ -317,13 +374,15 @@ class ModelCalls:
 
 
 def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0,
-                      batch_size: int = 1000, stream: int = STREAM_ESTIMATION, index_offset: int = 0,
-                      sample_offset: int = 0, num_classes: Optional[int] = None, prob_sums: bool = False,
-                      temperature: float = 1.0, dtype: Optional[torch.dtype] = None,
-                      channels_last: bool = False, autocast: Optional[torch.dtype] = None,
-                      cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None,
-                      grid: Optional[float] = None) -> SampleStatistics:
+                      stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
+                      num_classes: Optional[int] = None, prob_sums: bool = False, temperature: float = 1.0,
+                      progress=None, graph_cache: Optional[dict] = None, options: Optional[SamplingOptions] = None,
+                      **settings) -> SampleStatistics:
     """Votes (and optionally softmax sums) of ``model`` on ``n`` noisy copies of each input.
+
+    How the rows are drawn and the model called comes from ``options`` (a ``SamplingOptions``), or from
+    its fields given as keywords (``batch_size=``, ``dtype=``, ``channels_last=``, ``autocast=``,
+    ``cuda_graphs=``, ``grid=``), which replace those of ``options``.
 
     Args:
         model: maps ``[rows, *shape]`` to logits ``[rows, C]``; run in eval mode under inference_mode
@@ -358,10 +417,12 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         SampleStatistics with int64 counts ``[B, C]`` (on x's device). Raises ``NaNLogitsError``
         when the model returned NaN for some rows (those rows are never counted as votes).
     """
+    options = sampling_options(options, "sample_statistics", **settings)
+    grid = options.grid
     check_float_tensor(x, "x")
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension [B, *shape]; add one with x.unsqueeze(0)")
-    check_sampling_options(x, dtype, channels_last)
+    check_sampling_options(x, options.dtype, options.channels_last)
     n = check_count(n, "n")
     check_index(index_offset, "index_offset", x.shape[0])
     check_index(sample_offset, "sample_offset", n)
@@ -370,7 +431,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         num_classes = check_count(num_classes, "num_classes")
     if x.numel() and bool(torch.isnan(x).any()):
         raise ValueError("x contains NaN values; certificates of NaN inputs are meaningless, clean the data first")
-    if cuda_graphs and (not x.is_cuda or prob_sums):
+    if options.cuda_graphs and (not x.is_cuda or prob_sums):
         raise ValueError("cuda_graphs needs inputs on a CUDA device and prob_sums=False")
     batch = x.shape[0]
     if grid is not None:  # sound mode: the inputs' grid indices and the sampler's table, once
@@ -379,8 +440,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         sound_args = (sound.grid_cells(x, grid), *table.tensors(x.device), table.first_cell, grid)
     else:
         sig = sigma_tensor(sigma, batch, x.device)
-    calls = ModelCalls(model, x, batch_size, dtype=dtype, channels_last=channels_last, autocast=autocast,
-                       cuda_graphs=cuda_graphs, graph_cache=graph_cache, num_classes=num_classes)
+    calls = ModelCalls(model, x, options, graph_cache=graph_cache, num_classes=num_classes)
     counts = sums = None  # allocated once the class count is known
 
     def accumulators(classes: int):
@@ -445,14 +505,18 @@ def sample_counts(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, see
                   num_classes: Optional[int] = None, dtype: Optional[torch.dtype] = None,
                   channels_last: bool = False, autocast: Optional[torch.dtype] = None,
                   cuda_graphs: bool = False, progress=None, graph_cache: Optional[dict] = None,
-                  grid: Optional[float] = None) -> torch.Tensor:
+                  grid: Optional[float] = None, options: Optional[SamplingOptions] = None) -> torch.Tensor:
     """int64 ``[B, C]``: how often ``model`` votes for each class on ``n`` noisy copies of each input.
 
     ``counts[b, c] = #{j < n : argmax model(x[b] + sigma_b * noise(seed, stream, index_offset + b,
     sample_offset + j)) = c}``; with ``grid`` (sound mode), the noisy copies are the grid points of
-    exactly drawn cells. See ``sample_statistics`` for the arguments.
+    exactly drawn cells. See ``sample_statistics`` for the arguments. The sampling keywords (batch_size,
+    dtype, channels_last, autocast, cuda_graphs, grid) are a convenience for ``options`` (a
+    ``SamplingOptions``); with ``options``, they are taken from it.
     """
-    return sample_statistics(model, x, n, sigma, seed=seed, batch_size=batch_size, stream=stream,
-                             index_offset=index_offset, sample_offset=sample_offset, num_classes=num_classes,
-                             dtype=dtype, channels_last=channels_last, autocast=autocast,
-                             cuda_graphs=cuda_graphs, progress=progress, graph_cache=graph_cache, grid=grid).counts
+    settings = dict(batch_size=batch_size, dtype=dtype, channels_last=channels_last, autocast=autocast,
+                    cuda_graphs=cuda_graphs, grid=grid)
+    options = options_or_settings(options, settings, "sample_counts")
+    return sample_statistics(model, x, n, sigma, seed=seed, stream=stream, index_offset=index_offset,
+                             sample_offset=sample_offset, num_classes=num_classes, progress=progress,
+                             graph_cache=graph_cache, options=options).counts

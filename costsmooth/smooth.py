@@ -15,6 +15,7 @@ draws are independent.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -28,8 +29,8 @@ from .certify import ABSTAIN, Certificate, certify_from_counts, check_labels
 from .cost import CostMatrix
 from .input_dependent_certify import certificates_from_counts, check_sigma_fn
 from .packing import sample_until
-from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, check_batch_size, eval_mode,
-                       sample_statistics)
+from .sampling import (STREAM_ESTIMATION, STREAM_SELECTION, SampleStatistics, SamplingOptions, check_batch_size,
+                       eval_mode, options_or_settings, sample_statistics)
 from .sequential import (DEFAULT_FIRST, DEFAULT_GROWTH, Boundary, RadiusEstimate, RadiusTest, SequentialResult,
                          SequentialTest)
 
@@ -62,6 +63,10 @@ class Smooth:
             x + delta, and the cells are drawn exactly from the Gaussian's law; the certificate then
             holds for the real input whatever the model does with floating point. Inputs off the grid
             are refused. Needs a constant sigma.
+        options: a ``costsmooth.sampling.SamplingOptions`` holding batch_size, device, dtype, channels_last,
+            autocast, cuda_graphs and sound mode's grid at once (then those keywords stay at their defaults);
+            ``self.options`` holds them resolved (device, batch size, noise dtype, grid), and the attributes of
+            the same names read it.
 
     Every certificate pays the noise charge of its draw (``noise_charge``): the probability by which
     the drawn noise law may differ from the Gaussian, subtracted from every lower bound and added to
@@ -73,7 +78,8 @@ class Smooth:
     def __init__(self, model: torch.nn.Module, num_classes: int, sigma, *, batch_size: int = 1000,
                  seed: int = 0, device=None, dtype: Optional[torch.dtype] = None, channels_last: bool = False,
                  autocast: Optional[torch.dtype] = None, cuda_graphs: bool = False, sample_split=None,
-                 prob_sums: bool = False, sound: bool = False, grid: Optional[float] = None):
+                 prob_sums: bool = False, sound: bool = False, grid: Optional[float] = None,
+                 options: Optional[SamplingOptions] = None):
         self.model = model
         self.num_classes = check_count(num_classes, "num_classes", 2)
         # Input-dependent sigma (costsmooth.input_dependent): a callable with a declared semi-elasticity.
@@ -85,26 +91,33 @@ class Smooth:
             self.sigma = check_positive_finite(sigma, "sigma")
         if grid is not None and not sound:
             raise ValueError("grid is the input grid of sound mode: pass sound=True with it")
+        settings = dict(batch_size=batch_size, device=device, dtype=dtype, channels_last=channels_last,
+                        autocast=autocast, cuda_graphs=cuda_graphs, grid=grid)
+        if options is not None and sound:
+            raise TypeError("Smooth() takes sound mode either in options (its grid) or as sound=True, not both")
+        options = options_or_settings(options, settings, "Smooth")
+        sound = sound or options.sound
         if sound and callable(sigma):
             raise ValueError("sound mode draws with one noise level: it cannot be combined with an input-dependent "
                              "sigma")
         # sound mode: the step of the input grid (costsmooth.sound); None on the standard path
-        self.grid = (sound_mode.parse_grid(grid) if grid is not None else sound_mode.DEFAULT_GRID) if sound else None
+        grid = (sound_mode.parse_grid(options.grid) if options.grid is not None else sound_mode.DEFAULT_GRID) \
+            if sound else None
         if sound:
-            sound_mode.cell_table(self.sigma, self.grid)  # the sampler's table, built once (and checked) here
+            sound_mode.cell_table(self.sigma, grid)  # the sampler's table, built once (and checked) here
         self.seed = seed
+        device = options.device
         if device is None:
             params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
             device = params[0].device if params else "cpu"
-        self.device = torch.device(device)
-        self.batch_size = check_batch_size(batch_size)  # "auto": each sampling call sizes itself (ModelCalls)
+        batch_size = check_batch_size(options.batch_size)  # "auto": each sampling call sizes itself (ModelCalls)
         # Noisy inputs are written in the model's parameter dtype unless ``dtype`` says otherwise, so
         # x.double() with a float32 model (or x.float() with a float64 one) just works.
         params = [p for p in model.parameters() if p.is_floating_point()] if isinstance(model, torch.nn.Module) else []
-        self.dtype = dtype if dtype is not None else (params[0].dtype if params else None)
-        self.channels_last = channels_last
-        self.autocast = autocast
-        self.cuda_graphs = cuda_graphs
+        dtype = options.dtype if options.dtype is not None else (params[0].dtype if params else None)
+        # the settings of every sampling call, resolved: device, batch size, noise dtype and grid
+        self.options = dataclasses.replace(options, device=torch.device(device), batch_size=batch_size, dtype=dtype,
+                                           grid=grid)
         self.sample_split = sample_split
         # prob_sums: certificates also carry the float64 softmax sums [C] of the estimation draw
         # (certified calibration, costsmooth.calibration); not with sample_split (the sums are not all-reduced).
@@ -113,6 +126,36 @@ class Smooth:
         self.prob_sums = bool(prob_sums)
         self._graphs = {}  # captured CUDA graphs, reused across calls (see sample_statistics)
         self._calls = 0
+
+    # -- sampling settings (read-only views of ``options``) --------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.options.device
+
+    @property
+    def batch_size(self):
+        return self.options.batch_size
+
+    @property
+    def dtype(self) -> Optional[torch.dtype]:
+        return self.options.dtype
+
+    @property
+    def channels_last(self) -> bool:
+        return self.options.channels_last
+
+    @property
+    def autocast(self) -> Optional[torch.dtype]:
+        return self.options.autocast
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.options.cuda_graphs
+
+    @property
+    def grid(self) -> Optional[float]:
+        """Sound mode's input grid (``costsmooth.sound``); None on the standard path."""
+        return self.options.grid
 
     # -- sampling -------------------------------------------------------------------------------
     def _indices(self, count: int, given=None) -> List[int]:
@@ -136,12 +179,11 @@ class Smooth:
         if m == 0:
             drawn = SampleStatistics(torch.zeros(x.shape[0], self.num_classes, dtype=torch.int64, device=x.device))
         else:
-            drawn = sample_statistics(self.model, x, m, sigma, seed=self.seed, stream=stream,
-                                      batch_size=batch_size or self.batch_size, index_offset=index_offset,
+            options = dataclasses.replace(self.options, batch_size=batch_size or self.batch_size,
+                                          cuda_graphs=self.cuda_graphs and not prob_sums)
+            drawn = sample_statistics(self.model, x, m, sigma, seed=self.seed, stream=stream, index_offset=index_offset,
                                       sample_offset=offset, num_classes=self.num_classes, prob_sums=prob_sums,
-                                      dtype=self.dtype, channels_last=self.channels_last, autocast=self.autocast,
-                                      cuda_graphs=self.cuda_graphs and not prob_sums, progress=progress,
-                                      graph_cache=self._graphs, grid=self.grid)
+                                      progress=progress, graph_cache=self._graphs, options=options)
         counts = drawn.counts if self.sample_split is None else self.sample_split.reduce(drawn.counts)
         return SampleStatistics(counts.cpu(), None if drawn.prob_sums is None else drawn.prob_sums.cpu())
 
@@ -324,11 +366,11 @@ class Smooth:
         return X, labels, boundary, batch_size, selection, tops
 
     def _sample_until(self, X, indices, boundary, check, batch_size, slots, progress) -> np.ndarray:
+        # the scheduler draws on the standard path (no grid), as it always has
+        options = dataclasses.replace(self.options, batch_size=batch_size, grid=None)
         return sample_until(self.model, X, self.sigma, indices, boundary.checkpoints, check,
-                            num_classes=self.num_classes, seed=self.seed, stream=STREAM_ESTIMATION,
-                            batch_size=batch_size, slots=slots, dtype=self.dtype, channels_last=self.channels_last,
-                            autocast=self.autocast, cuda_graphs=self.cuda_graphs, graph_cache=self._graphs,
-                            progress=progress)
+                            num_classes=self.num_classes, seed=self.seed, stream=STREAM_ESTIMATION, slots=slots,
+                            graph_cache=self._graphs, progress=progress, options=options)
 
     # -- batches --------------------------------------------------------------------------------
     def certify_batch(self, X: torch.Tensor, labels: Optional[Sequence[int]] = None, cost: Optional[CostMatrix] = None,

@@ -306,3 +306,32 @@ def test_auto_batch_size_on_a_cpu_makes_no_probe_calls(monkeypatch):
     costsmooth.sample_counts(recording(LinearF64(18, 5), calls), torch.rand(3, 18), 1500, 0.7, seed=3,
                              batch_size="auto")
     assert calls == [1000, 500] * 3  # 1000 rows per call
+
+
+def test_one_options_object_gives_the_counts_of_the_keywords():
+    # SamplingOptions carries the settings that Smooth, sample_counts and sample_statistics took one by one:
+    # the same settings either way give the same counts and certificates; both ways at once are refused.
+    from costsmooth.sampling import SamplingOptions, sample_statistics
+    x = torch.randn(3, 7, dtype=torch.float64)
+    model = LinearF64(7, 5)
+    options = SamplingOptions(batch_size=11, dtype=torch.float64)
+    by_keywords = costsmooth.sample_counts(model, x, 300, 0.5, seed=4, batch_size=11, dtype=torch.float64)
+    assert torch.equal(costsmooth.sample_counts(model, x, 300, 0.5, seed=4, options=options), by_keywords)
+    # a keyword given to sample_statistics replaces that field of options
+    replaced = sample_statistics(model, x, 300, 0.5, seed=4, options=SamplingOptions(batch_size=2), batch_size=11)
+    assert torch.equal(replaced.counts, by_keywords)
+    with pytest.raises(TypeError, match="either in options or as keywords, not both; move batch_size"):
+        costsmooth.sample_counts(model, x, 300, 0.5, options=options, batch_size=5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch'"):
+        sample_statistics(model, x, 300, 0.5, batch=5)
+    smooth = costsmooth.Smooth(model, 5, 0.5, options=options, seed=4)
+    assert smooth.batch_size == 11 and smooth.dtype == torch.float64 and smooth.device == torch.device("cpu")
+    same = costsmooth.Smooth(model, 5, 0.5, batch_size=11, seed=4)
+    assert smooth.options == same.options
+    a = smooth.certify_batch(x, n0=50, n=300, alpha=0.01, indices=[0, 1, 2])
+    b = same.certify_batch(x, n0=50, n=300, alpha=0.01, indices=[0, 1, 2])
+    assert [(c.prediction, c.radius) for c in a] == [(c.prediction, c.radius) for c in b]
+    with pytest.raises(TypeError, match="not both"):
+        costsmooth.Smooth(model, 5, 0.5, options=options, autocast=torch.bfloat16)
+    with pytest.raises(TypeError, match="sound mode either in options"):
+        costsmooth.Smooth(model, 5, 0.5, options=options, sound=True)
