@@ -15,6 +15,7 @@ from scipy.stats import binom, norm
 import costsmooth
 from costsmooth import calibration as cal
 from costsmooth.certify import certify_from_counts
+from costsmooth.sound import gaussian_charge
 from tests.models import Linear2
 
 
@@ -141,6 +142,40 @@ def test_confidence_interval_covers_the_known_smoothed_confidence(method):
         assert np.all(up - low <= h_up - h_low + 1e-12)
 
 
+def test_confidence_intervals_round_outward_against_exact_arithmetic():
+    # Exact arithmetic (mpmath, 40 digits) against the float bounds: each must lie outside the exact
+    # interval of the exact mean, or be clipped to [0, 1].
+    mpmath = pytest.importorskip("mpmath")
+    rng = np.random.default_rng(0)
+    with mpmath.workdps(40):
+        # Hoeffding from a float64 sum of n values (the engine's softmax sums): the sum errs by ~1e-9
+        # here, far beyond one ulp of the bound.
+        n, alpha = 100000, 1e-3
+        v = rng.uniform(0.9, 1.0, n)
+        mean = mpmath.fsum([mpmath.mpf(x) for x in v]) / n
+        half = mpmath.sqrt(mpmath.log(2 / mpmath.mpf(alpha)) / (2 * n))
+        low, up = cal.confidence_interval(float(np.cumsum(v)[-1]), n, alpha)
+        assert low[0] <= mean - half and up[0] >= mean + half
+        # Chernoff-KL: n KL(mean || bound) >= log(2 / alpha) at each end that is not clipped
+        def kl(p, q):
+            return sum(a * mpmath.log(a / b) for a, b in ((p, q), (1 - p, 1 - q)) if a > 0)
+        for _ in range(150):
+            n, alpha = int(rng.integers(10, 100000)), float(10 ** rng.uniform(-8, -1))
+            total = float(rng.choice([0.0, 1.0, rng.uniform()])) * n
+            low, up = (float(b[0]) for b in cal.confidence_interval(total, n, alpha, "kl"))
+            mean, threshold = mpmath.mpf(total) / n, mpmath.log(2 / mpmath.mpf(alpha)) / n
+            assert low <= mean <= up
+            assert low == 0 or kl(mean, mpmath.mpf(low)) >= threshold
+            assert up == 1 or kl(mean, mpmath.mpf(up)) >= threshold
+
+
+@pytest.mark.parametrize("method", ["hoeffding", "kl"])
+def test_confidence_intervals_pay_the_noise_charge(method):
+    low, up = cal.confidence_interval([30.0, 99.0], 100, 0.01, method)
+    c_low, c_up = cal.confidence_interval([30.0, 99.0], 100, 0.01, method, charge=1e-6)
+    assert np.all(c_low <= low - 1e-6) and np.all(c_up >= np.minimum(up + 1e-6, 1.0))
+
+
 def test_confidence_box_is_sound_and_tight():
     sigma, eps = 0.5, 0.3
     for t in (-0.4, 0.1, 0.6):
@@ -162,7 +197,9 @@ def test_certified_confidences_split_alpha_and_match_smooth():
     y = torch.randint(0, 3, (12,))
     conf, sel, est, sums = cal.sample_confidences(model, x, y, 0.5, n0=20, n=300, alpha=0.01, seed=3,
                                                   joint=False)
-    certs = certify_from_counts(sel, est, 0.005, 0.5, y.tolist())  # alpha/2 for the prediction
+    charge = gaussian_charge(2)  # every certificate and interval pays the draw's noise charge
+    assert conf.charge == charge
+    certs = certify_from_counts(sel, est, 0.005, 0.5, y.tolist(), charge=charge)  # alpha/2 for the prediction
     assert conf.prediction.tolist() == [c.prediction for c in certs]
     assert conf.alpha_prediction == conf.alpha_interval == 0.005
     assert conf.level == pytest.approx(1 - 12 * 0.01)  # per-input intervals: the dataset level is 1 - N alpha
@@ -172,8 +209,9 @@ def test_certified_confidences_split_alpha_and_match_smooth():
     assert np.array_equal(np.stack([c.counts for c in plain]), est)
     assert np.allclose(sums.sum(1), 300)
     top = np.array([c.top_class for c in certs])
-    low, up = cal.confidence_interval(sums[np.arange(12), top], 300, 0.005)
+    low, up = cal.confidence_interval(sums[np.arange(12), top], 300, 0.005, charge=charge)
     assert np.array_equal(conf.low, low) and np.array_equal(conf.up, up)
+    assert np.all(low < cal.confidence_interval(sums[np.arange(12), top], 300, 0.005)[0])
     # the default: all 12 inputs together at 1 - alpha, each certificate and interval at alpha/(2N)
     joint = cal.certified_confidences(sel, est, sums, y.tolist(), 0.01, 0.5)
     assert joint.joint and joint.level == pytest.approx(0.99)

@@ -21,7 +21,7 @@ from scipy.special import ndtr, xlogy
 
 from .. import stats
 from .._checks import check_alpha, check_non_negative_finite
-from ..certify import ABSTAIN, certify_from_counts, conservative_sigma
+from ..certify import ABSTAIN, certify_from_counts, check_charge, conservative_sigma
 from ..sampling import eval_mode
 from ..smooth import Smooth
 
@@ -45,10 +45,17 @@ def _kl_bernoulli(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return xlogy(p, p) - xlogy(p, q) + xlogy(1 - p, 1 - p) - xlogy(1 - p, 1 - q)
 
 
+# The float KL of two Bernoulli laws errs by a few ulps of its terms (each at most 0.37 in size): 2^-46
+# (1.4e-14) is far above that. A point counts as inside the KL ball only when its computed KL is below
+# the threshold (rounded up) plus this margin, so every point left outside is outside the exact ball.
+KL_MARGIN = 2.0 ** -46
+
+
 def _kl_bound(mean: np.ndarray, level: float, n: np.ndarray, upper: bool) -> np.ndarray:
     """The Chernoff-KL bound: the q farthest from ``mean`` on one side with ``n KL(mean || q) <= log(1/level)``,
-    found by bisection; the bracket end returned is the conservative one (never inside the true bound)."""
-    threshold = np.log(1.0 / level) / n
+    found by bisection; the bracket end returned is the conservative one (never inside the true bound):
+    the comparison takes the threshold larger by ``KL_MARGIN`` and a relative 2^-50."""
+    threshold = np.log(1.0 / level) / n * (1.0 + 2.0 ** -50) + KL_MARGIN
     inside = mean.copy()                            # KL(mean || inside) = 0 <= threshold
     outside = np.ones_like(mean) if upper else np.zeros_like(mean)
     for _ in range(80):  # 2^-80: the bracket is far below float64 resolution
@@ -60,7 +67,8 @@ def _kl_bound(mean: np.ndarray, level: float, n: np.ndarray, upper: bool) -> np.
     return outside
 
 
-def confidence_interval(conf_sum, n, alpha: float, method: str = "hoeffding") -> Tuple[np.ndarray, np.ndarray]:
+def confidence_interval(conf_sum, n, alpha: float, method: str = "hoeffding",
+                        charge: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Two-sided confidence interval ``[low, up]`` for the mean of [0, 1]-valued samples from their sum.
 
     Args:
@@ -73,10 +81,16 @@ def confidence_interval(conf_sum, n, alpha: float, method: str = "hoeffding") ->
             i.i.d. samples and much tighter near 0 and 1, where confident models live). The CDF/DKW
             variant of Kumar et al. needs every sample's confidence, which the engine's sums do not
             keep, so it is not offered.
+        charge: the noise charge of one sample (``costsmooth.sound``): the samples' law differs from
+            the Gaussian's by at most this in total variation, so the mean of a [0, 1]-valued function
+            by at most this too: it is subtracted from ``low`` and added to ``up``.
 
     Returns:
         (low, up), float64 ``[N]`` in [0, 1]. Guarantee: for each input, with probability >= 1 - alpha
-        over the samples, ``low <= z(x) <= up``. Rounded outward by one ulp.
+        over the samples, ``low <= z(x) <= up``. Rounded outward: the float64 sum of n values in [0, 1]
+        errs by at most ``(n - 1) 2^-53`` times n, so the mean by ``n 2^-53``; the half-width is widened
+        by ``(n + 8) 2^-53`` (the mean's error and the few roundings after it) and a relative
+        ``stats.PPF_MARGIN``; the KL bound is taken from the mean moved outward by that much.
     """
     alpha = check_alpha(alpha)
     if method not in CI_METHODS:
@@ -89,12 +103,16 @@ def confidence_interval(conf_sum, n, alpha: float, method: str = "hoeffding") ->
     if np.any((mean < -1e-9) | (mean > 1 + 1e-9)):
         raise ValueError("conf_sum / n must lie in [0, 1]: conf_sum is a sum of n probabilities")
     mean = np.clip(mean, 0.0, 1.0) * np.ones(np.broadcast(mean, n).shape)
+    rounding = (n + 8.0) * 2.0 ** -53  # the mean's summation error and the roundings below (absolute)
     if method == "hoeffding":
         half = np.sqrt(np.log(2.0 / alpha) / (2.0 * n)) * (1.0 + stats.PPF_MARGIN)  # rounded up: 3 float ops
-        low, up = mean - half, mean + half
+        low, up = mean - (half + rounding), mean + (half + rounding)
     else:
-        low = _kl_bound(mean, alpha / 2, n * np.ones_like(mean), upper=False)
-        up = _kl_bound(mean, alpha / 2, n * np.ones_like(mean), upper=True)
+        n_all = n * np.ones_like(mean)
+        low = _kl_bound(np.clip(mean - rounding, 0.0, 1.0), alpha / 2, n_all, upper=False) - 4 * 2.0 ** -53
+        up = _kl_bound(np.clip(mean + rounding, 0.0, 1.0), alpha / 2, n_all, upper=True) + 4 * 2.0 ** -53
+    if charge:
+        low, up = low - charge, up + charge
     return np.clip(np.nextafter(low, -1.0), 0.0, 1.0), np.clip(np.nextafter(up, 2.0), 0.0, 1.0)
 
 
@@ -154,6 +172,7 @@ class CertifiedConfidences:
     n: int
     method: str
     joint: bool
+    charge: float = 0.0  # the noise charge of one sample, paid by every certificate and interval
 
     def __len__(self) -> int:
         return int(self.prediction.size)
@@ -191,7 +210,7 @@ class CertifiedConfidences:
 
 
 def certified_confidences(selection_counts, counts, prob_sums, labels: Sequence[int], alpha: float, sigma: float,
-                          method: str = "hoeffding", joint: bool = True) -> CertifiedConfidences:
+                          method: str = "hoeffding", joint: bool = True, charge: float = 0.0) -> CertifiedConfidences:
     """Predictions, confidences and confidence intervals from the saved statistics of a certify run.
 
     Args:
@@ -202,8 +221,11 @@ def certified_confidences(selection_counts, counts, prob_sums, labels: Sequence[
             (``joint``, the default), or with ``joint=False`` alpha/2 each per input, and then the
             dataset-level statement holds at 1 - N * alpha only.
         sigma: the noise level; method: the interval ("hoeffding" or "kl").
+        charge: the noise charge of one sample of the draw (``costsmooth.sound.noise_charge``; a run
+            records it in its metadata), paid by every certificate and every interval.
     """
     alpha = check_alpha(alpha)
+    charge = check_charge(charge)
     sums = np.asarray(prob_sums.cpu() if hasattr(prob_sums, "cpu") else prob_sums, dtype=np.float64)
     est = np.asarray(counts.cpu() if hasattr(counts, "cpu") else counts)
     if sums.ndim != 2 or sums.shape != est.shape:
@@ -211,21 +233,21 @@ def certified_confidences(selection_counts, counts, prob_sums, labels: Sequence[
     size = max(est.shape[0], 1)
     per_input = alpha / size if joint else alpha
     alpha_pred, alpha_ci = per_input / 2, per_input / 2
-    certs = certify_from_counts(selection_counts, est, alpha_pred, sigma, labels)
+    certs = certify_from_counts(selection_counts, est, alpha_pred, sigma, labels, charge=charge)
     n = est.sum(axis=1).astype(np.float64)
     if np.any(np.abs(sums.sum(axis=1) - n) > 1e-6 * np.maximum(n, 1)):
         raise ValueError("each row of prob_sums must sum to the row's number of samples (softmax sums of the "
                          "estimation draw); were they saved from another draw?")
     top = np.array([c.top_class for c in certs], dtype=np.int64)
     conf_sum = sums[np.arange(top.size), top] if top.size else np.zeros(0)
-    low, up = confidence_interval(conf_sum, n, alpha_ci, method) if top.size else (np.zeros(0), np.zeros(0))
+    low, up = confidence_interval(conf_sum, n, alpha_ci, method, charge) if top.size else (np.zeros(0), np.zeros(0))
     prediction = np.array([c.prediction for c in certs], dtype=np.int64)
     label = np.array([c.label for c in certs], dtype=np.int64)
     return CertifiedConfidences(
         prediction=prediction, radius=np.array([c.radius for c in certs], dtype=np.float64), label=label,
         correct=prediction == label, confidence=np.clip(conf_sum / np.maximum(n, 1), 0, 1), low=low, up=up,
         sigma=float(sigma), alpha=alpha, alpha_prediction=alpha_pred, alpha_interval=alpha_ci,
-        n=int(n.max()) if n.size else 0, method=method, joint=bool(joint))
+        n=int(n.max()) if n.size else 0, method=method, joint=bool(joint), charge=charge)
 
 
 def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int = 10000, alpha: float = 0.001,
@@ -249,5 +271,6 @@ def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int 
     sel = np.stack([c.selection_counts for c in certs]) if certs else np.zeros((0, num_classes), np.int64)
     est = np.stack([c.counts for c in certs]) if certs else np.zeros((0, num_classes), np.int64)
     sums = np.stack([c.prob_sums for c in certs]) if certs else np.zeros((0, num_classes))
-    conf = certified_confidences(sel, est, sums, [int(v) for v in labels], alpha, sigma, method, joint)
+    conf = certified_confidences(sel, est, sums, [int(v) for v in labels], alpha, sigma, method, joint,
+                                 smooth.noise_charge(x.shape[1:].numel()))
     return conf, sel, est, sums

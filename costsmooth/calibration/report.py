@@ -151,7 +151,7 @@ def confidences_from_run(tsv: str, alpha: Optional[float] = None, method: str = 
     sums = np.array([counts[i]["prob_sums"] for i in ids], dtype=np.float64)
     labels = [int(counts[i]["label"]) for i in ids]
     return certified_confidences(sel, est, sums, labels, meta["alpha"] if alpha is None else alpha, meta["sigma"],
-                                 method, joint)
+                                 method, joint, meta.get("charge", 0.0))
 
 
 def _json_rows(rows):
@@ -237,7 +237,7 @@ def register_cli(sub) -> None:
             f.write(header + "\n\n" + table + "\n")
         with open(os.path.join(out, "calibration.json"), "w") as f:
             json.dump({"source": source, "alpha": conf.alpha, "joint": conf.joint, "level": conf.level,
-                       "interval": conf.method,
+                       "interval": conf.method, "charge": conf.charge,
                        "sigma": conf.sigma, "n": conf.n, "bins": args.bins, "rows": _json_rows(rows)}, f, indent=1)
         plot_reliability(rows, os.path.join(out, "reliability.png"), args.bins, header if len(header) < 120 else "")
         print(header + "\n\n" + table)
