@@ -32,8 +32,6 @@ def cmd_certify(args) -> None:
     check_data_model_order("certify", args.dataset, args.model)
     if args.grid is not None and not args.sound:
         raise UsageError("--grid is the input grid of --sound: add --sound")
-    if args.sound and getattr(args, "sequential", False):
-        raise UsageError("--sound is not available with --sequential; drop one of them")
     if args.sound and getattr(args, "sigma_fn", None):
         raise UsageError("--sound draws with one noise level: it cannot be combined with --sigma-fn")
     if certify_sequential(args) is not None:  # --sequential --radius R (costsmooth.sequential)
@@ -135,7 +133,8 @@ def certify_sequential(args) -> Optional[dict]:
                              growth=args.growth,
                              meta_extra={"dataset": args.dataset, "model": os.path.abspath(args.model),
                                          "split": args.split},
-                             autocast=formats.autocast, channels_last=formats.channels_last, workers=args.workers)
+                             autocast=formats.autocast, channels_last=formats.channels_last, workers=args.workers,
+                             sound=args.sound, grid=args.grid)
     print(summarize_sequential(out, args.radius, args.max_n or args.N, time.perf_counter() - t0))
     print(formats.summary())
     return out

@@ -23,7 +23,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import ops
+from . import ops, sound
 from ._checks import check_count, check_seed, sigma_tensor
 from .sampling import STREAM_ESTIMATION, Chunk, ModelCalls, SamplingOptions, eval_mode, sampling_options
 
@@ -42,17 +42,24 @@ def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoi
     for the D inputs that reached a checkpoint in one model call) says which are done (bool ``[D]``);
     the others continue to the next checkpoint; at the last checkpoint an input is done regardless.
     ``x`` must be finite and on the device to run on; sigma a number or ``[B]`` tensor. ``options`` (or
-    its fields as keywords) as for ``sample_statistics``; sound mode (``grid``) is not supported here. Returns int64 counts ``[B, C]`` (numpy) at each
-    input's stop. Raises ``NaNLogitsError`` when the model returned NaN for some rows of an input.
+    its fields as keywords) as for ``sample_statistics``. Sound mode (``options.grid``; one sigma, inputs
+    on the grid, else refused) draws each input's rows of a call with one grid-noise launch
+    (``ops.noisy_batch(..., grid=...)``'s op), the same cells as ``sample_statistics`` draws. Returns int64
+    counts ``[B, C]`` (numpy) at each input's stop. Raises ``NaNLogitsError`` when the model returned NaN
+    for some rows of an input.
     """
     options = sampling_options(options, "sample_until", **settings)
-    if options.sound:
-        raise ValueError("sequential sampling draws on the standard path; sound mode (grid) is not supported")
     batch = x.shape[0]
     points = np.asarray(checkpoints, dtype=np.int64)
     seed64 = check_seed(seed)
     limit = check_count(slots, "slots") if slots is not None else None
-    sig = sigma_tensor(sigma, batch, x.device)
+    if options.sound:  # the inputs' grid indices and the sampler's table, once
+        grid = sound.parse_grid(options.grid)
+        cell_table = sound.cell_table(ops.grid_sigma(sigma), grid)
+        cells = sound.grid_cells(x, grid)
+        grid_args = (*cell_table.tensors(x.device), cell_table.first_cell, grid)
+    else:
+        sig = sigma_tensor(sigma, batch, x.device)
     calls = ModelCalls(model, x, options, graph_cache=graph_cache, num_classes=num_classes)
     counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=x.device)
     nan_rows = torch.zeros(batch, dtype=torch.int64, device=x.device)
@@ -81,8 +88,16 @@ def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoi
         table[2] = drawn[table[0]] + np.arange(rows) - np.repeat(np.cumsum(m_of_part) - m_of_part, m_of_part)
         table = uploads.put(table)
 
-        def write(out):  # arguments were checked once; the op is called directly (no synchronisation)
-            torch.ops.costsmooth.noisy_rows_into(x, sig, table, seed64, stream, out)
+        if options.sound:  # one launch per input: its m samples from its first undrawn one
+            spans = [(b, m, int(drawn[b]), int(start)) for (b, m), start in zip(parts, np.cumsum(m_of_part) - m_of_part)]
+
+            def write(out):
+                for b, m, first, start in spans:
+                    torch.ops.costsmooth.noisy_grid_into(cells[b:b + 1], *grid_args, m, seed64, stream, int(index[b]),
+                                                         first, out[start:start + m])
+        else:
+            def write(out):  # arguments were checked once; the op is called directly (no synchronisation)
+                torch.ops.costsmooth.noisy_rows_into(x, sig, table, seed64, stream, out)
 
         remaining = sum(int(points[-1] - drawn[b]) for b in active) + len(queue) * int(points[0])
         return Chunk(rows, write, 1 if rows == rows_per_call else None, remaining // rows_per_call, (parts, table))

@@ -31,7 +31,7 @@ from .smooth import Smooth
 
 __all__ = ["certify_dataset", "certify_dataset_at", "summarize_sequential", "recertify", "analyze", "plot_curves",
            "fingerprint_model", "fingerprint_dataset", "select_indices", "probe_num_classes", "invalid_inputs",
-           "check_certified_inputs", "json_safe"]
+           "check_certified_inputs", "json_safe", "sound_grid"]
 
 
 def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100, n: int = 100000,
@@ -91,16 +91,11 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     num_classes = probe_num_classes(model, dataset, device)
     if cost is not None:
         cost.check_num_classes(num_classes)
-    if grid is not None and not sound:
-        raise ValueError("--grid is the input grid of --sound: add --sound")
     if sound and callable(sigma):
         raise ValueError("--sound draws with one noise level: it cannot be combined with --sigma-fn")
-    if sound:
-        grid = sound_mode.parse_grid(grid) if grid is not None else (getattr(dataset, "grid", None)
-                                                                      or sound_mode.DEFAULT_GRID)
-        _check_on_grid(dataset, indices, grid)
+    grid = sound_grid(dataset, indices, sound, grid)
     dim = math.prod(dataset.input_shape)
-    charge = sound_mode.noise_charge(dim, None if callable(sigma) else sigma, grid if sound else None)
+    charge = sound_mode.noise_charge(dim, None if callable(sigma) else sigma, grid)
     sigma_meta = sigma.describe() if callable(sigma) else sigma  # input-dependent sigma: its settings
     meta = {"sigma": sigma_meta, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
@@ -110,7 +105,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
             "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
             "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
             **_file_rows_meta(dataset),
-            "noise": "sound" if sound else "gaussian", "grid": grid if sound else None, "charge": charge,
+            "noise": "sound" if sound else "gaussian", "grid": grid, "charge": charge,
             **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
     invalid = invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
@@ -138,7 +133,7 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
         noise_dtype = autocast if (autocast is not None and device.type == "cuda") else None
         smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
                         channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype,
-                        sample_split=sample_split, prob_sums=prob_sums, sound=sound, grid=grid if sound else None)
+                        sample_split=sample_split, prob_sums=prob_sums, sound=sound, grid=grid)
         chunk = max(1, batch_rows // max(n, 1))
         bar = progress_bar(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
                    desc=os.path.basename(outfile), dynamic_ncols=True)
@@ -181,6 +176,19 @@ def _file_rows_meta(dataset) -> dict:
         return {}
     return {"idx_counts": f"inputs of the {dataset.extra.get('split')} split of {dataset.name}; file_rows[idx] is the "
                           f"row in the file", "file_rows": list(rows)}
+
+
+def sound_grid(dataset, indices, sound: bool, grid: Optional[float]) -> Optional[float]:
+    """The input grid of a run: None on the standard path (a ``grid`` without ``sound`` is refused), else
+    ``grid`` or the dataset's (else 1/255), with every selected input checked to lie on it."""
+    if grid is not None and not sound:
+        raise ValueError("--grid is the input grid of --sound: add --sound")
+    if not sound:
+        return None
+    grid = sound_mode.parse_grid(grid) if grid is not None else (getattr(dataset, "grid", None)
+                                                                  or sound_mode.DEFAULT_GRID)
+    _check_on_grid(dataset, indices, grid)
+    return grid
 
 
 def _check_on_grid(dataset, indices, grid: float, chunk: int = 256) -> None:
@@ -247,7 +255,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
                        max_index: int = -1, cost: Optional[CostMatrix] = None, seed: int = 0, device=None,
                        meta_extra=None, progress: bool = True, first: int = DEFAULT_FIRST,
                        growth: float = DEFAULT_GROWTH, chunk: int = 64, autocast: Optional[torch.dtype] = None,
-                       channels_last: bool = False, workers: Optional[int] = None) -> dict:
+                       channels_last: bool = False, workers: Optional[int] = None, sound: bool = False,
+                       grid: Optional[float] = None) -> dict:
     """``certify --sequential``: test every selected input of ``dataset`` at ``radius`` into ``outfile``.
 
     Inputs as in ``certify_dataset`` (``i % skip == 0``, ``i < max_index``); rows are written as
@@ -255,6 +264,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
     (inputs, decisions, estimation samples used, the fixed-n total ``max_n * inputs``, and what
     ``analyze`` counts at the radius: ``accurate``, correct with a standard radius >= r; ``cs_certified``
     of ``seed_inputs``, seed-class inputs certified by the cost-sensitive test).
+    ``sound``, ``grid``: sound floating-point mode, as in ``certify_dataset`` (recorded in the metadata
+    with the noise charge every decision paid).
     """
     sigma = check_positive_finite(sigma, "sigma")
     radius = float(radius)
@@ -270,6 +281,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
         cost.check_num_classes(num_classes)
     if invalid_inputs(dataset, indices):
         raise ValueError(f"{dataset.name} has NaN or infinite values in the selected inputs; clean the data first")
+    grid = sound_grid(dataset, indices, sound, grid)
     meta = {"sigma": sigma, "n0": n0, "max_n": max_n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "radius": radius, "sequential": {"boundary": "clopper_pearson_geometric_grid", "first": first,
                                              "growth": growth, "final_share": DEFAULT_FINAL_SHARE,
@@ -278,7 +290,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
             "class_names": dataset.class_names, "version": __version__, "model_sha256": fingerprint_model(model),
             "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
             "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
-            "noise": "gaussian", "grid": None, "charge": sound_mode.noise_charge(math.prod(dataset.input_shape), sigma),
+            "noise": "sound" if sound else "gaussian", "grid": grid,
+            "charge": sound_mode.noise_charge(math.prod(dataset.input_shape), sigma, grid),
             **(meta_extra or {})}
     if channels_last and len(dataset.input_shape) != 3:
         raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
@@ -287,7 +300,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
-                    channels_last=channels_last)
+                    channels_last=channels_last, sound=sound, grid=grid)
     summary = collections.Counter()
     seeds = set(cost.seed_classes) if cost is not None else set()
     try:

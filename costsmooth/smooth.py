@@ -366,8 +366,7 @@ class Smooth:
         return X, labels, boundary, batch_size, selection, tops
 
     def _sample_until(self, X, indices, boundary, check, batch_size, slots, progress) -> np.ndarray:
-        # the scheduler draws on the standard path (no grid), as it always has
-        options = dataclasses.replace(self.options, batch_size=batch_size, grid=None)
+        options = dataclasses.replace(self.options, batch_size=batch_size)  # sound mode's grid included
         return sample_until(self.model, X, self.sigma, indices, boundary.checkpoints, check,
                             num_classes=self.num_classes, seed=self.seed, stream=STREAM_ESTIMATION, slots=slots,
                             graph_cache=self._graphs, progress=progress, options=options)

@@ -282,6 +282,31 @@ def test_smooth_sound_arguments_and_charges():
                                          -np.inf)
 
 
+def test_sequential_sound_mode_draws_the_grid_cells_and_pays_their_charge():
+    # the packed scheduler draws each input's rows from the cell table: the counts at the stop are the
+    # first `samples` grid samples of stream 1 (as sample_counts(grid=...)), whatever the packing
+    from costsmooth import Smooth, sample_counts
+    from costsmooth.certify import lower_bound
+    from costsmooth.sequential import Boundary
+    grid, sigma = 1 / 16, 0.5
+    model = Threshold1D(0.8)
+    X = torch.tensor([[0.0], [0.5], [0.75], [1.0], [0.25]])
+    idx = [3, 4, 9, 10, 11]
+    smooth = Smooth(model, 2, sigma, sound=True, grid=grid, seed=2)
+    runs = [smooth.certify_batch_at(X, 0.3, 0.01, max_n=4000, indices=idx, batch_size=b, slots=k)
+            for b, k in ((1000, None), (97, 2))]
+    boundary = Boundary.geometric(0.01, 4000)
+    for i, x, a, b in zip(idx, X, *runs):
+        assert (a.decision, a.samples) == (b.decision, b.samples) and np.array_equal(a.counts, b.counts)
+        ref = sample_counts(model, x[None], a.samples, sigma, seed=2, stream=1, index_offset=i, grid=grid)
+        assert np.array_equal(ref[0].numpy(), a.counts)
+        level = float(boundary.levels[np.searchsorted(boundary.checkpoints, a.samples)])
+        assert a.pA_lower == lower_bound(a.counts[a.top_class], a.samples, level, sound.sound_charge(sigma, grid, 1))
+    assert {r.decision for r in runs[0]} >= {"certified", "not_certified"}
+    with pytest.raises(ValueError, match="not on the grid of step 1/16"):
+        smooth.certify_batch_at(X + 0.01, 0.3, 0.01, max_n=1000)
+
+
 # -- command line ----------------------------------------------------------------------------------------
 @pytest.fixture
 def grid_files(tmp_path):
@@ -319,6 +344,21 @@ def test_certify_sound_records_the_charge_and_recertify_pays_it(grid_files, caps
     certs = certify_from_counts(np.array([saved[i]["selection"] for i in ids]),
                                 np.array([saved[i]["estimation"] for i in ids]), 0.001, 0.5, charge=3 * 2.0**-33)
     assert [float(r["pA_lower"]) for r in read_tsv(str(d / "std.tsv"))] == [c.pA_lower for c in certs]
+
+
+def test_certify_sequential_sound_runs_on_the_grid_and_records_its_charge(grid_files, capsys):
+    from costsmooth.cli import main
+    from costsmooth.results import read_meta, read_tsv
+    d = grid_files
+    out = str(d / "seq.tsv")
+    assert main(["certify", str(d / "data.pt"), str(d / "model.pt"), "0.5", out, "--sequential", "--radius", "0.1",
+                 "--N0", "20", "--max-n", "2000", "--sound", "--grid", "1/16", "--quiet"]) == 0
+    meta = read_meta(out)
+    assert meta["noise"] == "sound" and meta["grid"] == 1 / 16 and meta["charge"] == sound.sound_charge(0.5, 1 / 16, 6)
+    assert len(read_tsv(out)) == 12
+    assert main(["certify", str(d / "data.pt"), str(d / "model.pt"), "0.5", str(d / "seq2.tsv"), "--sequential",
+                 "--radius", "0.1", "--sound", "--quiet"]) == 2  # the default grid 1/255 does not hold them
+    assert "not on the grid of step 1/255" in capsys.readouterr().err
 
 
 def test_certify_sound_refusals(grid_files, capsys):
