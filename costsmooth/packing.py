@@ -23,9 +23,10 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import ops, sound
+from . import ops
 from ._checks import check_count, check_seed, sigma_tensor
-from .sampling import STREAM_ESTIMATION, Chunk, ModelCalls, SamplingOptions, eval_mode, sampling_options
+from .sampling import (STREAM_ESTIMATION, Chunk, ModelCalls, SamplingOptions, eval_mode, grid_noise_args,
+                       sampling_options)
 
 __all__ = ["sample_until"]
 
@@ -54,10 +55,7 @@ def sample_until(model, x: torch.Tensor, sigma, indices: Sequence[int], checkpoi
     seed64 = check_seed(seed)
     limit = check_count(slots, "slots") if slots is not None else None
     if options.sound:  # the inputs' grid indices and the sampler's table, once
-        grid = sound.parse_grid(options.grid)
-        cell_table = sound.cell_table(ops.grid_sigma(sigma), grid)
-        cells = sound.grid_cells(x, grid)
-        grid_args = (*cell_table.tensors(x.device), cell_table.first_cell, grid)
+        cells, *grid_args = grid_noise_args(x, sigma, options.grid)
     else:
         sig = sigma_tensor(sigma, batch, x.device)
     calls = ModelCalls(model, x, options, graph_cache=graph_cache, num_classes=num_classes)

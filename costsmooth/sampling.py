@@ -19,7 +19,7 @@ from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index,
 
 __all__ = ["resolve_batch_size", "check_batch_size", "auto_batch_size", "device_memory", "DeviceMemory", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
            "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options", "SamplingOptions",
-           "sampling_options", "options_or_settings"]
+           "sampling_options", "options_or_settings", "grid_noise_args"]
 
 STREAM_SELECTION = 0
 STREAM_ESTIMATION = 1
@@ -373,6 +373,14 @@ class ModelCalls:
             return chunk, logits, votes
 
 
+def grid_noise_args(x: torch.Tensor, sigma, grid) -> tuple:
+    """Sound mode's draw of inputs ``x`` (on the grid of step ``grid``, else refused) at one ``sigma``: the
+    leading arguments of the grid-noise op ``noisy_grid_into`` (cells, thresholds, guide, first cell, grid)."""
+    grid = sound.parse_grid(grid)
+    table = sound.cell_table(ops.grid_sigma(sigma), grid)
+    return (sound.grid_cells(x, grid), *table.tensors(x.device), table.first_cell, grid)
+
+
 def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *, seed: int = 0,
                       stream: int = STREAM_ESTIMATION, index_offset: int = 0, sample_offset: int = 0,
                       num_classes: Optional[int] = None, prob_sums: bool = False, temperature: float = 1.0,
@@ -435,9 +443,7 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
         raise ValueError("cuda_graphs needs inputs on a CUDA device and prob_sums=False")
     batch = x.shape[0]
     if grid is not None:  # sound mode: the inputs' grid indices and the sampler's table, once
-        grid = sound.parse_grid(grid)
-        table = sound.cell_table(ops.grid_sigma(sigma), grid)
-        sound_args = (sound.grid_cells(x, grid), *table.tensors(x.device), table.first_cell, grid)
+        sound_args = grid_noise_args(x, sigma, grid)
     else:
         sig = sigma_tensor(sigma, batch, x.device)
     calls = ModelCalls(model, x, options, graph_cache=graph_cache, num_classes=num_classes)
