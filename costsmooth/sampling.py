@@ -17,8 +17,9 @@ import torch
 from . import ops, sound
 from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
 
-__all__ = ["resolve_batch_size", "check_batch_size", "auto_batch_size", "device_memory", "DeviceMemory", "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION",
-           "STREAM_ESTIMATION", "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options", "SamplingOptions",
+__all__ = ["resolve_batch_size", "check_batch_size", "auto_batch_size", "device_memory", "DeviceMemory",
+           "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION", "STREAM_ESTIMATION",
+           "STREAM_TRAINING", "eval_mode", "Chunk", "ModelCalls", "check_sampling_options", "SamplingOptions",
            "sampling_options", "options_or_settings", "grid_noise_args"]
 
 STREAM_SELECTION = 0

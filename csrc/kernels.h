@@ -108,14 +108,18 @@ struct VoteRowsParams {
   int64_t* nan_rows;     // [inputs]
 };
 
-void launch_philox(const PhiloxParams& params, void* cuda_stream);
-void launch_noisy_rows(const NoisyRowsParams& params, void* cuda_stream);
-void launch_vote_rows(const VoteRowsParams& params, void* cuda_stream);
-void launch_noisy_batch(const NoisyBatchParams& params, void* cuda_stream);
-void launch_noisy_grid(const NoisyGridParams& params, void* cuda_stream);
-void launch_vote_count(const VoteCountParams& params, void* cuda_stream);
-
-// The last CUDA error as text, or nullptr when the last launch succeeded.
-const char* last_cuda_error();
+// Each launcher returns the cudaError_t (as an int; 0 is cudaSuccess) read with cudaGetLastError
+// right after each of its own kernel launches, stopping at the first that failed (or the error of a
+// device-attribute query it needed). The caller checks it with C10_CUDA_CHECK, torch's launch check
+// (C10_CUDA_KERNEL_LAUNCH_CHECK() is C10_CUDA_CHECK(cudaGetLastError()); the torch-free launcher
+// makes that read itself), after checking that no error from earlier work is pending, so that an
+// earlier asynchronous error is never reported as this launch's. Device attributes (the
+// multiprocessor count that sizes grid-stride grids) are queried once per device and cached.
+int launch_philox(const PhiloxParams& params, void* cuda_stream);
+int launch_noisy_rows(const NoisyRowsParams& params, void* cuda_stream);
+int launch_vote_rows(const VoteRowsParams& params, void* cuda_stream);
+int launch_noisy_batch(const NoisyBatchParams& params, void* cuda_stream);
+int launch_noisy_grid(const NoisyGridParams& params, void* cuda_stream);
+int launch_vote_count(const VoteCountParams& params, void* cuda_stream);
 
 }  // namespace costsmooth

@@ -56,6 +56,24 @@ def test_torch_cuda_arch_list_is_honoured(tmp_path):
     assert re.findall(r"arch=compute_(\d+),code=(sm|compute)_(\d+)", command) == [("86", "sm", "86")]
 
 
+def test_every_cuda_launch_is_checked_as_its_own():
+    """Each launcher returns the error read right after its own launches; each CUDA op first reports an
+    error left pending by earlier work as such, then checks its launcher's error with torch's C10_CUDA_CHECK."""
+    header = open(os.path.join(ROOT, "csrc", "kernels.h")).read()
+    cpp = open(os.path.join(ROOT, "csrc", "cuda", "sampling_cuda.cpp")).read()
+    kernels = open(os.path.join(ROOT, "csrc", "cuda", "sampling_kernels.cu")).read()
+    launchers = re.findall(r"^(\w+) (launch_\w+)\(", header, re.M)
+    assert len(launchers) >= 6 and all(kind == "int" for kind, _ in launchers), launchers
+    # each op: the pending-error check of the op first, then its one launch inside torch's check
+    one_op = r'check_no_pending_error\("(\w+)"\);(?:(?!check_no_pending_error).)*?check_launch\((launch_\w+)\('
+    calls = re.findall(one_op, cpp, re.S)
+    assert sorted(name for _, name in calls) == sorted(name for _, name in launchers)
+    assert all(name == f"launch_{op}" for op, name in calls)  # the op named in a message is the op launched
+    assert len(re.findall(r"\blaunch_\w+\(p,", cpp)) == len(launchers)  # no launch without the checks
+    assert "C10_CUDA_CHECK(" in cpp and "cudaDeviceGetAttribute" not in cpp
+    assert kernels.count("cudaDeviceGetAttribute(") == 1  # in the per-device cache only
+
+
 COMMANDS = {"costsmooth.cli", "costsmooth.demo", "costsmooth.runs", "costsmooth.analysis", "costsmooth.train",
             "costsmooth.distributed", "costsmooth.fairness", "costsmooth.fairness_synthetic"}
 ENGINE_AND_CERTIFICATES = ["costsmooth._checks", "costsmooth.ops", "costsmooth.reference", "costsmooth.sampling",

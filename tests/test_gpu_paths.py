@@ -183,3 +183,28 @@ def test_cuda_certify_defaults_to_bf16_and_channels_last(tmp_path, capsys):
     assert read_meta(str(out))["precision"] == "bfloat16"
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(
         "model run in bf16 autocast, channels-last (bf16 by default on cuda; channels-last on by default on cuda)")
+
+
+def _cudart():
+    """The CUDA runtime library this process loaded for torch (ctypes), to leave an error pending."""
+    import ctypes
+
+    paths = [line.split()[-1] for line in open("/proc/self/maps") if "libcudart" in line]
+    if not paths:
+        pytest.skip("torch's CUDA runtime is linked statically: no error can be left pending from Python")
+    return ctypes.CDLL(paths[0])
+
+
+@cuda_only
+def test_cuda_an_earlier_error_is_not_reported_as_the_ops_launch_failure():
+    x = torch.zeros(2, 6, device="cuda")
+    cudart = _cudart()
+    assert cudart.cudaSetDevice(10**6) != 0  # an invalid device ordinal: left pending as the last error
+    with pytest.raises(RuntimeError, match="noisy_batch: a CUDA error from earlier work was pending .*not caused by "
+                                           "noisy_batch"):
+        ops.noisy_batch(x, 4, 0.5, seed=1)
+    out = ops.noisy_batch(x, 4, 0.5, seed=1)  # the earlier error was read and cleared: the op works again
+    torch.testing.assert_close(out.cpu(), ops.noisy_batch(x.cpu(), 4, 0.5, seed=1), atol=2e-6, rtol=0)
+    assert cudart.cudaSetDevice(10**6) != 0
+    with pytest.raises(RuntimeError, match="vote_count: a CUDA error from earlier work was pending"):
+        ops.vote_count(torch.randn(8, 3, device="cuda"), 4, torch.zeros(2, 3, dtype=torch.int64, device="cuda"))

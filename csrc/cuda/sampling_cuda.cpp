@@ -1,8 +1,10 @@
 // CUDA registrations of the sampling ops: argument checks, device guard, current stream, and a
 // call into the torch-free launchers of sampling_kernels.cu. Mirrors cpu/sampling_cpu.cpp.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -14,20 +16,30 @@
 namespace costsmooth {
 namespace {
 
-void check_launch(const char* op) {
-  const char* err = last_cuda_error();
-  TORCH_CHECK(err == nullptr, op, ": CUDA kernel launch failed: ", err);
+// Every launch is checked in two steps. Before the op's first CUDA work (allocations and copies
+// included, whose own launch checks would otherwise report it): an error left by earlier work (an
+// asynchronous kernel fault is reported by whichever CUDA call comes next) is read, cleared and
+// reported as such, never as this op's launch failure.
+void check_no_pending_error(const char* op) {
+  const cudaError_t err = cudaGetLastError();
+  TORCH_CHECK(err == cudaSuccess, op, ": a CUDA error from earlier work was pending (", cudaGetErrorString(err),
+              "); it was not caused by ", op, ". Run with CUDA_LAUNCH_BLOCKING=1 to find the kernel that caused it");
 }
+
+// After it: torch's launch check, C10_CUDA_CHECK, on the error the launcher read with
+// cudaGetLastError right after its own launches (C10_CUDA_KERNEL_LAUNCH_CHECK() is
+// C10_CUDA_CHECK(cudaGetLastError()); the torch-free launcher makes that call itself).
+void check_launch(int launch_error) { C10_CUDA_CHECK(static_cast<cudaError_t>(launch_error)); }
 
 at::Tensor philox_cuda(const at::Tensor& counters_in, int64_t key0, int64_t key1) {
   check_philox(counters_in, key0, key1);
   const c10::cuda::CUDAGuard guard(counters_in.device());
+  check_no_pending_error("philox");
   const at::Tensor counters = counters_in.contiguous();
   at::Tensor out = at::empty_like(counters);
   PhiloxParams p{counters.data_ptr<int64_t>(), out.data_ptr<int64_t>(), counters.size(0),
                  static_cast<uint32_t>(key0), static_cast<uint32_t>(key1)};
-  launch_philox(p, c10::cuda::getCurrentCUDAStream().stream());
-  check_launch("philox");
+  check_launch(launch_philox(p, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
 
@@ -36,6 +48,7 @@ void noisy_batch_into_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t
   const bool channels_last = check_noisy_out(x, n, out);
   check_noisy_batch(x, sigma, n, stream, index_offset, sample_offset, out.scalar_type(), channels_last);
   const c10::cuda::CUDAGuard guard(x.device());
+  check_no_pending_error("noisy_batch");
   const at::Tensor xc = x.contiguous();
   const at::Tensor sc = sigma.contiguous();
   const int64_t batch = x.size(0);
@@ -58,8 +71,7 @@ void noisy_batch_into_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t
   p.channels_last = channels_last;
   p.channels = channels_last ? x.size(1) : 1;
   p.spatial = channels_last ? x.size(2) * x.size(3) : dim;
-  launch_noisy_batch(p, c10::cuda::getCurrentCUDAStream().stream());
-  check_launch("noisy_batch");
+  check_launch(launch_noisy_batch(p, c10::cuda::getCurrentCUDAStream().stream()));
 }
 
 at::Tensor noisy_batch_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t n, int64_t seed,
@@ -76,6 +88,7 @@ void noisy_grid_into_cuda(const at::Tensor& cells_in, const at::Tensor& threshol
   const bool channels_last = check_noisy_grid(cells_in, thresholds, guide, first_cell, grid, n, stream, index_offset,
                                               sample_offset, out, &shift);
   const c10::cuda::CUDAGuard guard(cells_in.device());
+  check_no_pending_error("noisy_grid");
   const at::Tensor cells = cells_in.contiguous();
   int64_t dim = 1;
   for (int64_t d = 1; d < cells.dim(); ++d) dim *= cells.size(d);
@@ -100,13 +113,13 @@ void noisy_grid_into_cuda(const at::Tensor& cells_in, const at::Tensor& threshol
   p.channels_last = channels_last;
   p.channels = channels_last ? cells.size(1) : 1;
   p.spatial = channels_last ? cells.size(2) * cells.size(3) : dim;
-  launch_noisy_grid(p, c10::cuda::getCurrentCUDAStream().stream());
-  check_launch("noisy_grid");
+  check_launch(launch_noisy_grid(p, c10::cuda::getCurrentCUDAStream().stream()));
 }
 
 at::Tensor vote_count_cuda(const at::Tensor& logits_in, at::Tensor& counts, int64_t n) {
   const int64_t batch = check_votes("vote_count", logits_in, counts, n, at::kLong);
   const c10::cuda::CUDAGuard guard(logits_in.device());
+  check_no_pending_error("vote_count");
   const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
   at::Tensor nan_rows = at::zeros({batch}, counts.options());
   if (logits.size(0) == 0 || logits.size(1) == 0) return nan_rows;
@@ -119,8 +132,7 @@ at::Tensor vote_count_cuda(const at::Tensor& logits_in, at::Tensor& counts, int6
   p.n = n;
   p.counts = counts.data_ptr<int64_t>();
   p.nan_rows = nan_rows.data_ptr<int64_t>();
-  launch_vote_count(p, c10::cuda::getCurrentCUDAStream().stream());
-  check_launch("vote_count");
+  check_launch(launch_vote_count(p, c10::cuda::getCurrentCUDAStream().stream()));
   return nan_rows;
 }
 
@@ -128,6 +140,7 @@ void noisy_rows_into_cuda(const at::Tensor& x, const at::Tensor& sigma, const at
                           int64_t stream, at::Tensor& out) {
   const bool channels_last = check_noisy_rows(x, sigma, table_in, stream, out);
   const c10::cuda::CUDAGuard guard(x.device());
+  check_no_pending_error("noisy_rows");
   if (out.numel() == 0) return;
   const at::Tensor xc = x.contiguous();
   const at::Tensor sc = sigma.contiguous();
@@ -148,13 +161,13 @@ void noisy_rows_into_cuda(const at::Tensor& x, const at::Tensor& sigma, const at
   p.channels_last = channels_last;
   p.channels = channels_last ? x.size(1) : 1;
   p.spatial = channels_last ? x.size(2) * x.size(3) : dim;
-  launch_noisy_rows(p, c10::cuda::getCurrentCUDAStream().stream());
-  check_launch("noisy_rows");
+  check_launch(launch_noisy_rows(p, c10::cuda::getCurrentCUDAStream().stream()));
 }
 
 at::Tensor vote_rows_cuda(const at::Tensor& logits_in, at::Tensor& counts, const at::Tensor& group_in) {
   check_vote_rows(logits_in, counts, group_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
+  check_no_pending_error("vote_rows");
   const at::Tensor logits = logits_in.stride(1) == 1 ? logits_in : logits_in.contiguous();
   const at::Tensor group = group_in.contiguous();
   at::Tensor nan_rows = at::zeros({counts.size(0)}, counts.options());
@@ -168,8 +181,7 @@ at::Tensor vote_rows_cuda(const at::Tensor& logits_in, at::Tensor& counts, const
   p.group = group.data_ptr<int64_t>();
   p.counts = counts.data_ptr<int64_t>();
   p.nan_rows = nan_rows.data_ptr<int64_t>();
-  launch_vote_rows(p, c10::cuda::getCurrentCUDAStream().stream());
-  check_launch("vote_rows");
+  check_launch(launch_vote_rows(p, c10::cuda::getCurrentCUDAStream().stream()));
   return nan_rows;
 }
 

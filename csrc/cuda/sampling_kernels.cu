@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cfloat>
 #include <type_traits>
 
@@ -277,13 +278,33 @@ __global__ void vote_rows_kernel(VoteRowsParams p) {
   }
 }
 
-int grid_for(int64_t work, int threads) {
-  int device = 0, sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+constexpr int kMaxDevices = 64;
+std::atomic<int> cached_sms[kMaxDevices];  // multiprocessors per device; 0 until first asked
+
+// The current device's multiprocessor count, queried once per device and cached. An error of a
+// query is returned (and cleared), never left for a later launch check to find.
+cudaError_t multiprocessors(int* sms) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return cudaGetLastError();
+  const bool cached = device >= 0 && device < kMaxDevices;
+  if (cached) {
+    *sms = cached_sms[device].load(std::memory_order_relaxed);
+    if (*sms > 0) return cudaSuccess;
+  }
+  if (cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) return cudaGetLastError();
+  if (cached) cached_sms[device].store(*sms, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
+// A grid-stride grid: enough blocks for the work, at most 32 per multiprocessor.
+cudaError_t grid_for(int64_t work, int threads, int* grid) {
+  int sms = 0;
+  const cudaError_t err = multiprocessors(&sms);
+  if (err != cudaSuccess) return err;
   const int64_t wanted = (work + threads - 1) / threads;
   const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 80) * 32;
-  return static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
+  *grid = static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
+  return cudaSuccess;
 }
 
 template <typename Tin>
@@ -299,7 +320,7 @@ void noisy_batch_dispatch_out(const NoisyBatchParams& p, cudaStream_t stream, in
 constexpr int64_t kMaxGridY = 65535;  // inputs per launch (gridDim.y limit)
 
 template <typename T>
-void vote_count_dispatch(const VoteCountParams& all, cudaStream_t stream) {
+cudaError_t vote_count_dispatch(const VoteCountParams& all, cudaStream_t stream) {
   const int64_t inputs = all.rows / all.n;
   for (int64_t b0 = 0; b0 < inputs; b0 += kMaxGridY) {
     VoteCountParams p = all;  // inputs b0 .. b0 + nb - 1
@@ -315,53 +336,69 @@ void vote_count_dispatch(const VoteCountParams& all, cudaStream_t stream) {
     } else {
       vote_count_kernel<T, false><<<grid, kVoteThreads, sizeof(int), stream>>>(p);
     }
+    const cudaError_t err = cudaGetLastError();  // this launch's error, before the next one
+    if (err != cudaSuccess) return err;
   }
+  return cudaSuccess;
 }
 
 }  // namespace
 
-void launch_philox(const PhiloxParams& p, void* cuda_stream) {
-  if (p.rows == 0) return;
-  philox_kernel<<<grid_for(p.rows, 256), 256, 0, static_cast<cudaStream_t>(cuda_stream)>>>(p);
+int launch_philox(const PhiloxParams& p, void* cuda_stream) {
+  if (p.rows == 0) return cudaSuccess;
+  int grid = 0;
+  const cudaError_t err = grid_for(p.rows, 256, &grid);
+  if (err != cudaSuccess) return err;
+  philox_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(cuda_stream)>>>(p);
+  return cudaGetLastError();
 }
 
-void launch_noisy_batch(const NoisyBatchParams& p, void* cuda_stream) {
+int launch_noisy_batch(const NoisyBatchParams& p, void* cuda_stream) {
   const int64_t groups = p.batch * p.n * ((p.dim + 3) / 4);
-  if (groups == 0) return;
+  if (groups == 0) return cudaSuccess;
   const int threads = 256;
-  const int grid = grid_for(groups, threads);
+  int grid = 0;
+  const cudaError_t err = grid_for(groups, threads, &grid);
+  if (err != cudaSuccess) return err;
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   switch (p.x_dtype) {
     case DType::kFloat32: noisy_batch_dispatch_out<float>(p, stream, grid, threads); break;
     case DType::kFloat64: noisy_batch_dispatch_out<double>(p, stream, grid, threads); break;
     case DType::kFloat16: noisy_batch_dispatch_out<__half>(p, stream, grid, threads); break;
     case DType::kBFloat16: noisy_batch_dispatch_out<__nv_bfloat16>(p, stream, grid, threads); break;
+    default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
 }
 
-void launch_noisy_grid(const NoisyGridParams& p, void* cuda_stream) {
+int launch_noisy_grid(const NoisyGridParams& p, void* cuda_stream) {
   const int64_t groups = p.batch * p.n * ((p.dim + 3) / 4);
-  if (groups == 0) return;
+  if (groups == 0) return cudaSuccess;
   const int threads = 256;
-  const int grid = grid_for(groups, threads);
+  int grid = 0;
+  const cudaError_t err = grid_for(groups, threads, &grid);
+  if (err != cudaSuccess) return err;
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   switch (p.out_dtype) {
     case DType::kFloat32: noisy_grid_kernel<float><<<grid, threads, 0, stream>>>(p); break;
     case DType::kFloat64: noisy_grid_kernel<double><<<grid, threads, 0, stream>>>(p); break;
     case DType::kFloat16: noisy_grid_kernel<__half><<<grid, threads, 0, stream>>>(p); break;
     case DType::kBFloat16: noisy_grid_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(p); break;
+    default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
 }
 
-void launch_vote_count(const VoteCountParams& p, void* cuda_stream) {
-  if (p.rows == 0 || p.classes == 0) return;
+int launch_vote_count(const VoteCountParams& p, void* cuda_stream) {
+  if (p.rows == 0 || p.classes == 0) return cudaSuccess;
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   switch (p.dtype) {
-    case DType::kFloat32: vote_count_dispatch<float>(p, stream); break;
-    case DType::kFloat64: vote_count_dispatch<double>(p, stream); break;
-    case DType::kFloat16: vote_count_dispatch<__half>(p, stream); break;
-    case DType::kBFloat16: vote_count_dispatch<__nv_bfloat16>(p, stream); break;
+    case DType::kFloat32: return vote_count_dispatch<float>(p, stream);
+    case DType::kFloat64: return vote_count_dispatch<double>(p, stream);
+    case DType::kFloat16: return vote_count_dispatch<__half>(p, stream);
+    case DType::kBFloat16: return vote_count_dispatch<__nv_bfloat16>(p, stream);
   }
+  return cudaErrorInvalidValue;
 }
 
 template <typename Tin>
@@ -374,36 +411,39 @@ void noisy_rows_dispatch_out(const NoisyRowsParams& p, cudaStream_t stream, int 
   }
 }
 
-void launch_noisy_rows(const NoisyRowsParams& p, void* cuda_stream) {
+int launch_noisy_rows(const NoisyRowsParams& p, void* cuda_stream) {
   const int64_t groups = p.rows * ((p.dim + 3) / 4);
-  if (groups == 0) return;
+  if (groups == 0) return cudaSuccess;
   const int threads = 256;
-  const int grid = grid_for(groups, threads);
+  int grid = 0;
+  const cudaError_t err = grid_for(groups, threads, &grid);
+  if (err != cudaSuccess) return err;
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   switch (p.x_dtype) {
     case DType::kFloat32: noisy_rows_dispatch_out<float>(p, stream, grid, threads); break;
     case DType::kFloat64: noisy_rows_dispatch_out<double>(p, stream, grid, threads); break;
     case DType::kFloat16: noisy_rows_dispatch_out<__half>(p, stream, grid, threads); break;
     case DType::kBFloat16: noisy_rows_dispatch_out<__nv_bfloat16>(p, stream, grid, threads); break;
+    default: return cudaErrorInvalidValue;
   }
+  return cudaGetLastError();
 }
 
-void launch_vote_rows(const VoteRowsParams& p, void* cuda_stream) {
-  if (p.rows == 0 || p.classes == 0) return;
+int launch_vote_rows(const VoteRowsParams& p, void* cuda_stream) {
+  if (p.rows == 0 || p.classes == 0) return cudaSuccess;
   cudaStream_t stream = static_cast<cudaStream_t>(cuda_stream);
   const int threads = 256;  // 8 rows per block at a time
-  const int grid = grid_for(p.rows, threads / 32);
+  int grid = 0;
+  const cudaError_t err = grid_for(p.rows, threads / 32, &grid);
+  if (err != cudaSuccess) return err;
   switch (p.dtype) {
     case DType::kFloat32: vote_rows_kernel<float><<<grid, threads, 0, stream>>>(p); break;
     case DType::kFloat64: vote_rows_kernel<double><<<grid, threads, 0, stream>>>(p); break;
     case DType::kFloat16: vote_rows_kernel<__half><<<grid, threads, 0, stream>>>(p); break;
     case DType::kBFloat16: vote_rows_kernel<__nv_bfloat16><<<grid, threads, 0, stream>>>(p); break;
+    default: return cudaErrorInvalidValue;
   }
-}
-
-const char* last_cuda_error() {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return cudaGetLastError();
 }
 
 }  // namespace costsmooth
