@@ -19,8 +19,10 @@ from .cost import CostMatrix
 from .data import default_workers, ham10000_cost_matrix, load_dataset
 from .models import ARCHS, NORMALIZE_CHOICES, load_model
 from .sampling import eval_mode
+from .sound import parse_grid
 
-__all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "parse_cost", "resolve_device", "int_list",
+__all__ = ["UsageError", "ArgumentParser", "HelpFormatter", "add_cost_args", "add_sound_args", "grid_step", "parse_cost",
+           "resolve_device", "int_list",
            "batch_arg", "float_list", "COST_PRESETS", "positive_int", "non_negative_int", "positive_float",
            "probability", "max_arg", "check_data_model_order", "add_model_args", "model_from_args", "add_data_args",
            "dataset_from_args", "PRECISIONS", "runs_in", "default_formats", "ModelFormats", "resolve_formats"]
@@ -283,6 +285,25 @@ def add_sampling_args(p: argparse.ArgumentParser, *, n0: int, n: int, seed_help:
     p.add_argument("--seed", type=seed_arg, default=0, help=seed_help)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def grid_step(text: str) -> float:
+    """--grid: a positive number or fraction (1/255)."""
+    try:
+        return parse_grid(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_sound_args(p: argparse.ArgumentParser, what: str = "the certificate holds") -> None:
+    """--sound / --grid H: sound floating-point mode (``costsmooth.sound``); ``what`` completes its help."""
+    g = p.add_argument_group("sound floating-point mode (Voracek and Hein 2023; see the README)")
+    g.add_argument("--sound", action="store_true",
+                   help=f"inputs on a grid: the model sees the grid point of the cell of x + noise, drawn exactly "
+                        f"from the Gaussian's law, so {what} whatever the model does with floating point; inputs "
+                        f"off the grid are refused")
+    g.add_argument("--grid", metavar="H", type=grid_step,
+                   help="the grid step of --sound (default: the dataset's, digits 1/16; else 1/255)")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, arch: bool = True, normalize: bool = True) -> None:

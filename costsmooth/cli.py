@@ -15,7 +15,7 @@ from . import __version__, build_info, calibration, demo, distributed, fairness,
 from ._checks import error_line
 from .analysis import analyze
 from .args import (ArgumentParser, HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args,
-                   add_sampling_args, check_data_model_order, dataset_from_args, float_list, model_from_args,
+                   add_sampling_args, add_sound_args, check_data_model_order, dataset_from_args, float_list, model_from_args,
                    parse_cost, positive_float, positive_int, PRECISIONS, probability, resolve_device, resolve_formats)
 from .distributed import FailFast, RankError, certify_distributed, init_from_env, parse_shard
 from .input_dependent import add_sigma_fn_args, sigma_from_args
@@ -23,7 +23,6 @@ from .results import read_meta
 from .runs import (certify_dataset, certify_dataset_at, probe_num_classes, recertify, summarize_run,
                    summarize_sequential)
 from .sequential import DEFAULT_FIRST, DEFAULT_GROWTH
-from .sound import parse_grid
 
 __all__ = ["main", "build_parser"]
 
@@ -140,14 +139,6 @@ def certify_sequential(args) -> Optional[dict]:
     return out
 
 
-def grid_step(text: str) -> float:
-    """--grid: a positive number or fraction (1/255)."""
-    try:
-        return parse_grid(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def cmd_recertify(args) -> None:
     meta = read_meta(args.tsv)
     if not meta:
@@ -206,13 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob-sums", action="store_true",
                    help="also save each input's softmax sums of the estimation draw in OUTFILE.counts.jsonl (for "
                         "costsmooth calibration --from)")
-    g = p.add_argument_group("sound floating-point mode (Voracek and Hein 2023; see the README)")
-    g.add_argument("--sound", action="store_true",
-                   help="inputs on a grid: the model sees the grid point of the cell of x + noise, drawn exactly "
-                        "from the Gaussian's law, so the certificate holds whatever the model does with floating "
-                        "point; inputs off the grid are refused")
-    g.add_argument("--grid", metavar="H", type=grid_step,
-                   help="the grid step of --sound (default: the dataset's, digits 1/16; else 1/255)")
+    add_sound_args(p)  # --sound --grid H
     g = p.add_argument_group("scale-out (see the README: several GPUs, machines, SLURM arrays)")
     g.add_argument("--shard", metavar="I/K",
                    help="certify only part I of K (every K-th selected input from the I-th); join the parts with "

@@ -300,6 +300,36 @@ def _toy_run(tmp_path):
     return str(data), str(model)
 
 
+def test_calibration_sound_mode_samples_on_the_grid_and_equals_a_sound_certify_run(tmp_path, capsys):
+    from costsmooth.cli import main
+    from costsmooth.sound import sound_charge
+    torch.manual_seed(0)
+    x = torch.randint(-16, 17, (24, 2)).float() / 16  # on the grid 1/16
+    data, model = str(tmp_path / "grid.pt"), str(tmp_path / "model.pt")
+    torch.save({"inputs": x, "labels": (x[:, 0] > 0).long()}, data)
+    torch.save(Linear2([2.0, 0.5], 0.1), model)
+    common = ["--N0", "20", "--N", "300", "--split", "all", "--alpha", "0.01", "--quiet", "--trust-model-code"]
+    sound_args = ["--sound", "--grid", "1/16"]
+    eps = ["--eps", "0,0.2"]
+    assert main(["calibration", data, model, "0.5", str(tmp_path / "a")] + common + sound_args + eps) == 0
+    a = json.load(open(tmp_path / "a" / "calibration.json"))
+    assert a["grid"] == 1 / 16 and a["charge"] == sound_charge(0.5, 1 / 16, 2)
+    assert "sound mode on the grid 1/16" in open(tmp_path / "a" / "calibration.md").read()
+    run = str(tmp_path / "run.tsv")
+    assert main(["certify", data, model, "0.5", run, "--prob-sums"] + common + sound_args) == 0
+    assert main(["calibration", "--from", run, str(tmp_path / "b")] + eps) == 0
+    b = json.load(open(tmp_path / "b" / "calibration.json"))
+    assert a["rows"] == b["rows"] and b["grid"] == 1 / 16
+    # the standard path draws other noise: other tables
+    assert main(["calibration", data, model, "0.5", str(tmp_path / "c")] + common + eps) == 0
+    assert json.load(open(tmp_path / "c" / "calibration.json"))["rows"] != a["rows"]
+    capsys.readouterr()
+    assert main(["calibration", "--from", run, str(tmp_path / "d"), "--sound"] + eps) == 2
+    assert "--from uses the run's recorded noise" in capsys.readouterr().err
+    assert main(["calibration", data, model, "0.5", str(tmp_path / "e"), "--sound"] + common + eps) == 2
+    assert "not on the grid of step 1/255" in capsys.readouterr().err
+
+
 def test_calibration_command_from_engine_equals_offline_tables_of_certify_prob_sums(tmp_path):
     from costsmooth.cli import main
     data, model = _toy_run(tmp_path)

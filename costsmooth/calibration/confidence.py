@@ -173,6 +173,7 @@ class CertifiedConfidences:
     method: str
     joint: bool
     charge: float = 0.0  # the noise charge of one sample, paid by every certificate and interval
+    grid: Optional[float] = None  # sound mode's input grid (costsmooth.sound); None on the standard path
 
     def __len__(self) -> int:
         return int(self.prediction.size)
@@ -253,18 +254,19 @@ def certified_confidences(selection_counts, counts, prob_sums, labels: Sequence[
 def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int = 10000, alpha: float = 0.001,
                        seed: int = 0, batch_size=1000, indices: Optional[Sequence[int]] = None,
                        method: str = "hoeffding", joint: bool = True, num_classes: Optional[int] = None,
-                       progress=None):
+                       progress=None, sound: bool = False, grid: Optional[float] = None):
     """``certified_confidences`` from fresh samples of the engine, as certification draws them.
 
     x: inputs ``[N, *shape]``; labels ``[N]``; indices: their dataset indices (noise keys; default
     0..N-1). The selection draw (n0 samples, stream 0) picks cA; the estimation draw (n samples,
     stream 1) gives the votes and the softmax sums. Returns (CertifiedConfidences, selection counts,
-    estimation counts, prob_sums) -- the same statistics ``certify --prob-sums`` saves.
+    estimation counts, prob_sums) -- the same statistics ``certify --prob-sums`` saves. ``sound``,
+    ``grid``: sound floating-point mode (``costsmooth.Smooth``): the inputs must lie on the grid.
     """
     if num_classes is None:
         with eval_mode(model):
             num_classes = int(model(x[:1]).shape[1])
-    smooth = Smooth(model, num_classes, sigma, batch_size=batch_size, seed=seed, prob_sums=True)
+    smooth = Smooth(model, num_classes, sigma, batch_size=batch_size, seed=seed, prob_sums=True, sound=sound, grid=grid)
     per_input = check_alpha(alpha) / (max(x.shape[0], 1) if joint else 1)
     certs = smooth.certify_batch(x, [int(v) for v in labels], n0=n0, n=n, alpha=per_input / 2,
                                  indices=range(x.shape[0]) if indices is None else indices, progress=progress)
@@ -273,4 +275,5 @@ def sample_confidences(model, x, labels, sigma: float, *, n0: int = 100, n: int 
     sums = np.stack([c.prob_sums for c in certs]) if certs else np.zeros((0, num_classes))
     conf = certified_confidences(sel, est, sums, [int(v) for v in labels], alpha, sigma, method, joint,
                                  smooth.noise_charge(x.shape[1:].numel()))
+    conf.grid = smooth.grid
     return conf, sel, est, sums

@@ -16,12 +16,13 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, check_data_model_order, float_list,
-                    model_from_args, probability, resolve_device)
+from ..args import (HelpFormatter, UsageError, add_model_args, add_sampling_args, add_sound_args,
+                    check_data_model_order, float_list, model_from_args, probability, resolve_device)
 from ..data import load_dataset
 from ..progress import progress_bar
 from ..results import read_counts, read_meta, select_indices
-from ..runs import probe_num_classes
+from ..runs import probe_num_classes, sound_grid
+from ..sound import format_grid
 from .bounds import (CECE_METHODS, bin_index, brier_score, certified_brier, certified_ece, dece_ascent,
                      ece_at_brier_worst, expected_calibration_error)
 from .confidence import CI_METHODS, CertifiedConfidences, certified_confidences, sample_confidences
@@ -150,8 +151,10 @@ def confidences_from_run(tsv: str, alpha: Optional[float] = None, method: str = 
     est = np.array([counts[i]["estimation"] for i in ids], dtype=np.int64)
     sums = np.array([counts[i]["prob_sums"] for i in ids], dtype=np.float64)
     labels = [int(counts[i]["label"]) for i in ids]
-    return certified_confidences(sel, est, sums, labels, meta["alpha"] if alpha is None else alpha, meta["sigma"],
+    conf = certified_confidences(sel, est, sums, labels, meta["alpha"] if alpha is None else alpha, meta["sigma"],
                                  method, joint, meta.get("charge", 0.0))
+    conf.grid = meta.get("grid")
+    return conf
 
 
 def _json_rows(rows):
@@ -203,6 +206,7 @@ def register_cli(sub) -> None:
     p.add_argument("--alpha", type=probability, help="total failure probability (default 0.001; with --from the run's)")
     add_sampling_args(p, n0=100, n=10000)
     add_model_args(p)  # --arch --normalize --trust-model-code
+    add_sound_args(p, "the certificates and boxes hold")  # --sound --grid H
 
     def run(args):
         eps_list = float_list(args.eps, "--eps")
@@ -211,6 +215,9 @@ def register_cli(sub) -> None:
         if args.from_run:
             if len(args.positional) != 1:
                 raise UsageError("with --from RUN.tsv give exactly one argument, OUT (the output directory)")
+            if args.sound or args.grid is not None:
+                raise UsageError("--sound and --grid set how calibration samples; --from uses the run's recorded noise "
+                                 "(certify --prob-sums --sound for a sound run): drop them")
             out = args.positional[0]
             conf = confidences_from_run(args.from_run, args.alpha, args.ci, args.joint is not False)
             source = f"from {args.from_run}"
@@ -229,15 +236,16 @@ def register_cli(sub) -> None:
             conf = _sample(args, model_path, data, sigma)
             source = f"{model_path} on {data}, N0={args.N0}, N={args.N}, seed={args.seed}"
         rows = calibration_table(conf, eps_list, args.bins, args.method)
+        noise = "" if conf.grid is None else f", sound mode on the grid {format_grid(conf.grid)}"
         header = (f"Certified calibration ({source}): {len(conf)} inputs, {args.bins} bins, {conf.method} "
-                  f"interval, sigma={conf.sigma:g}; {conf.statement()}")
+                  f"interval, sigma={conf.sigma:g}{noise}; {conf.statement()}")
         table = format_table(rows)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "calibration.md"), "w") as f:
             f.write(header + "\n\n" + table + "\n")
         with open(os.path.join(out, "calibration.json"), "w") as f:
             json.dump({"source": source, "alpha": conf.alpha, "joint": conf.joint, "level": conf.level,
-                       "interval": conf.method, "charge": conf.charge,
+                       "interval": conf.method, "charge": conf.charge, "grid": conf.grid,
                        "sigma": conf.sigma, "n": conf.n, "bins": args.bins, "rows": _json_rows(rows)}, f, indent=1)
         plot_reliability(rows, os.path.join(out, "reliability.png"), args.bins, header if len(header) < 120 else "")
         print(header + "\n\n" + table)
@@ -253,11 +261,12 @@ def _sample(args, model_path: str, data: str, sigma: float) -> CertifiedConfiden
     model = model_from_args(args, model_path, data, dataset, map_location=device).to(device)
     num_classes = probe_num_classes(model, dataset, device)
     ids = select_indices(len(dataset), args.skip, args.max)
+    grid = sound_grid(dataset, ids, args.sound, args.grid)  # None without --sound; inputs off the grid refused
     bar = progress_bar(total=len(ids) * args.N, unit="sample", unit_scale=True, disable=args.quiet, desc="calibration")
     x, y = dataset.take(ids)  # image datasets: only the selected inputs are decoded
     conf, *_ = sample_confidences(model, x.to(device), y, sigma, n0=args.N0,
                                   n=args.N, alpha=args.alpha or 0.001, seed=args.seed, batch_size=args.batch,
                                   indices=ids, method=args.ci, joint=args.joint is not False, num_classes=num_classes,
-                                  progress=bar)
+                                  progress=bar, sound=args.sound, grid=grid)
     bar.close()
     return conf
