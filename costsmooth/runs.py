@@ -5,6 +5,7 @@ here)."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import time
@@ -15,9 +16,9 @@ import numpy as np
 import torch
 
 from . import __version__, metrics
-from .analysis import analyze, json_safe, plot_curves
 from . import sound as sound_mode
 from ._checks import check_alpha, check_count, check_positive_finite, check_seed
+from .analysis import analyze, json_safe, plot_curves
 from .certify import ABSTAIN, Certificate, certify_from_counts
 from .cost import CostMatrix
 from .data import batches
@@ -25,13 +26,14 @@ from .data.loading import ConversionCount
 from .progress import progress_bar
 from .results import (ResultWriter, SequentialWriter, check_certified_inputs, fingerprint_dataset, fingerprint_model,
                       load_records, read_counts, read_meta, read_tsv_checked, select_indices)
-from .sampling import eval_mode, resolve_batch_size
+from .sampling import SamplingOptions, eval_mode, options_or_settings, resolve_batch_size
 from .sequential import DEFAULT_FINAL_SHARE, DEFAULT_FIRST, DEFAULT_GROWTH, Boundary
 from .smooth import Smooth
 
 __all__ = ["certify_dataset", "certify_dataset_at", "summarize_sequential", "recertify", "analyze", "plot_curves",
            "fingerprint_model", "fingerprint_dataset", "select_indices", "probe_num_classes", "invalid_inputs",
-           "check_certified_inputs", "json_safe", "sound_grid"]
+           "check_certified_inputs", "json_safe", "sound_grid", "run_options", "check_run_options", "run_identity",
+           "prepare_model"]
 
 
 def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100, n: int = 100000,
@@ -40,7 +42,8 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
                     progress: bool = True, autocast: Optional[torch.dtype] = None, channels_last: bool = False,
                     cuda_graphs: bool = False, skip_invalid: bool = False, return_stats: bool = False,
                     shard: Optional[Tuple[int, int]] = None, sample_split=None, prob_sums: bool = False,
-                    workers: Optional[int] = None, sound: bool = False, grid: Optional[float] = None):
+                    workers: Optional[int] = None, sound: bool = False, grid: Optional[float] = None,
+                    options: Optional[SamplingOptions] = None):
     """Certify ``dataset`` (a ``costsmooth.data.Dataset``) into ``outfile``, resuming a previous run.
 
     Inputs are dataset indices ``i`` with ``i % skip == 0`` and ``i < max_index`` (when >= 0), as in
@@ -69,18 +72,18 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     dataset's ``grid``, else 1/255); inputs off the grid are refused before any file is created.
     The metadata records the noise ("gaussian" or "sound"), the grid and the noise charge every bound
     paid (``recertify`` pays the same).
+    ``options``: a ``costsmooth.sampling.SamplingOptions`` in place of batch, device, autocast, channels_last,
+    cuda_graphs, sound and grid (its ``grid`` turns sound mode on; those keywords then stay at their defaults).
     """
     if not callable(sigma):
         sigma = check_positive_finite(sigma, "sigma")
     n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
     check_seed(seed)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    batch_rows = resolve_batch_size(batch, device)
-    if cuda_graphs and device.type != "cuda":
-        raise ValueError("--cuda-graphs needs a CUDA device (--device cuda); drop it on the CPU")
-    if channels_last and len(dataset.input_shape) != 3:
-        raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
-                         f"{list(dataset.input_shape)}")
+    options, sound = run_options(options, "certify_dataset", batch=batch, device=device, autocast=autocast,
+                                 channels_last=channels_last, cuda_graphs=cuda_graphs, sound=sound, grid=grid)
+    device, grid = options.device, options.grid
+    batch_rows = resolve_batch_size(options.batch_size, device)
+    check_run_options(options, dataset)
     indices = select_indices(len(dataset), skip, max_index)
     if shard is not None:
         part, parts = shard
@@ -94,18 +97,17 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     if sound and callable(sigma):
         raise ValueError("--sound draws with one noise level: it cannot be combined with --sigma-fn")
     grid = sound_grid(dataset, indices, sound, grid)
-    dim = math.prod(dataset.input_shape)
-    charge = sound_mode.noise_charge(dim, None if callable(sigma) else sigma, grid)
-    sigma_meta = sigma.describe() if callable(sigma) else sigma  # input-dependent sigma: its settings
-    meta = {"sigma": sigma_meta, "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
+    # On a GPU, a reduced-precision run writes the noisy inputs in that precision directly (the model's first
+    # layer would round them to it anyway): half the bytes written and read.
+    noise_dtype = options.autocast if (options.autocast is not None and device.type == "cuda") else None
+    options = dataclasses.replace(options, grid=grid, dtype=options.dtype or noise_dtype)
+    meta = {"sigma": sigma.describe() if callable(sigma) else sigma,  # input-dependent sigma: its settings
+            "n0": n0, "n": n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
-            "class_names": dataset.class_names, "version": __version__,
-            "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
-            "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
-            "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
-            "num_inputs": len(dataset), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-            **_file_rows_meta(dataset),
-            "noise": "sound" if sound else "gaussian", "grid": grid, "charge": charge,
+            **run_identity(model, dataset, options), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+            **_file_rows_meta(dataset), "noise": "sound" if sound else "gaussian", "grid": options.grid,
+            "charge": sound_mode.noise_charge(math.prod(dataset.input_shape), None if callable(sigma) else sigma,
+                                              options.grid),
             **({"prob_sums": True} if prob_sums else {}), **(meta_extra or {})}
     invalid = invalid_inputs(dataset, indices)
     if invalid and not skip_invalid:
@@ -118,55 +120,98 @@ def certify_dataset(model, dataset, sigma: float, outfile: str, *, n0: int = 100
     if writes:
         check_certified_inputs(outfile, dataset, meta["data_sha256"])
     writer = ResultWriter(outfile, meta) if writes else None
-    done_now, samples = 0, 0
-    conversions = ConversionCount()
     try:
         todo = [i for i in indices if i not in writer.done] if writes else None
         if sample_split is not None:  # every process samples the same inputs; rank 0 knows which
             todo = sample_split.broadcast(todo)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed chunk shapes: autotuned convolutions pay off
-        # On a GPU, a reduced-precision run writes the noisy inputs in that precision directly (the
-        # model's first layer would round them to it anyway): half the bytes written and read.
-        noise_dtype = autocast if (autocast is not None and device.type == "cuda") else None
-        smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
-                        channels_last=channels_last, cuda_graphs=cuda_graphs, dtype=noise_dtype,
-                        sample_split=sample_split, prob_sums=prob_sums, sound=sound, grid=grid)
-        chunk = max(1, batch_rows // max(n, 1))
+        smooth = Smooth(prepare_model(model, options), num_classes, sigma, seed=seed, sample_split=sample_split,
+                        prob_sums=prob_sums, options=options)
         bar = progress_bar(total=len(todo) * (n0 + n), unit="sample", unit_scale=True, disable=not (progress and writes),
-                   desc=os.path.basename(outfile), dynamic_ncols=True)
+                           desc=os.path.basename(outfile), dynamic_ncols=True)
         bar.set_postfix_str(f"inputs {len(indices) - len(todo)}/{len(indices)}", refresh=False)
         for i in [i for i in todo if i in invalid]:
             if writes:
                 writer.write(i, _not_certified(num_classes, int(dataset.labels[i]), cost), 0.0, invalid=invalid[i])
             bar.update(n0 + n)
         todo = [i for i in todo if i not in invalid]
-        groups = [todo[start:start + chunk] for start in range(0, len(todo), chunk)]
-        for batch in batches(dataset, groups, workers=workers, device=device):  # the next ones load meanwhile
-            ids = batch.indices
-            conversions.add(batch.infos)
-            t0 = time.perf_counter()
-            certs = smooth.certify_batch(batch.inputs, batch.labels.tolist(), cost, n0=n0, n=n,
-                                         alpha=alpha, indices=ids, progress=bar)
-            seconds = (time.perf_counter() - t0) / len(ids)
-            if writes:
-                for i, cert, info in zip(ids, certs, batch.infos):
-                    writer.write(i, cert, seconds, input={"file": dataset.input_name(i), "sha256": info["sha256"]}
-                                 if not getattr(dataset, "in_memory", True) else {"sha256": info["sha256"]})
-            done_now += len(ids)
-            samples += len(ids) * (n0 + n)
-            bar.update(len(ids) * n0)  # the estimation samples were counted as they were drawn
-            bar.set_postfix_str(f"inputs {len(indices) - len(todo) + done_now}/{len(indices)}", refresh=False)
+        chunk = max(1, batch_rows // max(n, 1))
+        done_now, conversions = _certify_inputs(smooth, dataset, [todo[s:s + chunk] for s in range(0, len(todo), chunk)],
+                                                writer, bar, dict(cost=cost, n0=n0, n=n, alpha=alpha), workers,
+                                                f"inputs {{}}/{len(indices)}", len(indices) - len(todo))
         bar.close()
     finally:
         if writer is not None:
             writer.close()
     if return_stats:
-        return {"outfile": outfile, "certified_now": done_now, "samples": samples, "invalid": sorted(invalid),
+        return {"outfile": outfile, "certified_now": done_now, "samples": done_now * (n0 + n), "invalid": sorted(invalid),
                 "selected": len(indices), "conversions": conversions.report(dataset.name, dataset.input_shape[-1])}
     return outfile
+
+
+def run_options(options: Optional[SamplingOptions], caller: str, *, batch, device, autocast, channels_last,
+                cuda_graphs, sound: bool, grid) -> Tuple[SamplingOptions, bool]:
+    """(the run's ``SamplingOptions`` with its device resolved (default cpu), sound mode): ``options``, or the run's
+    keywords (``batch`` is the batch size; ``grid`` stays None for sound mode on the dataset's grid)."""
+    if options is not None and sound:
+        raise TypeError(f"{caller}() takes sound mode either in options (its grid) or as sound=True, not both")
+    settings = dict(batch_size=batch, device=device, autocast=autocast, channels_last=channels_last,
+                    cuda_graphs=cuda_graphs, grid=grid)
+    sound = sound or (options is not None and options.sound)
+    options = options_or_settings(options, settings, caller)
+    device = torch.device(options.device) if options.device is not None else torch.device("cpu")
+    return dataclasses.replace(options, device=device), sound
+
+
+def check_run_options(options: SamplingOptions, dataset) -> None:
+    """Refuse CUDA graphs off a CUDA device and channels-last for inputs that are not images, in the command
+    line's words."""
+    if options.cuda_graphs and options.device.type != "cuda":
+        raise ValueError("--cuda-graphs needs a CUDA device (--device cuda); drop it on the CPU")
+    if options.channels_last and len(dataset.input_shape) != 3:
+        raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
+                         f"{list(dataset.input_shape)}")
+
+
+def run_identity(model, dataset, options: SamplingOptions) -> dict:
+    """The metadata a certify run records of what it certified and how: classes, version, precision, model and
+    data fingerprints, data format and dataset size."""
+    return {"class_names": dataset.class_names, "version": __version__,
+            "precision": str(options.autocast).replace("torch.", "") if options.autocast is not None else "float32",
+            "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
+            "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
+            "num_inputs": len(dataset)}
+
+
+def prepare_model(model, options: SamplingOptions):
+    """The model in the memory format of ``options``; on a GPU, cuDNN autotuning on (the chunk shapes are fixed,
+    so autotuned convolutions pay off)."""
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if options.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return model
+
+
+def _certify_inputs(smooth: Smooth, dataset, groups, writer, bar, settings: dict, workers, postfix: str,
+                    done_before: int):
+    """Certify the groups of dataset indices (one ``certify_batch`` each, the next group loading meanwhile) and
+    write their rows; returns (inputs certified, ``ConversionCount`` of the images read)."""
+    done_now, conversions = 0, ConversionCount()
+    for batch in batches(dataset, groups, workers=workers, device=smooth.device):
+        ids = batch.indices
+        conversions.add(batch.infos)
+        t0 = time.perf_counter()
+        certs = smooth.certify_batch(batch.inputs, batch.labels.tolist(), settings["cost"], n0=settings["n0"],
+                                     n=settings["n"], alpha=settings["alpha"], indices=ids, progress=bar)
+        seconds = (time.perf_counter() - t0) / len(ids)
+        if writer is not None:
+            for i, cert, info in zip(ids, certs, batch.infos):
+                writer.write(i, cert, seconds, input={"file": dataset.input_name(i), "sha256": info["sha256"]}
+                             if not getattr(dataset, "in_memory", True) else {"sha256": info["sha256"]})
+        done_now += len(ids)
+        bar.update(len(ids) * settings["n0"])  # the estimation samples were counted as they were drawn
+        bar.set_postfix_str(postfix.format(done_before + done_now), refresh=False)
+    return done_now, conversions
 
 
 def _file_rows_meta(dataset) -> dict:
@@ -256,7 +301,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
                        meta_extra=None, progress: bool = True, first: int = DEFAULT_FIRST,
                        growth: float = DEFAULT_GROWTH, chunk: int = 64, autocast: Optional[torch.dtype] = None,
                        channels_last: bool = False, workers: Optional[int] = None, sound: bool = False,
-                       grid: Optional[float] = None) -> dict:
+                       grid: Optional[float] = None, options: Optional[SamplingOptions] = None) -> dict:
     """``certify --sequential``: test every selected input of ``dataset`` at ``radius`` into ``outfile``.
 
     Inputs as in ``certify_dataset`` (``i % skip == 0``, ``i < max_index``); rows are written as
@@ -265,7 +310,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
     ``analyze`` counts at the radius: ``accurate``, correct with a standard radius >= r; ``cs_certified``
     of ``seed_inputs``, seed-class inputs certified by the cost-sensitive test).
     ``sound``, ``grid``: sound floating-point mode, as in ``certify_dataset`` (recorded in the metadata
-    with the noise charge every decision paid).
+    with the noise charge every decision paid). ``options``: a ``costsmooth.sampling.SamplingOptions`` in place
+    of batch, device, autocast, channels_last, sound and grid.
     """
     sigma = check_positive_finite(sigma, "sigma")
     radius = float(radius)
@@ -273,7 +319,9 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
         raise ValueError(f"--radius must be a finite number >= 0, got {radius!r}")
     alpha, n0, max_n = check_alpha(alpha), check_count(n0, "n0"), check_count(max_n, "max_n")
     boundary = Boundary.geometric(alpha, max_n, first, growth)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    options, sound = run_options(options, "certify_dataset_at", batch=batch, device=device, autocast=autocast,
+                                 channels_last=channels_last, cuda_graphs=False, sound=sound, grid=grid)
+    device = options.device
     indices = select_indices(len(dataset), skip, max_index)
     model = model.to(device)
     num_classes = probe_num_classes(model, dataset, device)
@@ -281,7 +329,8 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
         cost.check_num_classes(num_classes)
     if invalid_inputs(dataset, indices):
         raise ValueError(f"{dataset.name} has NaN or infinite values in the selected inputs; clean the data first")
-    grid = sound_grid(dataset, indices, sound, grid)
+    grid = sound_grid(dataset, indices, sound, options.grid)
+    options = dataclasses.replace(options, grid=grid)
     meta = {"sigma": sigma, "n0": n0, "max_n": max_n, "alpha": alpha, "seed": seed, "skip": skip, "max": max_index,
             "radius": radius, "sequential": {"boundary": "clopper_pearson_geometric_grid", "first": first,
                                              "growth": growth, "final_share": DEFAULT_FINAL_SHARE,
@@ -289,18 +338,15 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
             "num_classes": num_classes, "cost": cost.to_json() if cost is not None else None,
             "class_names": dataset.class_names, "version": __version__, "model_sha256": fingerprint_model(model),
             "data_sha256": fingerprint_dataset(dataset), "num_inputs": len(dataset),
-            "precision": str(autocast).replace("torch.", "") if autocast is not None else "float32",
+            "precision": str(options.autocast).replace("torch.", "") if options.autocast is not None else "float32",
             "noise": "sound" if sound else "gaussian", "grid": grid,
             "charge": sound_mode.noise_charge(math.prod(dataset.input_shape), sigma, grid),
             **(meta_extra or {})}
-    if channels_last and len(dataset.input_shape) != 3:
-        raise ValueError(f"--channels-last needs image inputs [N, C, H, W]; {dataset.name} has inputs of shape "
-                         f"{list(dataset.input_shape)}")
+    check_run_options(options, dataset)
     writer = SequentialWriter(outfile, meta)
-    if channels_last:
+    if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    smooth = Smooth(model, num_classes, sigma, batch_size=batch, seed=seed, device=device, autocast=autocast,
-                    channels_last=channels_last, sound=sound, grid=grid)
+    smooth = Smooth(model, num_classes, sigma, seed=seed, options=options)
     summary = collections.Counter()
     seeds = set(cost.seed_classes) if cost is not None else set()
     try:
