@@ -7,7 +7,7 @@ x + delta on the digits' grid 1/16, drawn exactly; ``costsmooth.sound``). Same m
 alpha. Writes the TSVs and ``summary.md`` (a markdown table of certified accuracy and ACR).
 Re-running reuses finished checkpoints and TSVs.
 
-    OMP_NUM_THREADS=1 python scripts/sound_digits.py --out /tmp/sound_digits
+    OMP_NUM_THREADS=1 ./run.sh python scripts/sound_digits.py --n 2000 --skip 1 --out /tmp/sound_digits   # the README's table
 """
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ def main(argv=None):
                                                                   for r in RADII)
                         + f" | {metrics.acr(rec):.3f} | {meta['charge']:.2g} |")
             print(f"sigma {sigma:g} {mode}: {time.perf_counter() - t0:.0f} s -> {tsv}", flush=True)
-    summary = (f"Digits test images (every {args.skip}th, {len(range(0, len(test_set), args.skip))} images), "
+    count = len(range(0, len(test_set), args.skip))
+    which = f"all {count}" if args.skip == 1 else f"every {args.skip}th, {count}"
+    summary = (f"Digits test images ({which} images), "
                f"digits_cnn trained with Gaussian noise, n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}\n\n"
                "| sigma | noise | " + " | ".join(f"R={r:g}" for r in RADII) + " | ACR | charge |\n"
                "|---|---|" + "---|" * (len(RADII) + 2) + "\n" + "\n".join(rows) + "\n")
