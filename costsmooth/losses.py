@@ -35,23 +35,33 @@ class NoiseSource:
     """Gaussian noise from the engine's counter-based stream: each draw uses fresh input indices.
 
     ``draw(x, k, sigma)`` returns ``x.repeat_interleave(k, 0) + sigma * noise`` (differentiable in x).
+    ``grid`` (sound mode, ``costsmooth.sound``; None: the standard path): the noise is ``k * grid`` with
+    the cell offsets ``k`` drawn exactly from the Gaussian's cell law, and ``draw`` returns the grid
+    points ``ops.noisy_batch(x, k, sigma, grid=grid)`` exactly, the inputs the sound certificate's
+    ``f o q`` gives the model (x must lie on the grid; the gradient passes to x unchanged).
     """
 
-    def __init__(self, seed: int = 0, stream: int = STREAM_TRAINING):
+    def __init__(self, seed: int = 0, stream: int = STREAM_TRAINING, grid: Optional[float] = None):
         self.seed = seed
         self.stream = stream
         self.counter = 0
+        self.grid = grid
 
-    def noise(self, x: torch.Tensor, k: int, sigma) -> torch.Tensor:
-        """``[B * k, *shape]`` noise; sigma a number or a ``[B]`` tensor (input-dependent sigma)."""
-        base = torch.zeros_like(x, dtype=torch.float32)
-        out = ops.noisy_batch(base, k, sigma, seed=self.seed, stream=self.stream, index_offset=self.counter % 2**31,
-                              dtype=x.dtype)
+    def _draw(self, x: torch.Tensor, k: int, sigma, dtype) -> torch.Tensor:
+        out = ops.noisy_batch(x, k, sigma, seed=self.seed, stream=self.stream, index_offset=self.counter % 2**31,
+                              dtype=dtype, grid=self.grid)
         self.counter += x.shape[0]
         return out
 
+    def noise(self, x: torch.Tensor, k: int, sigma) -> torch.Tensor:
+        """``[B * k, *shape]`` noise; sigma a number or a ``[B]`` tensor (input-dependent sigma)."""
+        return self._draw(torch.zeros_like(x, dtype=torch.float32), k, sigma, x.dtype)
+
     def draw(self, x: torch.Tensor, k: int, sigma) -> torch.Tensor:
-        return x.repeat_interleave(k, dim=0) + self.noise(x.detach(), k, sigma)
+        rows = x.repeat_interleave(k, dim=0)
+        if self.grid is None:
+            return rows + self.noise(x.detach(), k, sigma)
+        return self._draw(x.detach(), k, sigma, x.dtype) + (rows - rows.detach())  # the grid points, exactly
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "stream": self.stream, "counter": self.counter}
@@ -73,6 +83,9 @@ class Loss:
     drawing its noise from a resumable ``NoiseSource(seed)``; subclasses set ``name`` and are listed in ``LOSSES``."""
     name = "loss"
     accepts_sigma_fn = False  # Gaussian and CS-RS losses also take an input-dependent sigma function
+    # Sound mode (NoiseSource.grid) draws grid points of the inputs it is given: losses that draw noise
+    # only at the clean inputs take it; those that attack the inputs first (off the grid) do not.
+    accepts_grid = True
 
     def __init__(self, sigma, seed: int = 0):
         if callable(sigma) and not self.accepts_sigma_fn:
@@ -329,6 +342,7 @@ class SmoothAdv(Loss):
     the same noise at every step. Set ``eps`` per epoch to ramp it up (``costsmooth train`` does).
     """
     name = "smoothadv"
+    accepts_grid = False
 
     def __init__(self, sigma: float, eps: float = 0.25, steps: int = 2, m: int = 2, seed: int = 0):
         super().__init__(sigma, seed)
@@ -368,6 +382,7 @@ class PGDTraining(Loss):
     on the same-class mixtures (Zhong & Tandon 2024).
     """
     name = "pgd"
+    accepts_grid = False
 
     def __init__(self, sigma: float, eps: float = 0.25, steps: int = 7, step_size: Optional[float] = None,
                  norm="l2", noise: int = 0, seed: int = 0):

@@ -17,8 +17,8 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from ._checks import check_count, check_positive_finite, check_seed
-from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, dataset_from_args,
-                   parse_cost, positive_float, positive_int, resolve_device, seed_arg)
+from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, add_sound_args,
+                   dataset_from_args, parse_cost, positive_float, positive_int, resolve_device, seed_arg)
 from .calibration.act import ACTBrier, ACTECE  # noqa: F401  (registers act_brier and act_ece in LOSSES)
 from .cost import CostMatrix
 from .data import Dataset, channel_stats
@@ -29,7 +29,7 @@ from .mixup import SameClassMixup
 from .progress import progress_bar
 from .models import ARCHS, build_model, load_weights, read_checkpoint, save_checkpoint
 from .results import fingerprint_dataset
-from .runs import invalid_inputs
+from .runs import invalid_inputs, sound_grid
 from .sampling import eval_mode
 
 __all__ = ["train", "register_cli", "TrainingDiverged", "COHEN_RECIPE", "DEFAULT_RECIPE", "recipe_for"]
@@ -92,7 +92,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
           stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None,
           mixup: Optional[float] = None, init: Optional[str] = None, trust_code: bool = False,
-          workers: Optional[int] = None) -> str:
+          workers: Optional[int] = None, sound: bool = False, grid: Optional[float] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -127,6 +127,13 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     while the model trains, with the dataset's training augmentation (``augment``: Cohen et al.'s random
     crop and flip for CIFAR-10 and ImageNet) drawn from (seed, epoch, index). An image dataset without
     normalisation statistics (``folder:``) gets them from one streaming pass over its images.
+
+    ``sound`` (``grid``: the input grid, default the dataset's, else 1/255): the noisy training inputs are
+    the grid points sound certification gives the model (``costsmooth.sound``; ``NoiseSource.grid``), so
+    the model is trained on the law of ``f o q`` that ``certify --sound`` certifies. The training inputs
+    must lie on the grid (in-memory datasets are checked before training; image files as they are
+    drawn), with one sigma; losses that attack their inputs (smoothadv, pgd, act_*) and ``mixup`` move
+    inputs off the grid and are refused. The grid is a recorded setting.
     """
 
     epochs = check_count(epochs, "epochs")
@@ -154,12 +161,19 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         raise ValueError(f"{dataset.describe_input(i)} contains {what} values"
                          f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data "
                          f"before training")
+    if sound and (callable(sigma) or mixup is not None):
+        raise ValueError("--sound trains on the grid points of the inputs with one sigma: "
+                         + ("drop the input-dependent sigma" if callable(sigma) else
+                            "--mixup mixes inputs off the grid; drop one of them"))
+    in_memory = getattr(dataset, "in_memory", True)  # image files are checked on the grid as they are drawn
+    grid = sound_grid(dataset, list(range(len(dataset))) if in_memory else [], sound, grid)
     device = torch.device(device)
     ckpt_path = os.path.join(out_dir, "checkpoint.pt")
     settings = {"arch": arch, "loss": loss, "sigma": sigma_setting or sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
                 "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
                 "seed": seed, "eps_warmup": eps_warmup, "loss_kwargs": dict(sorted((loss_kwargs or {}).items())),
-                "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset)}
+                "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset),
+                "grid": grid}
     mixer = None  # same-class mixup (costsmooth.mixup); "mixup": None records a run without it
     if mixup is not None:
         mixer = SameClassMixup(mixup, seed)
@@ -185,6 +199,11 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
             raise ValueError(f"{ckpt_path} was written with other settings ({details}); resume with the same "
                              f"settings or choose another output directory")
     objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))  # checked before OUT exists
+    if grid is not None:
+        if not objective.accepts_grid:
+            raise ValueError(f"--sound draws grid points of the training inputs, but the {loss} loss attacks them off "
+                             f"the grid first; use gaussian, gaussian_r, macer, cs_rs or cs_rs_pairwise")
+        objective.noise.grid = grid
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(seed)
     mean, std = dataset.mean, dataset.std
@@ -407,6 +426,7 @@ def register_cli(sub) -> None:
     add_cost_args(p)
     add_model_args(p, arch=False, normalize=False)  # --trust-model-code (a --init file that is a pickled module)
     add_data_args(p)  # --workers --image-size --resize
+    add_sound_args(p, "the model learns the law sound certification gives it")  # --sound --grid H
 
     def run(args):
         kwargs = {}
@@ -430,7 +450,7 @@ def register_cli(sub) -> None:
                      optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"], schedule=recipe["schedule"],
                      seed=args.seed, device=device, resume=args.resume, loss_kwargs=kwargs, progress=not args.quiet,
                      log=None if args.quiet else print, num_classes=classes, mixup=args.mixup, init=args.init,
-                     trust_code=args.trust_model_code, workers=args.workers)
+                     trust_code=args.trust_model_code, workers=args.workers, sound=args.sound, grid=args.grid)
         print(f"wrote {path}")
 
     p.set_defaults(func=run)

@@ -307,6 +307,50 @@ def test_sequential_sound_mode_draws_the_grid_cells_and_pays_their_charge():
         smooth.certify_batch_at(X + 0.01, 0.3, 0.01, max_n=1000)
 
 
+def test_training_noise_in_sound_mode_gives_the_model_exact_grid_points():
+    from costsmooth.losses import NoiseSource
+    from costsmooth.sampling import STREAM_TRAINING
+    x = grid_inputs(3, 5, grid=1 / 16, seed=1).requires_grad_(True)
+    src = NoiseSource(seed=5, grid=1 / 16)
+    drawn = src.draw(x, 4, 0.5)
+    ref = ops.noisy_batch(x.detach(), 4, 0.5, seed=5, stream=STREAM_TRAINING, grid=1 / 16)
+    assert torch.equal(drawn, ref)  # the grid points of f o q, bit for bit
+    drawn.sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 4.0))  # the gradient passes to x unchanged
+    offsets = src.noise(x.detach(), 2, 0.5)  # the next inputs' offsets: multiples of the grid step
+    assert torch.equal(offsets * 16, torch.round(offsets * 16)) and src.counter == 6
+    with pytest.raises(ValueError, match="not on the grid of step 1/16"):
+        src.draw(x.detach() + 0.01, 1, 0.5)
+
+
+def test_train_sound_draws_grid_noise_and_refuses_what_leaves_the_grid(tmp_path, capsys, monkeypatch):
+    import costsmooth.losses
+    from costsmooth.cli import main
+    grids = []
+    real = costsmooth.losses.ops.noisy_batch
+
+    def spy(*args, **kwargs):
+        grids.append(kwargs.get("grid"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(costsmooth.losses.ops, "noisy_batch", spy)
+    common = ["--epochs", "1", "--batch", "256", "--quiet"]
+    assert main(["train", "digits", "mlp", str(tmp_path / "a"), "--sound"] + common) == 0
+    assert grids and set(grids) == {1 / 16}  # the digits' grid, for every training draw
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["settings"]["grid"] == 1 / 16
+    capsys.readouterr()
+    assert main(["train", "digits", "mlp", str(tmp_path / "a"), "--resume", "--epochs", "2"] + common[2:]) == 2
+    assert "grid: 0.0625 in the checkpoint, None now" in capsys.readouterr().err
+    for extra, message in ((["--loss", "smoothadv"], "the smoothadv loss attacks them off the grid"),
+                           (["--mixup", "1"], "--mixup mixes inputs off the grid"),
+                           (["--grid", "1/255"], "not on the grid of step 1/255")):
+        assert main(["train", "digits", "mlp", str(tmp_path / "b"), "--sound"] + extra + common) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert main(["train", "digits", "mlp", str(tmp_path / "b"), "--grid", "1/16"] + common) == 2
+    assert "add --sound" in capsys.readouterr().err
+
+
 # -- command line ----------------------------------------------------------------------------------------
 @pytest.fixture
 def grid_files(tmp_path):

@@ -35,6 +35,7 @@ __all__ = ["ACTBrier", "ACTECE"]
 
 class _ACT(Loss):
     name = "act"
+    accepts_grid = False  # the attack moves the inputs off the grid
 
     def __init__(self, sigma: float, eps: float = 0.25, steps: int = 4, m: int = 4, lam: float = 1.0,
                  norm: str = "l2", step_size: Optional[float] = None, seed: int = 0):
