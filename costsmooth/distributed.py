@@ -37,7 +37,8 @@ from filelock import FileLock
 
 from ._checks import error_line
 from .args import HelpFormatter
-from .results import read_counts, read_meta, read_tsv_checked, select_indices, settings_mismatch, write_atomic
+from .results import (join_devices, read_counts, read_meta, read_tsv_checked, select_indices, settings_mismatch,
+                      write_atomic)
 from .runs import certify_dataset
 
 __all__ = ["SampleSplit", "init_from_env", "part_path", "certify_distributed", "merge_parts", "parse_shard",
@@ -306,6 +307,8 @@ def merge_parts(outfile: str, parts: Sequence[str], *, allow_missing: bool = Fal
     with open(parts[0]) as f:
         header = f.readline().rstrip("\n").split("\t")
     meta = dict(first, shard=None, merged_from=[os.path.abspath(p) for p in parts],
+                **({"devices": join_devices(*(m["devices"] for m in metas if "devices" in m))}
+                   if any("devices" in m for m in metas) else {}),
                 **({"missing_indices": missing} if missing else {}))
     with FileLock(outfile + ".lock", timeout=0):
         write_atomic(outfile + ".meta.json", json.dumps(meta, indent=1))

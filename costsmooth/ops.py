@@ -7,6 +7,7 @@ version of each op: the test oracle and the benchmark baseline.
 """
 from __future__ import annotations
 
+import platform
 from typing import Optional, Union
 
 import torch
@@ -17,7 +18,7 @@ from ._checks import (FLOAT_DTYPES, check_count, check_float_tensor, check_index
                       check_same_device, check_seed, sigma_tensor)
 
 __all__ = ["philox", "noisy_batch", "noisy_rows", "grid_sigma", "vote_count", "vote_rows", "prob_sum",
-           "vote_count_nan", "raise_on_nan", "NaNLogitsError"]
+           "vote_count_nan", "raise_on_nan", "NaNLogitsError", "describe_device", "NORMALS_TOLERANCE"]
 
 SigmaLike = Union[float, torch.Tensor]
 
@@ -27,6 +28,37 @@ UNDEFINED_SOFTMAX = "have an undefined softmax (NaN or infinite logits)"
 
 class NaNLogitsError(ValueError):
     """The model returned NaN logits for some noisy inputs; those rows were not counted as votes."""
+
+
+# Every noise kernel computes the same Philox words, bit for bit; the normals that Box-Muller makes of
+# them differ between kernels in the last bits of their log, sqrt and sincos. This bound on the
+# difference is what the tests hold every kernel to (scripts/noise_agreement.py measures it).
+NORMALS_TOLERANCE = 2e-6
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_device(device) -> dict:
+    """Where the noise is drawn and the model runs: ``{"type", "name", "noise"}``.
+
+    ``noise`` names the kernel that computes the normals: "cuda", or on a CPU "avx2" (SLEEF's
+    transcendentals) or "scalar" (libm's). Every kernel draws the same Philox words; the normals
+    they compute from them agree to within ``NORMALS_TOLERANCE``, not bit for bit.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "noise": "cuda"}
+    return {"type": device.type, "name": _cpu_model(), "noise": str(_C.build_info()["cpu_noise"])}
 
 
 def philox(counters: torch.Tensor, key: tuple) -> torch.Tensor:
@@ -65,7 +97,8 @@ def noisy_batch(x: torch.Tensor, n: int, sigma: SigmaLike, *, seed: int, stream:
         ``out[b*n + j] = x[b] + sigma_b * noise(seed, stream, index_offset + b, sample_offset + j)``.
         The noise is a pure function of those indices (see ``csrc/philox.h``): it does not depend on
         batch size, on how inputs are grouped or on sharding. Every device draws the same Philox
-        words; the normals computed from them agree across devices to within 2e-6, not bit for bit.
+        words; the normals computed from them agree across devices to within ``NORMALS_TOLERANCE``
+        (2e-6), not bit for bit.
         With ``grid``, ``out[b*n + j] = (m_b + k) * grid`` (``m_b = x[b] / grid``, the offsets ``k`` a
         pure function of the same indices; ``csrc/grid.h``), computed in float64 and rounded once to
         the output dtype.

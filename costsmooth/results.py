@@ -36,7 +36,7 @@ from .sequential import SequentialResult
 __all__ = ["COLUMNS", "ResultWriter", "ResultFileError", "read_tsv", "read_tsv_checked", "read_meta", "read_counts",
            "settings_mismatch", "format_row", "Records", "load_records", "SEQUENTIAL_COLUMNS", "SequentialWriter",
            "format_sequential_row", "write_atomic", "fingerprint_model", "fingerprint_dataset", "check_certified_inputs",
-           "select_indices"]
+           "select_indices", "join_devices"]
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", "top_class", "top_is_target",
            "pA_lower", "target_radii", "sigma0"]
@@ -45,7 +45,9 @@ COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "cs_radius", 
 # Settings that do not change any certificate: a resumed run may differ in these. Everything else in
 # the metadata (model and dataset fingerprints, sigma, n0, n, alpha, seed, precision, cost, ...) must
 # match, since noise is keyed by dataset index and which indices are certified changes nothing.
-RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_inputs", "sample_split",
+# ``devices`` lists every device that certified rows of the run (type, name, noise kernel): the normals
+# of different kernels agree to within ops.NORMALS_TOLERANCE, not bit for bit (see the README).
+RESUMABLE_KEYS = {"version", "skip", "max", "model", "dataset", "shard", "num_inputs", "sample_split", "devices",
                   # how inputs are made (size, channels): the data fingerprint covers it
                   "data_format",
                   # provenance of merged and recertified files: resuming or merging them again is allowed
@@ -186,6 +188,14 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def join_devices(*lists) -> List[dict]:
+    """The devices of several metadata ``devices`` lists, each once, in order of first appearance."""
+    out = []
+    for devices in lists:
+        out.extend(d for d in devices if d not in out)
+    return out
+
+
 def settings_mismatch(old: dict, new: dict) -> List[str]:
     """Names of the settings that differ between two runs' metadata and change certificates."""
     keys = (set(old) | set(new)) - RESUMABLE_KEYS
@@ -250,6 +260,8 @@ def begin_run(path: str, meta: dict, columns: List[str]) -> bool:
         details = "; ".join(describe_difference(k, old.get(k), meta.get(k), "in the file") for k in changed)
         raise ResultFileError(f"{path} exists from a run with different settings ({details}); use another "
                               f"OUTFILE or delete it to start over")
+    if "devices" in meta:  # every device that certified rows, the earlier ones first
+        meta["devices"] = join_devices(old.get("devices", []), meta["devices"])
     if old != meta:  # an extended selection (skip, max, ...): the metadata describes the latest run
         write_atomic(meta_path, json.dumps(meta, indent=1))
     return False

@@ -23,6 +23,7 @@ from .certify import ABSTAIN, Certificate, certify_from_counts
 from .cost import CostMatrix
 from .data import batches
 from .data.loading import ConversionCount
+from .ops import describe_device
 from .progress import progress_bar
 from .results import (ResultWriter, SequentialWriter, check_certified_inputs, fingerprint_dataset, fingerprint_model,
                       load_records, read_counts, read_meta, read_tsv_checked, select_indices)
@@ -174,12 +175,12 @@ def check_run_options(options: SamplingOptions, dataset) -> None:
 
 def run_identity(model, dataset, options: SamplingOptions) -> dict:
     """The metadata a certify run records of what it certified and how: classes, version, precision, model and
-    data fingerprints, data format and dataset size."""
+    data fingerprints, data format, dataset size and the device that certifies rows (``ops.describe_device``)."""
     return {"class_names": dataset.class_names, "version": __version__,
             "precision": str(options.autocast).replace("torch.", "") if options.autocast is not None else "float32",
             "model_sha256": fingerprint_model(model), "data_sha256": fingerprint_dataset(dataset),
             "data_format": dataset.describe() if hasattr(dataset, "describe") else None,
-            "num_inputs": len(dataset)}
+            "num_inputs": len(dataset), "devices": [describe_device(options.device)]}
 
 
 def prepare_model(model, options: SamplingOptions):
@@ -341,7 +342,7 @@ def certify_dataset_at(model, dataset, sigma: float, outfile: str, radius: float
             "precision": str(options.autocast).replace("torch.", "") if options.autocast is not None else "float32",
             "noise": "sound" if sound else "gaussian", "grid": grid,
             "charge": sound_mode.noise_charge(math.prod(dataset.input_shape), sigma, grid),
-            **(meta_extra or {})}
+            "devices": [describe_device(options.device)], **(meta_extra or {})}
     check_run_options(options, dataset)
     writer = SequentialWriter(outfile, meta)
     if options.channels_last:

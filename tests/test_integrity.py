@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from costsmooth import certify_from_counts, losses
+from costsmooth import build_info, certify_from_counts, losses, runs
 from costsmooth.certify import conservative_sigma
 from costsmooth.cli import main
 from costsmooth.cost import CostMatrix
@@ -134,6 +134,32 @@ def test_extending_a_run_keeps_its_rows_and_certifies_the_missing_ones(files):
     assert main(certify_args(files, ref, "--max", "16", "--quiet")) == 0
     assert rows == rows_without_time(ref)  # same as one uninterrupted run
     assert read_counts(str(out)).keys() == read_counts(str(ref)).keys()
+
+
+def test_the_metadata_lists_every_device_that_certified_rows(files, monkeypatch):
+    out = files / "devices.tsv"
+    assert main(certify_args(files, out, "--max", "4", "--quiet")) == 0
+    here = read_meta(str(out))["devices"]
+    assert [(d["type"], d["noise"]) for d in here] == [("cpu", build_info()["cpu_noise"])] and here[0]["name"]
+    other = {"type": "cpu", "name": "another CPU", "noise": "scalar"}  # resumed elsewhere
+    monkeypatch.setattr(runs, "describe_device", lambda device: other)
+    assert main(certify_args(files, out, "--max", "8", "--quiet")) == 0
+    assert read_meta(str(out))["devices"] == here + [other]
+    assert main(certify_args(files, out, "--max", "12", "--quiet")) == 0  # listed once
+    assert read_meta(str(out))["devices"] == here + [other]
+    assert len(read_tsv(str(out))) == 12
+
+
+def test_merged_parts_list_the_devices_of_every_part(files, monkeypatch):
+    from costsmooth.distributed import merge_parts
+
+    parts = [files / f"part{k}.tsv" for k in range(2)]
+    devices = [{"type": "cuda", "name": f"GPU {k}", "noise": "cuda"} for k in range(2)]
+    for k, part in enumerate(parts):
+        monkeypatch.setattr(runs, "describe_device", lambda device, k=k: devices[k])
+        assert main(certify_args(files, part, "--max", "6", "--shard", f"{k}/2", "--quiet")) == 0
+    merge_parts(str(files / "merged.tsv"), [str(p) for p in parts])
+    assert read_meta(str(files / "merged.tsv"))["devices"] == devices
 
 
 def test_rows_whose_counts_were_lost_are_certified_again(files):

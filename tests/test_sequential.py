@@ -446,6 +446,7 @@ def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_pat
             assert float(r["cs_radius"] or r["radius"]) >= 0.3
     meta = read_meta(str(out))
     assert meta["radius"] == 0.3 and meta["max"] == 20
+    assert [d["type"] for d in meta["devices"]] == ["cpu"]  # the device that certified the rows
     assert math.isclose(sum(meta["sequential"]["levels"]), 0.01)  # the levels of the checkpoints sum to alpha
     # the same command continues where it stopped (rows kept, only the new inputs tested) ...
     assert main(args) == 0
