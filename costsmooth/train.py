@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from . import ops
 from ._checks import check_count, check_positive_finite, check_seed
 from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, add_sound_args,
                    dataset_from_args, parse_cost, positive_float, positive_int, resolve_device, seed_arg)
@@ -280,7 +281,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
         x_watch, y_watch = dataset.take(watch.tolist())
         noisy = noisy_accuracy(model, x_watch, y_watch, sigma, seed_classes, seed=seed * 100003 + epoch,
-                               batch_size=max(batch_size, 256), device=device)
+                               batch_size=max(batch_size, 256), device=device, grid=grid)
         record.update(noisy)
         save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
                         scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
@@ -306,12 +307,13 @@ NOISY_ACCURACY_IMAGES = 256  # the same for image files, decoded each epoch (256
 
 
 def noisy_accuracy(model, x: torch.Tensor, y: torch.Tensor, sigma, seed_classes: Sequence[int] = (), *,
-                   seed: int = 0, batch_size: int = 256, device="cpu") -> Dict[str, float]:
+                   seed: int = 0, batch_size: int = 256, device="cpu", grid: Optional[float] = None) -> Dict[str, float]:
     """Accuracy of the base model on one Gaussian draw ``x + N(0, sigma^2)`` per input (eval mode, no grad).
 
     ``x`` ``[N, *shape]``, ``y`` ``[N]``; ``sigma`` a number or an input-dependent sigma function
     (``[B, *shape] -> [B]``); the noise comes from a generator seeded with ``seed``, apart from the
-    training noise. Returns ``{"noisy_acc": ...}`` over all inputs and ``{"noisy_acc_<c>": ...}`` for each
+    training noise. ``grid`` (sound mode): the model is given the grid points of one sound draw
+    (``ops.noisy_batch(..., grid=grid)``, keyed by ``seed`` and each input's position) instead. Returns ``{"noisy_acc": ...}`` over all inputs and ``{"noisy_acc_<c>": ...}`` for each
     seed class c with inputs in ``x``: the fraction of class-c inputs predicted as c.
     """
     gen = torch.Generator().manual_seed(seed)
@@ -322,6 +324,10 @@ def noisy_accuracy(model, x: torch.Tensor, y: torch.Tensor, sigma, seed_classes:
             s = sigma(xb) if callable(sigma) else sigma
             if isinstance(s, torch.Tensor):
                 s = s.view(-1, *([1] * (xb.dim() - 1)))
+            if grid is not None:
+                drawn = ops.noisy_batch(xb, 1, s, seed=seed % 2**63, index_offset=b0, grid=grid)
+                preds.append(model(drawn).argmax(1).cpu())
+                continue
             noise = torch.randn(xb.shape, generator=gen, dtype=torch.float32).to(device=device, dtype=xb.dtype)
             preds.append(model(xb + s * noise).argmax(1).cpu())
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)

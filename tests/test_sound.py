@@ -330,13 +330,14 @@ def test_train_sound_draws_grid_noise_and_refuses_what_leaves_the_grid(tmp_path,
     real = costsmooth.losses.ops.noisy_batch
 
     def spy(*args, **kwargs):
-        grids.append(kwargs.get("grid"))
+        grids.append((kwargs.get("grid"), kwargs.get("stream", 0)))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(costsmooth.losses.ops, "noisy_batch", spy)
     common = ["--epochs", "1", "--batch", "256", "--quiet"]
     assert main(["train", "digits", "mlp", str(tmp_path / "a"), "--sound"] + common) == 0
-    assert grids and set(grids) == {1 / 16}  # the digits' grid, for every training draw
+    # the digits' grid for every draw: training (stream 2) and the epoch's accuracy under noise (stream 0)
+    assert set(grids) == {(1 / 16, 2), (1 / 16, 0)}
     assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["settings"]["grid"] == 1 / 16
     capsys.readouterr()
     assert main(["train", "digits", "mlp", str(tmp_path / "a"), "--resume", "--epochs", "2"] + common[2:]) == 2
