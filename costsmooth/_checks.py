@@ -1,6 +1,7 @@
 """Argument validation shared by the public API. Every error names the problem and the fix."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -99,3 +100,19 @@ def sigma_tensor(sigma, batch: int, device) -> torch.Tensor:
 def check_same_device(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
     if a.device != b.device:
         raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device")
+
+
+def settings_or_keywords(settings, cls, keywords: dict, caller: str):
+    """``settings`` (an instance of the frozen dataclass ``cls``), or a ``cls`` of ``keywords`` (the keyword
+    conveniences of ``caller``, each at the field's default unless given); refuses both at once, naming the
+    keywords given."""
+    if settings is None:
+        return cls(**keywords)
+    if not isinstance(settings, cls):
+        raise TypeError(f"{caller}() needs a {cls.__module__}.{cls.__name__}, got {type(settings).__name__}")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    given = sorted(k for k, v in keywords.items() if v != defaults[k])
+    if given:
+        raise TypeError(f"{caller}() takes its settings either in one {cls.__name__} or as keywords, not both; "
+                        f"move {', '.join(given)} into it (dataclasses.replace(settings, ...))")
+    return settings

@@ -15,7 +15,8 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 
 from . import ops, sound
-from ._checks import FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, sigma_tensor
+from ._checks import (FLOAT_DTYPES, check_count, check_float_tensor, check_index, check_seed, settings_or_keywords,
+                      sigma_tensor)
 
 __all__ = ["resolve_batch_size", "check_batch_size", "auto_batch_size", "device_memory", "DeviceMemory",
            "sample_counts", "sample_statistics", "SampleStatistics", "STREAM_SELECTION", "STREAM_ESTIMATION",
@@ -84,13 +85,7 @@ def sampling_options(options: Optional[SamplingOptions] = None, caller: str = "s
 def options_or_settings(options: Optional[SamplingOptions], settings: dict, caller: str) -> SamplingOptions:
     """``options``, or a ``SamplingOptions`` of ``settings`` (the keyword conveniences of ``caller``, each at its
     default unless given); refuses both at once, naming the keywords given."""
-    if options is None:
-        return SamplingOptions(**settings)
-    given = sorted(k for k, v in settings.items() if v != getattr(SamplingOptions, k))
-    if given:
-        raise TypeError(f"{caller}() takes the sampling settings either in options or as keywords, not both; "
-                        f"move {', '.join(given)} into options (dataclasses.replace(options, ...))")
-    return sampling_options(options, caller)
+    return settings_or_keywords(options, SamplingOptions, settings, caller)
 
 
 @contextlib.contextmanager

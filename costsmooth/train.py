@@ -7,17 +7,19 @@ weights as an uninterrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import warnings
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
 from . import ops
-from ._checks import check_count, check_positive_finite, check_seed
+from ._checks import check_count, check_positive_finite, check_seed, settings_or_keywords
 from .args import (HelpFormatter, UsageError, add_cost_args, add_data_args, add_model_args, add_sound_args,
                    dataset_from_args, parse_cost, positive_float, positive_int, resolve_device, seed_arg)
 from .calibration.act import ACTBrier, ACTECE  # noqa: F401  (registers act_brier and act_ece in LOSSES)
@@ -33,7 +35,7 @@ from .results import fingerprint_dataset
 from .runs import invalid_inputs, sound_grid
 from .sampling import eval_mode
 
-__all__ = ["train", "register_cli", "TrainingDiverged", "COHEN_RECIPE", "DEFAULT_RECIPE", "recipe_for"]
+__all__ = ["train", "TrainSettings", "register_cli", "TrainingDiverged", "COHEN_RECIPE", "DEFAULT_RECIPE", "recipe_for"]
 
 # Cohen et al.'s training recipe for CIFAR-10 and ImageNet: SGD, lr 0.1 x0.1 every 30 epochs, 90 epochs.
 COHEN_RECIPE = {"epochs": 90, "lr": 0.1, "batch": 256, "optimizer": "sgd", "schedule": "step", "weight_decay": 1e-4}
@@ -87,13 +89,55 @@ def _finite_record(record: dict) -> dict:
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """How ``train`` trains: one object instead of fifteen keywords (see ``train`` for each one's meaning).
+    The data, architecture, loss, sigma, cost matrix and output folder are ``train``'s own arguments."""
+    epochs: int = 30
+    lr: float = 0.01
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    device: Union[str, torch.device] = "cpu"
+    eps_warmup: int = 10
+    loss_kwargs: Optional[dict] = None
+    mixup: Optional[float] = None
+    init: Optional[str] = None
+    trust_code: bool = False
+    workers: Optional[int] = None
+    sound: bool = False
+    grid: Optional[float] = None
+
+
+@dataclass
+class _Training:
+    """What the loop works on: the model, its optimiser and schedule, the loss and mixup, and where a
+    divergence is reported from (``ckpt_path``, the first epoch of this call)."""
+    dataset: Dataset
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object
+    objective: object
+    mixer: Optional[SameClassMixup]
+    loss: str
+    epochs: int
+    ckpt_path: str
+    log_path: str
+    start: int
+    device: torch.device
+
+
 def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *, cost: Optional[CostMatrix] = None,
           epochs: int = 30, lr: float = 0.01, batch_size: int = 64, optimizer: str = "sgd", momentum: float = 0.9,
           weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0, device="cpu", resume: bool = False,
           loss_kwargs: Optional[dict] = None, eps_warmup: int = 10, progress: bool = True,
           stop_after: Optional[int] = None, log=None, num_classes: Optional[int] = None,
           mixup: Optional[float] = None, init: Optional[str] = None, trust_code: bool = False,
-          workers: Optional[int] = None, sound: bool = False, grid: Optional[float] = None) -> str:
+          workers: Optional[int] = None, sound: bool = False, grid: Optional[float] = None,
+          settings: Optional[TrainSettings] = None) -> str:
     """Train ``arch`` on ``dataset`` with the named loss; returns the path of the final checkpoint.
 
     Writes ``out_dir/checkpoint.pt`` after every epoch (Cohen et al.'s ``{"arch", "state_dict"}`` plus
@@ -135,19 +179,82 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     must lie on the grid (in-memory datasets are checked before training; image files as they are
     drawn), with one sigma; losses that attack their inputs (smoothadv, pgd, act_*) and ``mixup`` move
     inputs off the grid and are refused. The grid is a recorded setting.
-    """
 
-    epochs = check_count(epochs, "epochs")
-    check_seed(seed)
-    batch_size = check_count(batch_size, "batch_size")
+    ``settings``: a ``TrainSettings`` holding epochs, lr, batch_size, optimizer, momentum, weight_decay,
+    schedule, seed, device, eps_warmup, loss_kwargs, mixup, init, trust_code, workers, sound and grid at once
+    (those keywords then stay at their defaults).
+    """
+    s = settings_or_keywords(settings, TrainSettings, dict(
+        epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, seed=seed, device=device, eps_warmup=eps_warmup, loss_kwargs=loss_kwargs, mixup=mixup,
+        init=init, trust_code=trust_code, workers=workers, sound=sound, grid=grid), "train")
+    s = dataclasses.replace(s, epochs=check_count(s.epochs, "epochs"))
+    check_seed(s.seed)
+    s = dataclasses.replace(s, batch_size=check_count(s.batch_size, "batch_size"))
     # sigma: a number, or an input-dependent sigma function (costsmooth.input_dependent), recorded by its settings
     sigma_setting = sigma.describe() if hasattr(sigma, "describe") else None
     if not callable(sigma):
         sigma = check_positive_finite(sigma, "sigma")
-    lr = check_positive_finite(lr, "lr")
-    if lr > torch.finfo(torch.float32).max:
+    s = dataclasses.replace(s, lr=check_positive_finite(s.lr, "lr"))
+    if s.lr > torch.finfo(torch.float32).max:
         raise ValueError(f"lr must be a positive number below {torch.finfo(torch.float32).max:.3g} (float32 weights), "
-                         f"got {lr!r}; typical values are 1e-4 to 0.1")
+                         f"got {s.lr!r}; typical values are 1e-4 to 0.1")
+    classes = _check_training_data(dataset, num_classes, cost)
+    if s.sound and (callable(sigma) or s.mixup is not None):
+        raise ValueError("--sound trains on the grid points of the inputs with one sigma: "
+                         + ("drop the input-dependent sigma" if callable(sigma) else
+                            "--mixup mixes inputs off the grid; drop one of them"))
+    in_memory = getattr(dataset, "in_memory", True)  # image files are checked on the grid as they are drawn
+    grid = sound_grid(dataset, list(range(len(dataset))) if in_memory else [], s.sound, s.grid)
+    device = torch.device(s.device)
+    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+    recorded = _recorded_settings(s, arch, loss, sigma_setting or sigma, classes, cost, dataset)
+    recorded["grid"] = grid
+    mixer = SameClassMixup(s.mixup, s.seed) if s.mixup is not None else None  # same-class mixup (costsmooth.mixup)
+    recorded["mixup"] = mixer.alpha if mixer is not None else None  # None records a run without it
+    init_state, recorded["init_sha256"] = _load_init(s.init, arch, s.trust_code) if s.init is not None else (None, None)
+    state, old, extended = _checkpoint_to_resume(ckpt_path, out_dir, resume, device, recorded)
+    objective = make_loss(loss, sigma, cost, seed=s.seed, **(s.loss_kwargs or {}))  # checked before OUT exists
+    if grid is not None:
+        if not objective.accepts_grid:
+            raise ValueError(f"--sound draws grid points of the training inputs, but the {loss} loss attacks them off "
+                             f"the grid first; use gaussian, gaussian_r, macer, cs_rs or cs_rs_pairwise")
+        objective.noise.grid = grid
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(s.seed)
+    mean, std = dataset.mean, dataset.std
+    if mean is None and not getattr(dataset, "in_memory", True):  # image files: one pass over the training images
+        mean, std = channel_stats(dataset, workers=s.workers)
+    model = build_model(arch, classes, dataset.input_shape, mean, std).to(device)
+    if init_state is not None and state is None:  # its normalisation, if it carries one, replaces the dataset's
+        load_weights(model, init_state, f"--init {s.init}", arch)
+    opt = _optimizer(model, s.lr, s.momentum, s.weight_decay, s.optimizer)
+    run = _Training(dataset, model, opt, _scheduler(opt, s.schedule, s.epochs), objective, mixer, loss, s.epochs,
+                    ckpt_path, os.path.join(out_dir, "log.jsonl"), 0, device)
+    if state is not None:
+        run.start = _restore(run, state, old if extended else None, s, out_dir, log)
+    target_eps = getattr(objective, "eps", None)
+    seed_classes = cost.seed_classes if cost is not None else []
+    watch = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(s.seed))[:NOISY_ACCURACY_INPUTS]
+    if not getattr(dataset, "in_memory", True):  # image files: decoded each epoch, so fewer (memory, time)
+        watch = watch[:NOISY_ACCURACY_IMAGES]
+    held = {}  # seed class -> whether it was predicted for most of its inputs at the last epoch
+    conversions = ConversionCount()
+    last = s.epochs if stop_after is None else min(s.epochs, stop_after)
+    for epoch in range(run.start, last):
+        if target_eps is not None:
+            objective.eps = target_eps * min(1.0, (epoch + 1) / max(s.eps_warmup, 1))
+        totals, steps = _train_epoch(run, s, epoch, conversions, progress)  # batch -> loss -> step -> checks
+        record = _end_epoch(run, s, epoch, totals, steps, watch, sigma, seed_classes, recorded)
+        if log is not None:
+            _log_epoch(log, record, run, epoch, conversions, seed_classes)
+        _warn_lost_seed_classes(record, seed_classes, held, epoch + 1, last, s.epochs, loss)
+    return ckpt_path
+
+
+def _check_training_data(dataset: Dataset, num_classes: Optional[int], cost: Optional[CostMatrix]) -> int:
+    """The class count (``num_classes``, else the dataset's, else the largest label + 1), with the data checked:
+    not empty, labels in range, finite inputs (the same check as certify's), the cost matrix's size."""
     if len(dataset) == 0:
         raise ValueError(f"the dataset {dataset.name} is empty: there is nothing to train on")
     classes = check_count(num_classes or dataset.num_classes or int(dataset.labels.max()) + 1, "num_classes", 2)
@@ -162,144 +269,140 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
         raise ValueError(f"{dataset.describe_input(i)} contains {what} values"
                          f"{f' (and {len(invalid) - 1} more inputs)' if len(invalid) > 1 else ''}; clean the data "
                          f"before training")
-    if sound and (callable(sigma) or mixup is not None):
-        raise ValueError("--sound trains on the grid points of the inputs with one sigma: "
-                         + ("drop the input-dependent sigma" if callable(sigma) else
-                            "--mixup mixes inputs off the grid; drop one of them"))
-    in_memory = getattr(dataset, "in_memory", True)  # image files are checked on the grid as they are drawn
-    grid = sound_grid(dataset, list(range(len(dataset))) if in_memory else [], sound, grid)
-    device = torch.device(device)
-    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-    settings = {"arch": arch, "loss": loss, "sigma": sigma_setting or sigma, "lr": lr, "epochs": epochs, "batch_size": batch_size,
-                "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
-                "seed": seed, "eps_warmup": eps_warmup, "loss_kwargs": dict(sorted((loss_kwargs or {}).items())),
-                "num_classes": classes, "cost": cost.to_json() if cost is not None else None, "data_sha256": fingerprint_dataset(dataset),
-                "grid": grid}
-    mixer = None  # same-class mixup (costsmooth.mixup); "mixup": None records a run without it
-    if mixup is not None:
-        mixer = SameClassMixup(mixup, seed)
-    settings["mixup"] = mixer.alpha if mixer is not None else None
-    init_state, settings["init_sha256"] = _load_init(init, arch, trust_code) if init is not None else (None, None)
-    state, extended = None, False
-    if os.path.isfile(ckpt_path):
-        if not resume:
-            raise ValueError(f"{out_dir} already holds a training run ({ckpt_path}); pass --resume to continue it "
-                             f"or choose another output directory")
-        state = read_checkpoint(ckpt_path, device, what="training checkpoint")
-        if not isinstance(state, dict) or "state_dict" not in state:
-            raise ValueError(f"{ckpt_path} is not a checkpoint written by costsmooth train; choose another output "
-                             f"directory")
-        old = state.get("settings") or {"arch": state.get("arch"), "loss": state.get("loss")}
-        changed = sorted(k for k in old if old.get(k) != settings.get(k))
-        extended = changed == ["epochs"] and isinstance(old.get("epochs"), int) and old["epochs"] < epochs
-        if extended:
-            changed = []
-        if changed:
-            details = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {settings.get(k)!r} now" if k != "data_sha256"
-                                else "the training data differ" for k in changed)
-            raise ValueError(f"{ckpt_path} was written with other settings ({details}); resume with the same "
-                             f"settings or choose another output directory")
-    objective = make_loss(loss, sigma, cost, seed=seed, **(loss_kwargs or {}))  # checked before OUT exists
-    if grid is not None:
-        if not objective.accepts_grid:
-            raise ValueError(f"--sound draws grid points of the training inputs, but the {loss} loss attacks them off "
-                             f"the grid first; use gaussian, gaussian_r, macer, cs_rs or cs_rs_pairwise")
-        objective.noise.grid = grid
-    os.makedirs(out_dir, exist_ok=True)
-    torch.manual_seed(seed)
-    mean, std = dataset.mean, dataset.std
-    if mean is None and not getattr(dataset, "in_memory", True):  # image files: one pass over the training images
-        mean, std = channel_stats(dataset, workers=workers)
-    model = build_model(arch, classes, dataset.input_shape, mean, std).to(device)
-    if init_state is not None and state is None:  # its normalisation, if it carries one, replaces the dataset's
-        load_weights(model, init_state, f"--init {init}", arch)
-    opt = _optimizer(model, lr, momentum, weight_decay, optimizer)
-    sched = _scheduler(opt, schedule, epochs)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        if extended:  # the schedule of a run planned for ``epochs`` from the start, at the resumed epoch
-            sched.load_state_dict(_schedule_at(lr, schedule, epochs, state["epoch"]))
-            for group in opt.param_groups:
-                group["lr"] = sched.get_last_lr()[0]
-            if log is not None:
-                log(f"extending {out_dir} from {old['epochs']} to {epochs} epochs: the learning-rate schedule is "
-                    f"recomputed for {epochs} epochs from epoch {state['epoch'] + 1} on")
-        else:
-            sched.load_state_dict(state["scheduler"])
-        objective.load_state_dict(state["loss_state"])
-        if mixer is not None:
-            if "mixup_state" not in state:
-                raise ValueError(f"{ckpt_path} was written without --mixup; resume without it or choose another "
-                                 f"output directory")
-            mixer.load_state_dict(state["mixup_state"])
-        start = state["epoch"]
-    target_eps = getattr(objective, "eps", None)
-    seed_classes = cost.seed_classes if cost is not None else []
-    watch = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:NOISY_ACCURACY_INPUTS]
-    if not getattr(dataset, "in_memory", True):  # image files: decoded each epoch, so fewer (memory, time)
-        watch = watch[:NOISY_ACCURACY_IMAGES]
-    held = {}  # seed class -> whether it was predicted for most of its inputs at the last epoch
-    conversions = ConversionCount()
-    log_path = os.path.join(out_dir, "log.jsonl")
-    last = epochs if stop_after is None else min(epochs, stop_after)
-    for epoch in range(start, last):
-        if target_eps is not None:
-            objective.eps = target_eps * min(1.0, (epoch + 1) / max(eps_warmup, 1))
-        model.train()
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        totals, batches = {}, 0
-        groups = [order[b0:b0 + batch_size].tolist() for b0 in range(0, len(order), batch_size)]
-        bar = progress_bar(read_batches(dataset, groups, workers=workers, device=device, seed=seed, epoch=epoch, digests=False),
-                   total=len(groups), desc=f"{loss} epoch {epoch + 1}/{epochs}", leave=False, disable=not progress,
-                   dynamic_ncols=True)
-        for step, batch in enumerate(bar, start=1):
-            conversions.add(batch.infos)
-            xb, yb = batch.inputs.to(device, non_blocking=True), batch.labels.to(device, non_blocking=True)
-            if mixer is not None:
-                xb, yb = mixer(xb, yb)
-            value, diag = objective(model, xb, yb)
-            opt.zero_grad(set_to_none=True)
-            if not bool(torch.isfinite(value.detach())):
-                _diverged(f"the {loss} loss is {float(value.detach())}", epoch, epochs, step, ckpt_path, start)
-            value.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
-                _diverged(f"a gradient of the {loss} loss is not finite", epoch, epochs, step, ckpt_path, start)
-            opt.step()
-            if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):  # one sync
-                _diverged("a parameter is not finite after the optimiser step", epoch, epochs, step, ckpt_path, start)
-            diag["loss"] = float(value.detach())
-            for k, v in diag.items():
-                totals[k] = totals.get(k, 0.0) + v
-            batches += 1
-        sched.step()
-        check = dataset.take(range(min(batch_size, len(dataset))))[0]
-        if not _finite_outputs(model, check.to(device)):  # finite weights can still overflow
-            _diverged("the model's logits are not finite after the epoch", epoch, epochs, batches, ckpt_path, start)
-        record = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / max(batches, 1) for k, v in totals.items()}}
-        x_watch, y_watch = dataset.take(watch.tolist())
-        noisy = noisy_accuracy(model, x_watch, y_watch, sigma, seed_classes, seed=seed * 100003 + epoch,
-                               batch_size=max(batch_size, 256), device=device, grid=grid)
-        record.update(noisy)
-        save_checkpoint(ckpt_path, model, arch, classes, dataset.input_shape, optimizer=opt.state_dict(),
-                        scheduler=sched.state_dict(), loss_state=objective.state_dict(), epoch=epoch + 1, loss=loss,
-                        sigma=settings["sigma"], seed=seed, cost=settings["cost"], settings=settings,
-                        **({"mixup_state": mixer.state_dict()} if mixer is not None else {}))
-        with open(log_path, "a") as f:
-            f.write(json.dumps(_finite_record(record), allow_nan=False) + "\n")
-        if log is not None and epoch == start and conversions.report(dataset.name, dataset.input_shape[-1]):
-            log(conversions.report(dataset.name, dataset.input_shape[-1]))  # once, after the first epoch
+    return classes
+
+
+def _recorded_settings(s: TrainSettings, arch: str, loss: str, sigma, classes: int, cost, dataset) -> dict:
+    """The settings a checkpoint records; resuming with other values is refused (a larger ``epochs`` extends)."""
+    return {"arch": arch, "loss": loss, "sigma": sigma, "lr": s.lr, "epochs": s.epochs, "batch_size": s.batch_size,
+            "optimizer": s.optimizer, "momentum": s.momentum, "weight_decay": s.weight_decay, "schedule": s.schedule,
+            "seed": s.seed, "eps_warmup": s.eps_warmup, "loss_kwargs": dict(sorted((s.loss_kwargs or {}).items())),
+            "num_classes": classes, "cost": cost.to_json() if cost is not None else None,
+            "data_sha256": fingerprint_dataset(dataset)}
+
+
+def _checkpoint_to_resume(ckpt_path: str, out_dir: str, resume: bool, device, recorded: dict):
+    """(the checkpoint's contents, its recorded settings, whether the run is extended to more epochs) when
+    ``out_dir`` holds a run to resume, else (None, None, False); refuses a run that is not to be resumed, a file
+    that is no checkpoint, and other settings (naming them) than a larger ``epochs``."""
+    if not os.path.isfile(ckpt_path):
+        return None, None, False
+    if not resume:
+        raise ValueError(f"{out_dir} already holds a training run ({ckpt_path}); pass --resume to continue it "
+                         f"or choose another output directory")
+    state = read_checkpoint(ckpt_path, device, what="training checkpoint")
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{ckpt_path} is not a checkpoint written by costsmooth train; choose another output "
+                         f"directory")
+    old = state.get("settings") or {"arch": state.get("arch"), "loss": state.get("loss")}
+    changed = sorted(k for k in old if old.get(k) != recorded.get(k))
+    extended = changed == ["epochs"] and isinstance(old.get("epochs"), int) and old["epochs"] < recorded["epochs"]
+    if changed and not extended:
+        details = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {recorded.get(k)!r} now" if k != "data_sha256"
+                            else "the training data differ" for k in changed)
+        raise ValueError(f"{ckpt_path} was written with other settings ({details}); resume with the same "
+                         f"settings or choose another output directory")
+    return state, old, extended
+
+
+def _restore(run: _Training, state: dict, extended_from: Optional[dict], s: TrainSettings, out_dir: str, log) -> int:
+    """Load a checkpoint into the run (model, optimiser, schedule, loss and mixup states); returns its epoch. A run
+    extended to more epochs (``extended_from``: the checkpoint's settings) gets the schedule of a run planned for
+    them from the start, at the resumed epoch."""
+    run.model.load_state_dict(state["state_dict"])
+    run.opt.load_state_dict(state["optimizer"])
+    if extended_from is not None:
+        run.sched.load_state_dict(_schedule_at(s.lr, s.schedule, s.epochs, state["epoch"]))
+        for group in run.opt.param_groups:
+            group["lr"] = run.sched.get_last_lr()[0]
         if log is not None:
-            log(f"epoch {epoch + 1}/{epochs}  loss {record.get('loss', float('nan')):.4f}  "
-                + "".join(f"{k} {record[k]:.4g}  " for k in ("acc", "ce") if k in record)
-                + f"noisy acc {record['noisy_acc']:.3f}  "
-                + "".join(f"class {c} {record[f'noisy_acc_{c}']:.3f}  " for c in seed_classes
-                          if f"noisy_acc_{c}" in record)
-                + f"lr {record['lr']:.3g}")
-        _warn_lost_seed_classes(record, seed_classes, held, epoch + 1, last, epochs, loss)
-    return ckpt_path
+            log(f"extending {out_dir} from {extended_from['epochs']} to {s.epochs} epochs: the learning-rate schedule is "
+                f"recomputed for {s.epochs} epochs from epoch {state['epoch'] + 1} on")
+    else:
+        run.sched.load_state_dict(state["scheduler"])
+    run.objective.load_state_dict(state["loss_state"])
+    if run.mixer is not None:
+        if "mixup_state" not in state:
+            raise ValueError(f"{run.ckpt_path} was written without --mixup; resume without it or choose another "
+                             f"output directory")
+        run.mixer.load_state_dict(state["mixup_state"])
+    return state["epoch"]
+
+
+def _train_epoch(run: _Training, s: TrainSettings, epoch: int, conversions: ConversionCount, progress: bool):
+    """One epoch: for each batch (shuffled by (seed, epoch)), the loss, the optimiser step and the checks that stop
+    a diverging run; returns (the sums of the loss's diagnostics, the number of steps)."""
+    run.model.train()
+    order = torch.randperm(len(run.dataset), generator=torch.Generator().manual_seed(s.seed * 100003 + epoch))
+    totals, steps = {}, 0
+    groups = [order[b0:b0 + s.batch_size].tolist() for b0 in range(0, len(order), s.batch_size)]
+    bar = progress_bar(read_batches(run.dataset, groups, workers=s.workers, device=run.device, seed=s.seed,
+                                    epoch=epoch, digests=False),
+                       total=len(groups), desc=f"{run.loss} epoch {epoch + 1}/{run.epochs}", leave=False,
+                       disable=not progress, dynamic_ncols=True)
+    for step, batch in enumerate(bar, start=1):
+        conversions.add(batch.infos)
+        xb, yb = batch.inputs.to(run.device, non_blocking=True), batch.labels.to(run.device, non_blocking=True)
+        if run.mixer is not None:
+            xb, yb = run.mixer(xb, yb)
+        value, diag = run.objective(run.model, xb, yb)
+        _step(run, value, epoch, step)
+        diag["loss"] = float(value.detach())
+        for k, v in diag.items():
+            totals[k] = totals.get(k, 0.0) + v
+        steps += 1
+    return totals, steps
+
+
+def _step(run: _Training, value: torch.Tensor, epoch: int, step: int) -> None:
+    """Backward and optimiser step, stopping the run (``TrainingDiverged``) when the loss, a gradient or, after the
+    step, a parameter is not finite."""
+    where = (epoch, run.epochs, step, run.ckpt_path, run.start)
+    run.opt.zero_grad(set_to_none=True)
+    if not bool(torch.isfinite(value.detach())):
+        _diverged(f"the {run.loss} loss is {float(value.detach())}", *where)
+    value.backward()
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+        _diverged(f"a gradient of the {run.loss} loss is not finite", *where)
+    run.opt.step()
+    if not bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()):  # one sync
+        _diverged("a parameter is not finite after the optimiser step", *where)
+
+
+def _end_epoch(run: _Training, s: TrainSettings, epoch: int, totals: dict, steps: int, watch: torch.Tensor, sigma,
+               seed_classes, recorded: dict) -> dict:
+    """The end of an epoch: the schedule's step, the check of the model's logits, the epoch's log record (with the
+    accuracy under noise on the watched inputs), the checkpoint and the line of log.jsonl; returns the record."""
+    run.sched.step()
+    check = run.dataset.take(range(min(s.batch_size, len(run.dataset))))[0]
+    if not _finite_outputs(run.model, check.to(run.device)):  # finite weights can still overflow
+        _diverged("the model's logits are not finite after the epoch", epoch, run.epochs, steps, run.ckpt_path,
+                  run.start)
+    record = {"epoch": epoch + 1, "lr": run.opt.param_groups[0]["lr"],
+              **{k: v / max(steps, 1) for k, v in totals.items()}}
+    record.update(noisy_accuracy(run.model, *run.dataset.take(watch.tolist()), sigma, seed_classes, seed=s.seed * 100003 + epoch,
+                                 batch_size=max(s.batch_size, 256), device=run.device, grid=recorded["grid"]))
+    save_checkpoint(run.ckpt_path, run.model, recorded["arch"], recorded["num_classes"], run.dataset.input_shape,
+                    optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
+                    loss_state=run.objective.state_dict(), epoch=epoch + 1, loss=run.loss, sigma=recorded["sigma"],
+                    seed=s.seed, cost=recorded["cost"], settings=recorded,
+                    **({"mixup_state": run.mixer.state_dict()} if run.mixer is not None else {}))
+    with open(run.log_path, "a") as f:
+        f.write(json.dumps(_finite_record(record), allow_nan=False) + "\n")
+    return record
+
+
+def _log_epoch(log, record: dict, run: _Training, epoch: int, conversions: ConversionCount, seed_classes) -> None:
+    """The epoch's line for ``log`` (after the first epoch of this call, the images' conversions once before it)."""
+    report = conversions.report(run.dataset.name, run.dataset.input_shape[-1])
+    if epoch == run.start and report:
+        log(report)
+    log(f"epoch {epoch + 1}/{run.epochs}  loss {record.get('loss', float('nan')):.4f}  "
+        + "".join(f"{k} {record[k]:.4g}  " for k in ("acc", "ce") if k in record)
+        + f"noisy acc {record['noisy_acc']:.3f}  "
+        + "".join(f"class {c} {record[f'noisy_acc_{c}']:.3f}  " for c in seed_classes if f"noisy_acc_{c}" in record)
+        + f"lr {record['lr']:.3g}")
 
 
 NOISY_ACCURACY_INPUTS = 4096  # training inputs (a fixed random subset) of the per-epoch accuracy under noise

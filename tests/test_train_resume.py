@@ -51,3 +51,19 @@ def test_train_refuses_nan_data_naming_the_input(tmp_path, capsys):
     assert "input 7 of nan.pt contains NaN values" in err and "--lr" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_one_settings_object_trains_as_the_keywords(tmp_path):
+    # TrainSettings carries what train took as fifteen keywords: the same settings either way train the same
+    # weights and record the same settings; both ways at once are refused.
+    from costsmooth.train import TrainSettings
+    ds = tiny_dataset()
+    by_keywords = train(ds, "mlp", "gaussian", 0.5, str(tmp_path / "kw"), epochs=2, lr=0.05, batch_size=16, seed=3,
+                        mixup=1.0, progress=False)
+    settings = TrainSettings(epochs=2, lr=0.05, batch_size=16, seed=3, mixup=1.0)
+    by_settings = train(ds, "mlp", "gaussian", 0.5, str(tmp_path / "obj"), settings=settings, progress=False)
+    a, b = torch.load(by_keywords, weights_only=False), torch.load(by_settings, weights_only=False)
+    assert a["settings"] == b["settings"] and a["settings"]["mixup"] == 1.0
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    with pytest.raises(TypeError, match="either in one TrainSettings or as keywords, not both; move epochs, lr"):
+        train(ds, "mlp", "gaussian", 0.5, str(tmp_path / "both"), settings=settings, epochs=3, lr=0.1)
