@@ -251,6 +251,40 @@ def test_imports_run_one_way():
     assert "costsmooth.demo" not in modules["costsmooth.train"]  # the demo builds on train, not the reverse
 
 
+# The package's floors, bottom up. A module imports only modules on its own floor or below; the package root
+# (``costsmooth``: __version__, build_info) is the one arrow up. README's "Layout" section shows the same floors.
+# A new module gets a floor here (the test fails until it has one).
+FLOORS = [
+    ("foundations", {"_C", "_checks", "progress", "cost", "sound"}),
+    ("engine", {"ops", "reference", "sampling", "packing"}),
+    ("certificates", {"stats", "certify", "sequential", "input_dependent_certify", "calibration.bounds"}),
+    ("smoothed classifier", {"smooth", "calibration.confidence"}),
+    ("data and models", {"data", "models"}),
+    ("training", {"attacks", "losses", "mixup", "calibration.act", "calibration.attacks"}),
+    ("runs and result files", {"results", "metrics", "analysis", "runs"}),
+    ("seed features and commands", {"args", "input_dependent", "fairness_synthetic", "fairness", "calibration",
+                                    "calibration.report", "distributed", "train", "demo", "cli", "__main__"}),
+]
+
+
+def _floor(module):
+    """The floor number of a costsmooth module (a subpackage's modules take its floor unless listed)."""
+    name = module.removeprefix("costsmooth.")
+    matches = [(len(key), k) for k, (_, keys) in enumerate(FLOORS) for key in keys
+               if name == key or name.startswith(key + ".")]
+    return max(matches)[1] if matches else None
+
+
+def test_every_module_has_a_floor_and_imports_only_its_floor_or_below():
+    modules = _modules()
+    unplaced = sorted(m for m in modules if m != "costsmooth" and _floor(m) is None)
+    assert not unplaced, f"give these modules a floor in FLOORS: {unplaced}"
+    upward = sorted(f"{m} ({FLOORS[_floor(m)][0]}) imports {d} ({FLOORS[_floor(d)][0]})"
+                    for m, deps in modules.items() if m != "costsmooth"
+                    for d in deps if d != "costsmooth" and _floor(d) > _floor(m))
+    assert not upward, "imports that run up the floors:\n" + "\n".join(upward)
+
+
 def _local_imports_and_private_names(path):
     """(imports inside functions, private names taken from other modules) of one file."""
     import ast
