@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -31,3 +35,16 @@ def pytest_runtest_setup(item):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+def scalar_noise(tmp_path, x: torch.Tensor, n: int, sigma: float, **kwargs):
+    """``ops.noisy_batch(x, n, sigma, **kwargs)`` in a fresh process with the scalar CPU noise kernels
+    (``COSTSMOOTH_SCALAR_NOISE=1``): returns (the build's CPU noise path there, the noisy batch)."""
+    torch.save(x, tmp_path / "x.pt")
+    script = (f"import sys, torch, costsmooth; x = torch.load(sys.argv[1]); torch.save((costsmooth.build_info()"
+              f"['cpu_noise'], costsmooth.ops.noisy_batch(x, {n!r}, {sigma!r}, **{kwargs!r})), sys.argv[2])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, COSTSMOOTH_SCALAR_NOISE="1", PYTHONPATH=root)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], env=env,
+                   check=True)
+    return torch.load(tmp_path / "out.pt")

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from costsmooth import ops, reference
+from tests.conftest import scalar_noise
 
 # float32 normals: the kernels and the reference compute log/cos/sin with different libraries
 # (glibc or CUDA vs torch's vectorised ones), which agree to a few ulp.
@@ -187,21 +188,9 @@ def test_noisy_batch_under_torch_compile():
 
 
 def test_cpu_simd_and_scalar_noise_paths_agree(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     import costsmooth
     x = torch.rand(3, 2, 11, 13)  # 286 elements: full eight-group steps and a scalar remainder
-    torch.save(x, tmp_path / "x.pt")
-    script = ("import sys, torch, costsmooth; x = torch.load(sys.argv[1]); "
-              "torch.save((costsmooth.build_info()['cpu_noise'], costsmooth.ops.noisy_batch(x, 5, 0.5, seed=9)), "
-              "sys.argv[2])")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, COSTSMOOTH_SCALAR_NOISE="1", PYTHONPATH=root)
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], env=env,
-                   check=True)
-    path, scalar = torch.load(tmp_path / "out.pt")
+    path, scalar = scalar_noise(tmp_path, x, 5, 0.5, seed=9)
     assert path == "scalar"
     here = ops.noisy_batch(x, 5, 0.5, seed=9)
     tol = ops.NORMALS_TOLERANCE  # the stated cross-kernel bound (log/sincos from SLEEF vs libm: ulps)

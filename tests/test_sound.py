@@ -1,8 +1,6 @@
 """Sound mode (inputs on a grid, exact draws of the Gaussian's grid cells): the sampler, its charges."""
 import math
 import os
-import subprocess
-import sys
 import types
 
 import numpy as np
@@ -12,7 +10,7 @@ import scipy.stats
 import torch
 
 from costsmooth import ops, reference, sound
-from tests.conftest import DEVICES, cuda_only
+from tests.conftest import DEVICES, cuda_only, scalar_noise
 
 H = 1 / 255
 
@@ -103,15 +101,7 @@ def test_ties_are_decided_by_the_low_word():
 
 def test_cpu_simd_and_scalar_cells_agree(tmp_path):
     x = grid_inputs(3, 2, 11, 13)  # 286 elements: full eight-group steps and a scalar remainder
-    torch.save(x, tmp_path / "x.pt")
-    script = ("import sys, torch, costsmooth; x = torch.load(sys.argv[1]); "
-              "torch.save((costsmooth.build_info()['cpu_noise'], costsmooth.ops.noisy_batch(x, 50, 0.7, seed=9, "
-              "grid=1/255)), sys.argv[2])")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, COSTSMOOTH_SCALAR_NOISE="1", PYTHONPATH=root)
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], env=env,
-                   check=True)
-    path, scalar = torch.load(tmp_path / "out.pt")
+    path, scalar = scalar_noise(tmp_path, x, 50, 0.7, seed=9, grid=H)
     assert path == "scalar"
     assert torch.equal(ops.noisy_batch(x, 50, 0.7, seed=9, grid=H), scalar)
 
