@@ -20,7 +20,7 @@ __all__ = ["run_demo", "register_cli", "DEMO_SETTINGS", "readme_table"]
 # digits: seed class 8 (the class Gaussian training certifies worst, at sigma 0.25 and 0.5), every
 # other class a target. breast_cancer: malignant (0) -> benign (1) is the harmful error.
 # CS-RS fine-tunes the Gaussian model for FINE_TUNE_EPOCHS epochs with the cs_rs defaults (gamma1 = 16,
-# gamma2 = 4, lambda1 = 3): it keeps the Gaussian model's accuracy where training from scratch (with the
+# gamma2 = 4, lambda1 = 6): it keeps the Gaussian model's accuracy where training from scratch (with the
 # seed term from the first step) gives some of it away (docs/cs_rs.md).
 DEMO_SETTINGS = {
     "digits": dict(arch="digits_cnn", sigma=0.25, cost=lambda: CostMatrix.seedwise(10, [8]), epochs=30,

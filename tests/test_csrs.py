@@ -72,5 +72,9 @@ def test_reference_objectives_keep_their_settings_by_name():
     pairwise = make_loss("cs_rs_pairwise_reference", 0.25, WINE_COST)
     for loss in (seedwise, pairwise):
         assert (loss.gamma1, loss.gamma2, loss.lambda1, loss.window, loss.anchor) == (16.0, 4.0, 3.0, "both", "top")
+    # the defaults differ from the paper's only in the anchor and in lambda1 (docs/cs_rs.md measures both)
+    for name, cost in (("cs_rs", CostMatrix.seedwise(3, [0])), ("cs_rs_pairwise", WINE_COST)):
+        loss = make_loss(name, 0.25, cost)
+        assert (loss.gamma1, loss.gamma2, loss.lambda1, loss.window, loss.anchor) == (16.0, 4.0, 6.0, "both", "label")
     with pytest.raises(ValueError, match="anchor must be 'label' or 'top'"):
         make_loss("cs_rs_pairwise", 0.25, WINE_COST, anchor="middle")
