@@ -425,8 +425,8 @@ def noisy_accuracy(model, x: torch.Tensor, y: torch.Tensor, sigma, seed_classes:
         for b0 in range(0, len(y), batch_size):
             xb = x[b0:b0 + batch_size].to(device)
             s = sigma(xb) if callable(sigma) else sigma
-            if isinstance(s, torch.Tensor):
-                s = s.view(-1, *([1] * (xb.dim() - 1)))
+            if isinstance(s, torch.Tensor):  # a sigma function's float64 levels, in the inputs' dtype
+                s = s.view(-1, *([1] * (xb.dim() - 1))).to(xb.dtype)
             if grid is not None:
                 drawn = ops.noisy_batch(xb, 1, s, seed=seed % 2**63, index_offset=b0, grid=grid)
                 preds.append(model(drawn).argmax(1).cpu())

@@ -417,3 +417,13 @@ def test_cli_admissible_ratio(capsys):
     lo, hi = admissible_ratio(784, 0.5, 0.99, 0.25)
     assert f"[{lo:.6f}, {hi:.6f}]" in out
     assert main(["admissible-ratio", "--p", "0.3"]) == 2
+
+
+def test_training_accuracy_under_input_dependent_noise_keeps_the_inputs_dtype():
+    # a sigma function returns float64 levels; the float32 model must still get float32 noisy inputs
+    from costsmooth.train import noisy_accuracy
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    out = noisy_accuracy(model, x, y, lambda xb: torch.full((xb.shape[0],), 0.25, dtype=torch.float64), seed=1)
+    assert 0.0 <= out["noisy_acc"] <= 1.0
