@@ -11,7 +11,6 @@ spread. Re-running reuses finished checkpoints and TSVs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -22,10 +21,8 @@ import torch
 from costsmooth import metrics
 from costsmooth.data import load_dataset
 from costsmooth.input_dependent import KNNSigma
-from costsmooth.models import load_model
 from costsmooth.results import load_records, read_tsv
-from costsmooth.runs import certify_dataset
-from costsmooth.train import train
+from digits_study import certify_test, study_parser, train_or_load
 
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
 
@@ -38,17 +35,9 @@ def configs(train_inputs: torch.Tensor, sigma: float, rs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="idsigma_digits", help="output directory (checkpoints, TSVs, summary.md)")
+    p = study_parser(__doc__, "idsigma_digits", n0=64, n=1000)  # --sigmas: constant / base noise levels
     p.add_argument("--png", default=None, help="where to save the figure (default OUT/curves.png)")
-    p.add_argument("--sigmas", default="0.25,0.5", help="constant / base noise levels")
     p.add_argument("--r", default="0.05,0.2", help="semi-elasticities of the KNNSigma runs")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--n0", type=int, default=64)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--skip", type=int, default=2, help="certify every skip-th test image")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     train_set, test_set = load_dataset("digits", "train"), load_dataset("digits", "test")
@@ -60,13 +49,10 @@ def main(argv=None):
     paths = []
     for title, key, sigma in runs:
         t0 = time.perf_counter()
-        ckpt = train(train_set, "digits_cnn", "gaussian", sigma, os.path.join(args.out, key), epochs=args.epochs,
-                     optimizer="adam", lr=0.001, batch_size=64, seed=args.seed, resume=True, progress=False)
+        ckpt = train_or_load(train_set, sigma, os.path.join(args.out, key), args)
         t1 = time.perf_counter()
         tsv = os.path.join(args.out, f"{key}.tsv")
-        certify_dataset(load_model(ckpt), test_set, sigma, tsv, n0=args.n0, n=args.n, alpha=args.alpha,
-                        batch=max(4096, args.n), skip=args.skip, seed=args.seed, progress=False,
-                        meta_extra={"dataset": "digits", "model": ckpt, "split": "test"})
+        certify_test(ckpt, test_set, sigma, tsv, args)
         print(f"{title}: trained {t1 - t0:.0f} s, certified {time.perf_counter() - t1:.0f} s -> {tsv}", flush=True)
         paths.append((title, key, tsv))
     summary = report(paths, test_set.class_names)
