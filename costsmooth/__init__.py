@@ -4,7 +4,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C, ops, reference, stats
 from .certify import Certificate, certify_from_counts
 from .cost import CostMatrix
-from .sampling import SampleStatistics, sample_counts, sample_statistics
+from .sampling import SampleStatistics, SamplingOptions, sample_counts, sample_statistics
 from .smooth import Smooth
 
 __version__ = _C.build_info()["version"]
@@ -15,5 +15,5 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "reference", "stats", "sample_counts", "sample_statistics", "SampleStatistics", "Smooth",
-           "CostMatrix", "Certificate", "certify_from_counts", "build_info"]
+__all__ = ["ops", "reference", "stats", "sample_counts", "sample_statistics", "SampleStatistics", "SamplingOptions",
+           "Smooth", "CostMatrix", "Certificate", "certify_from_counts", "build_info"]

@@ -311,7 +311,8 @@ def test_auto_batch_size_on_a_cpu_makes_no_probe_calls(monkeypatch):
 def test_one_options_object_gives_the_counts_of_the_keywords():
     # SamplingOptions carries the settings that Smooth, sample_counts and sample_statistics took one by one:
     # the same settings either way give the same counts and certificates; both ways at once are refused.
-    from costsmooth.sampling import SamplingOptions, sample_statistics
+    from costsmooth import SamplingOptions
+    from costsmooth.sampling import sample_statistics
     x = torch.randn(3, 7, dtype=torch.float64)
     model = LinearF64(7, 5)
     options = SamplingOptions(batch_size=11, dtype=torch.float64)
