@@ -39,6 +39,18 @@ __all__ = ["Smooth"]
 _FRESH_INDEX_BASE = 2**31  # indices of single-input calls; dataset indices stay below
 
 
+def _option_attribute(name: str, doc: str, check=None) -> property:
+    """A ``Smooth`` attribute that reads the field ``name`` of its ``options`` and, when set, replaces it (checked
+    by ``check``), so that code setting ``smooth.batch_size = ...`` keeps working."""
+    def get(self):
+        return getattr(self.options, name)
+
+    def put(self, value):
+        self.options = dataclasses.replace(self.options, **{name: check(value) if check else value})
+
+    return property(get, put, doc=doc)
+
+
 class Smooth:
     """A smoothed classifier g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c).
 
@@ -127,35 +139,14 @@ class Smooth:
         self._graphs = {}  # captured CUDA graphs, reused across calls (see sample_statistics)
         self._calls = 0
 
-    # -- sampling settings (read-only views of ``options``) --------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.options.device
-
-    @property
-    def batch_size(self):
-        return self.options.batch_size
-
-    @property
-    def dtype(self) -> Optional[torch.dtype]:
-        return self.options.dtype
-
-    @property
-    def channels_last(self) -> bool:
-        return self.options.channels_last
-
-    @property
-    def autocast(self) -> Optional[torch.dtype]:
-        return self.options.autocast
-
-    @property
-    def cuda_graphs(self) -> bool:
-        return self.options.cuda_graphs
-
-    @property
-    def grid(self) -> Optional[float]:
-        """Sound mode's input grid (``costsmooth.sound``); None on the standard path."""
-        return self.options.grid
+    # -- sampling settings: attributes that read (and, set, replace) the fields of ``options`` -----------
+    device = _option_attribute("device", "Where the model runs and the noise is drawn.", torch.device)
+    batch_size = _option_attribute("batch_size", "Rows per model call, or \"auto\".", check_batch_size)
+    dtype = _option_attribute("dtype", "The dtype of the noisy inputs given to the model.")
+    channels_last = _option_attribute("channels_last", "Whether the noisy inputs are channels-last.")
+    autocast = _option_attribute("autocast", "The dtype the model runs under torch.autocast, or None.")
+    cuda_graphs = _option_attribute("cuda_graphs", "Whether model -> vote is replayed as a CUDA graph.")
+    grid = _option_attribute("grid", "Sound mode's input grid (``costsmooth.sound``); None on the standard path.")
 
     # -- sampling -------------------------------------------------------------------------------
     def _indices(self, count: int, given=None) -> List[int]:
