@@ -297,6 +297,22 @@ def test_sequential_sound_mode_draws_the_grid_cells_and_pays_their_charge():
         smooth.certify_batch_at(X + 0.01, 0.3, 0.01, max_n=1000)
 
 
+def test_sequential_sound_false_certification_rate_against_the_exact_cell_sum():
+    # f o q votes 0 for the cells (m + k) h <= 0.8 from x = 8/16: p_true = Phi(4.5 h / sigma), whose true
+    # radius sigma * Phi^-1(p_true) is 0.28125. 400 independent inputs tested just above it: "certified" is
+    # always wrong, and must happen at most alpha of the time (3 standard deviations of slack: false
+    # failure < 0.2%). On Gaussian noise the model's p would be Phi(0.6) (radius 0.3): certified nearly always.
+    from costsmooth import Smooth
+    grid, sigma, alpha, trials = 1 / 16, 0.5, 0.1, 400
+    true_radius = sigma * 4.5 * grid / sigma
+    smooth = Smooth(Threshold1D(0.8), 2, sigma, sound=True, grid=grid, seed=12)
+    results = smooth.certify_batch_at(torch.full((trials, 1), 0.5), true_radius + 1e-6, alpha, max_n=2000,
+                                      labels=[0] * trials, first=32, growth=1.5)
+    rate = np.mean([r.decision == "certified" for r in results])
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert np.mean([r.decision == "not_certified" for r in results]) < 0.5  # a hard case, mostly undecided
+
+
 def test_training_noise_in_sound_mode_gives_the_model_exact_grid_points():
     from costsmooth.losses import NoiseSource
     from costsmooth.sampling import STREAM_TRAINING
