@@ -1,4 +1,5 @@
-"""The ``costsmooth`` command line: certify, recertify, analyze, train, demo, info."""
+"""costsmooth: certify classifiers with (cost-sensitive) randomized smoothing, analyze the results
+and train models for it. 'costsmooth COMMAND --help' lists the options of a command."""
 from __future__ import annotations
 
 import argparse
