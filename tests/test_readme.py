@@ -3,6 +3,7 @@ are regenerated and checked by ./run.sh python scripts/demo_tables.py [--check])
 import glob
 import os
 import re
+import shlex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,3 +17,42 @@ def test_docs_and_docstrings_cite_no_internal_specification():
             if re.search(r"\bSPEC\b|§|as the issue|the issue (says|specifies)", line):
                 cited.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
     assert not cited, "\n".join(cited)
+
+
+def _documented_commands(path):
+    """The ``costsmooth`` command lines of a markdown file: bash blocks (continuations joined, comments
+    cut) and inline ``./run.sh COMMAND ...`` spans; each as (line text, argv after the program name)."""
+    text = open(path, encoding="utf-8").read()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        lines += [line.split(" #")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`(\./run\.sh [^`]+)`", text)
+    commands = []
+    for line in lines:
+        match = re.search(r"(?:-m costsmooth(?: --)?|\./run\.sh|^costsmooth)\s+(.*)", line)
+        if not match or line.startswith(("sbatch", "for ")):
+            continue
+        argv = shlex.split(re.sub(r"\[[^\]]*\]", "", match.group(1)))  # [--optional] flags are left out
+        # A shell loop's variable and the docs' placeholders stand for a sigma; COMMAND for any command.
+        argv = ["0.25" if a in ("$s", "SIGMA") else a for a in argv]
+        if argv and argv[0] not in ("test", "bench", "python", "torchrun", "COMMAND"):
+            commands.append((line, argv))
+    return commands
+
+
+def test_every_documented_command_line_is_accepted_by_the_parser():
+    # Each `./run.sh certify ...`, `costsmooth merge ...`, `torchrun ... -m costsmooth ...` in the README and
+    # docs must name flags and positionals the command takes: a renamed or removed flag fails here.
+    from costsmooth.cli import build_parser
+    parser = build_parser()
+    paths = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    checked, refused = 0, []
+    for path in paths:
+        for line, argv in _documented_commands(path):
+            try:
+                parser.parse_args(argv)
+                checked += 1
+            except SystemExit:
+                refused.append(f"{os.path.basename(path)}: {line}")
+    assert not refused, "documented commands that the parser refuses:\n" + "\n".join(refused)
+    assert checked >= 30, checked  # the README alone shows about two dozen
