@@ -11,7 +11,6 @@ Re-running reuses finished checkpoints and TSVs.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -19,39 +18,24 @@ import torch
 
 from costsmooth import metrics
 from costsmooth.data import load_dataset
-from costsmooth.models import load_model
 from costsmooth.results import load_records, read_meta
-from costsmooth.runs import certify_dataset
 from costsmooth.sound import format_grid
-from costsmooth.train import train
+from digits_study import certify_test, study_parser, train_or_load
 
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="sound_digits", help="output directory (checkpoints, TSVs, summary.md)")
-    p.add_argument("--sigmas", default="0.25,0.5", help="noise levels")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--n0", type=int, default=100)
-    p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--skip", type=int, default=2, help="certify every skip-th test image")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = study_parser(__doc__, "sound_digits", n0=100, n=10000).parse_args(argv)
     torch.set_num_threads(1)
     train_set, test_set = load_dataset("digits", "train"), load_dataset("digits", "test")
     rows = []
     for sigma in [float(v) for v in args.sigmas.split(",")]:
-        ckpt = train(train_set, "digits_cnn", "gaussian", sigma, os.path.join(args.out, f"sigma{sigma:g}"),
-                     epochs=args.epochs, optimizer="adam", lr=0.001, batch_size=64, seed=args.seed, resume=True,
-                     progress=False)
+        ckpt = train_or_load(train_set, sigma, os.path.join(args.out, f"sigma{sigma:g}"), args)
         for sound in (False, True):
             tsv = os.path.join(args.out, f"sigma{sigma:g}_{'sound' if sound else 'standard'}.tsv")
             t0 = time.perf_counter()
-            certify_dataset(load_model(ckpt), test_set, sigma, tsv, n0=args.n0, n=args.n, alpha=args.alpha,
-                            batch=max(4096, args.n), skip=args.skip, seed=args.seed, progress=False, sound=sound,
-                            meta_extra={"dataset": "digits", "model": ckpt, "split": "test"})
+            certify_test(ckpt, test_set, sigma, tsv, args, sound=sound)
             meta = read_meta(tsv)
             rec = load_records(tsv)
             mode = f"sound, grid {format_grid(meta['grid'])}" if sound else "standard"
