@@ -240,8 +240,11 @@ def main():
         fig, ax = plt.subplots(figsize=(6, 4.5))
         xs, ys = [r["cert_acc_0"] for r in rows], [r[key] for r in rows]
         ax.scatter(xs, ys, c="tab:blue", label=f"{label} ({', '.join(knobs)})")
+        names = {}  # points that coincide get one label listing them all
         for r in rows:
-            ax.annotate(",".join(str(r.get(k)) for k in knobs), (r["cert_acc_0"], r[key]), fontsize=7)
+            names.setdefault((r["cert_acc_0"], r[key]), []).append(",".join(str(r.get(k)) for k in knobs))
+        for xy, labels in names.items():
+            ax.annotate("; ".join(labels), xy, fontsize=7)
         fr = sorted((rows[i] for i in front), key=lambda r: r["cert_acc_0"])
         ax.plot([r["cert_acc_0"] for r in fr], [r[key] for r in fr], "k--", lw=0.8, label="Pareto front")
         ax.scatter([r["cert_acc_0"] for r in base], [r[key] for r in base], c="tab:red", marker="x",
