@@ -29,7 +29,7 @@ Clopper-Pearson bound holds for the drawn one; the alpha split is unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,8 @@ from . import stats
 from ._checks import check_alpha, check_positive_finite
 from .cost import CostMatrix
 
-__all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "certify_from_counts",
+__all__ = ["Certificate", "standard_certificate", "cost_sensitive_certificate", "cost_sensitive_fields",
+           "certify_from_counts",
            "conservative_sigma", "half_gap_radius", "check_labels", "check_counts_matrix", "lower_bound",
            "upper_bound", "check_charge"]
 
@@ -198,26 +199,45 @@ def cost_sensitive_certificate(top_class: int, counts, label: int, cost: CostMat
     the product toward 0 (``half_gap_radius``). Every bound pays the noise charge (``lower_bound``,
     ``upper_bound``).
     """
+    sigma = conservative_sigma(sigma)
+    return cost_sensitive_fields(top_class, counts, label, cost, alpha, lambda p_low, p_up: half_gap_radius(
+        p_low, p_up, sigma), charge)
+
+
+def cost_sensitive_fields(top_class: int, counts, label: int, cost: CostMatrix, alpha: float,
+                          radius: Callable[[float, float], float], charge: float = 0.0) -> dict:
+    """The cost-sensitive fields of one seed-class input, with the radius rule given.
+
+    The bounds and the alpha split are fixed: ``pA_low`` = CP lower bound of n_cA at alpha/2, each of
+    the K targets' CP upper bound at alpha/(2K) (Bonferroni), every bound paying the noise charge;
+    ``pOmega_up = min(max_j pj_up, 1 - pA_low)`` with ``1 - pA_low`` rounded up. ``radius(pA_low,
+    p_up)`` turns a lower bound of the top class and an upper bound of a target into a radius (rounded
+    toward 0 by the rule). If cA is itself a target, nothing is certified.
+    """
     counts = _counts_vector(counts, "counts")
     targets = cost.targets(label)
     if not targets:
         raise ValueError(f"label {label} is not a seed class of {cost}; it has no cost-sensitive certificate")
     n, k = int(counts.sum()), len(targets)
-    sigma = conservative_sigma(sigma)
     p_low = float(lower_bound(counts[top_class], n, alpha / 2, charge))
     p_up = np.atleast_1d(upper_bound(counts[targets], n, stats.bonferroni(alpha / 2, k), charge))
     cap = float(stats.complement_up(p_low))
     top_is_target = top_class in targets
-    radii = half_gap_radius(p_low, np.minimum(p_up, cap), sigma)
-    cs = float(half_gap_radius(p_low, min(float(p_up.max()), cap), sigma))
-    certified = (not top_is_target) and cs > 0
+
+    def certified_radius(upper: float) -> float:
+        if top_is_target:
+            return 0.0
+        value = float(radius(p_low, min(float(upper), cap)))
+        return value if value > 0 else 0.0
+
+    cs = certified_radius(float(p_up.max()))
     return dict(
-        cs_radius=cs if certified else 0.0,
-        cs_certified=bool(certified),
+        cs_radius=cs,
+        cs_certified=cs > 0,
         top_is_target=bool(top_is_target),
         cs_pA_lower=p_low,
         target_upper={j: float(u) for j, u in zip(targets, p_up)},
-        target_radii={j: (float(r) if (not top_is_target and r > 0) else 0.0) for j, r in zip(targets, radii)},
+        target_radii={j: certified_radius(float(u)) for j, u in zip(targets, p_up)},
     )
 
 

@@ -44,7 +44,8 @@ from scipy.stats import ncx2, norm
 from . import stats
 from ._checks import check_alpha, check_count, check_positive_finite
 from .certify import (ABSTAIN, Certificate, check_charge, check_counts_matrix, check_labels, conservative_sigma,
-                      cost_sensitive_certificate, half_gap_radius, lower_bound, standard_certificate, upper_bound)
+                      cost_sensitive_certificate, cost_sensitive_fields, half_gap_radius, lower_bound,
+                      standard_certificate)
 from .cost import CostMatrix
 
 __all__ = ["check_sigma_fn", "check_semi_elasticity", "worst_case_probability", "certified_radius",
@@ -351,31 +352,11 @@ def _standard(top: int, counts: np.ndarray, alpha: float, sigma0: float, r: floa
 
 def _cost_sensitive(top: int, counts: np.ndarray, label: int, cost: CostMatrix, alpha: float, sigma0: float,
                     r: float, dim: int, slack: float, charge: float = 0.0) -> dict:
-    """The cost-sensitive certificate with the worst-case bound xi: the same bounds and alpha split as
-    ``costsmooth.certify.cost_sensitive_certificate`` (p_A at alpha/2, each of the K targets at
-    alpha/(2K)); radii from ``two_class_radius`` instead of Cohen's closed form."""
-    targets = cost.targets(label)
-    if not targets:
-        raise ValueError(f"label {label} is not a seed class of {cost}; it has no cost-sensitive certificate")
-    n, k = int(counts.sum()), len(targets)
-    p_low = float(lower_bound(counts[top], n, alpha / 2, charge))
-    p_up = np.atleast_1d(upper_bound(counts[targets], n, stats.bonferroni(alpha / 2, k), charge))
-    cap = float(stats.complement_up(p_low))  # an upper bound: 1 - p_low rounded up
-    top_is_target = top in targets
-
-    def radius(upper: float) -> float:
-        return two_class_radius(p_low, min(float(upper), cap), sigma0, r, dim, ratio_slack=slack)
-
-    cs = 0.0 if top_is_target else radius(float(p_up.max()))
-    certified = (not top_is_target) and cs > 0
-    return dict(
-        cs_radius=cs if certified else 0.0,
-        cs_certified=bool(certified),
-        top_is_target=bool(top_is_target),
-        cs_pA_lower=p_low,
-        target_upper={j: float(u) for j, u in zip(targets, p_up)},
-        target_radii={j: (0.0 if top_is_target else radius(float(u))) for j, u in zip(targets, p_up)},
-    )
+    """The cost-sensitive certificate with the worst-case bound xi: the bounds and alpha split of
+    ``costsmooth.certify.cost_sensitive_fields`` (p_A at alpha/2, each of the K targets at alpha/(2K)),
+    radii from ``two_class_radius`` instead of Cohen's closed form."""
+    return cost_sensitive_fields(top, counts, label, cost, alpha, lambda p_low, p_up: two_class_radius(
+        p_low, p_up, sigma0, r, dim, ratio_slack=slack), charge)
 
 
 def certificates_from_counts(selection_counts, counts, alpha: float, sigma0, r: float, dim: int,
