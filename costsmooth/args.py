@@ -97,15 +97,21 @@ def parse_cost(args, num_classes: int) -> Optional[CostMatrix]:
         return CostMatrix.from_file(args.cost, num_classes)
     if args.seed_classes:
         seeds = int_list(args.seed_classes, "--seed-classes")
-        if args.targets:
+        flags = f"--seed-classes {args.seed_classes}" + (f" --targets {args.targets}" if args.targets else "")
+        try:
+            if not args.targets:
+                return CostMatrix.seedwise(num_classes, seeds)
             targets = int_list(args.targets, "--targets")
             alone = [s for s in seeds if not [t for t in targets if t != s]]
             if alone:
-                raise UsageError(f"--seed-classes {args.seed_classes} --targets {args.targets}: a class cannot target "
-                                 f"itself, so seed class {alone[0]} has no target; add other --targets, or drop "
-                                 f"{alone[0]} from --seed-classes")
+                raise UsageError(f"{flags}: a class cannot target itself, so seed class {alone[0]} has no target; "
+                                 f"add other --targets, or drop {alone[0]} from --seed-classes")
             return CostMatrix.pairwise(num_classes, {s: [t for t in targets if t != s] for s in seeds})
-        return CostMatrix.seedwise(num_classes, seeds)
+        except UsageError:
+            raise
+        except ValueError as err:  # a class index outside the model's classes
+            raise UsageError(f"{flags}: {err}; the classes are numbered 0 to "
+                             f"{num_classes - 1}") from err
     if args.targets:
         raise UsageError("--targets needs --seed-classes")
     return None

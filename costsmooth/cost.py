@@ -40,7 +40,8 @@ class CostMatrix:
             raise ValueError(f"cost matrix must have a zero diagonal (a correct prediction costs nothing), "
                              f"got {m[bad, bad]} at ({bad}, {bad})")
         if not np.any(m > 0):
-            raise ValueError("cost matrix has no positive entry: no class is a seed class")
+            raise ValueError("cost matrix has no positive entry, so no class is a seed class: set C[y, j] > 0 "
+                             "where predicting class j for an input of class y is harmful")
         if class_names is not None and len(class_names) != m.shape[0]:
             raise ValueError(f"{len(class_names)} class names for a {m.shape[0]}-class cost matrix")
         self.matrix = m
@@ -83,18 +84,24 @@ class CostMatrix:
         ext = os.path.splitext(path)[1].lower()
         try:
             if ext == ".npy":
-                cost = cls(np.load(path, allow_pickle=False))
+                content = np.load(path, allow_pickle=False)
             elif ext == ".json":
                 with open(path) as f:
-                    cost = cls.from_json(json.load(f))
+                    content = json.load(f)
             else:
-                cost = cls(np.loadtxt(path, delimiter=",", ndmin=2))
+                content = np.loadtxt(path, delimiter=",", ndmin=2)
         except (ValueError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read cost matrix from {path}: {err}. Expected a square CSV of numbers, "
+            # numpy's advice for rows of different lengths (``usecols``) does not apply to a cost matrix.
+            reason = str(err).split("; use `usecols`")[0].rstrip(".")
+            raise ValueError(f"cannot read cost matrix from {path}: {reason}. Expected a square CSV of numbers, "
                              f"a .npy array, or JSON (a list of rows, or {{'num_classes', 'seed_classes'}} or "
                              f"{{'num_classes', 'pairs'}})") from err
-        if num_classes is not None:
-            cost.check_num_classes(num_classes)
+        try:
+            cost = cls.from_json(content) if ext == ".json" else cls(content)
+            if num_classes is not None:
+                cost.check_num_classes(num_classes)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
         return cost
 
     @classmethod
@@ -108,11 +115,17 @@ class CostMatrix:
             return cls(obj["matrix"], class_names=names)
         if "num_classes" not in obj:
             raise ValueError("JSON cost matrix object needs 'matrix', or 'num_classes' with 'seed_classes' or 'pairs'")
-        if "seed_classes" in obj:
-            return cls.seedwise(int(obj["num_classes"]), obj["seed_classes"], class_names=names)
-        if "pairs" in obj:
-            return cls.pairwise(int(obj["num_classes"]), {int(k): v for k, v in obj["pairs"].items()},
-                                class_names=names)
+        seeds, pairs = obj.get("seed_classes"), obj.get("pairs")
+        if seeds is not None and not isinstance(seeds, list):
+            raise ValueError(f"JSON 'seed_classes' must be a list of class indices, e.g. [3, 5], got {seeds!r}")
+        if pairs is not None and not (isinstance(pairs, dict) and all(
+                isinstance(k, str) and k.strip().isdigit() and isinstance(v, list) for k, v in pairs.items())):
+            raise ValueError(f"JSON 'pairs' must map each seed class to a list of its targets, e.g. "
+                             f"{{\"3\": [5, 2]}}, got {pairs!r}")
+        if seeds is not None:
+            return cls.seedwise(int(obj["num_classes"]), seeds, class_names=names)
+        if pairs is not None:
+            return cls.pairwise(int(obj["num_classes"]), {int(k): v for k, v in pairs.items()}, class_names=names)
         raise ValueError("JSON cost matrix object needs 'seed_classes' or 'pairs' beside 'num_classes'")
 
     def to_json(self) -> Dict:
@@ -145,7 +158,8 @@ class CostMatrix:
     def check_num_classes(self, num_classes: int, where: str = "the model") -> None:
         if num_classes != self.num_classes:
             raise ValueError(f"cost matrix must be {num_classes}x{num_classes} for {where} with {num_classes} "
-                             f"classes, got {self.num_classes}x{self.num_classes}")
+                             f"classes, got {self.num_classes}x{self.num_classes}: give one row and one column "
+                             f"per class, in class order")
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CostMatrix) and np.array_equal(self.matrix, other.matrix)

@@ -260,3 +260,27 @@ def test_loss_arguments_take_names_and_unknown_ones_are_refused_before_any_file(
     assert main(["train", "breast_cancer", "mlp", str(out), "--epochs", "1", "--loss", "pgd", "--batch", "200",
                  "--loss-arg", "norm=linf", "--loss-arg", "eps=0.1", "--loss-arg", "steps=2", "--quiet"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=False)["settings"]["loss_kwargs"]["norm"] == "linf"
+
+
+@pytest.mark.parametrize("name, content, parts", [
+    ("small.csv", "0,1\n1,0\n", ["small.csv", "must be 3x3", "got 2x2", "one row and one column per class"]),
+    ("ragged.csv", "0,1,1\n1,0\n0,0,0\n", ["ragged.csv", "columns changed", "Expected a square CSV"]),
+    ("zero.csv", "0,0,0\n0,0,0\n0,0,0\n", ["zero.csv", "no positive entry", "set C[y, j] > 0"]),
+    ("neg.csv", "0,-1,0\n0,0,0\n0,0,0\n", ["neg.csv", "non-negative", "row 0, column 1"]),
+    ("pairs.json", '{"num_classes": 3, "pairs": [1]}', ["pairs.json", "'pairs' must map each seed class"]),
+    ("seeds.json", '{"num_classes": 3, "seed_classes": 1}', ["seeds.json", "'seed_classes' must be a list"]),
+])
+def test_malformed_cost_matrix_file_is_one_line_naming_the_file_and_the_fix(files, capsys, name, content, parts):
+    (files / name).write_text(content)
+    out = files / "o.tsv"
+    assert main(certify_args(files, out, "--cost", str(files / name), "--quiet")) == 2
+    last = one_line_error(capsys, *parts)
+    assert "usecols" not in last and ".." not in last  # numpy's advice and a doubled full stop stay out
+    assert not out.exists()
+
+
+def test_seed_or_target_class_outside_the_model_names_the_flag_and_the_class_range(files, capsys):
+    assert main(certify_args(files, files / "o.tsv", "--seed-classes", "5", "--quiet")) == 2
+    one_line_error(capsys, "--seed-classes 5:", "got 5", "numbered 0 to 2")
+    assert main(certify_args(files, files / "o.tsv", "--seed-classes", "0", "--targets", "3", "--quiet")) == 2
+    one_line_error(capsys, "--seed-classes 0 --targets 3:", "target class", "numbered 0 to 2")
