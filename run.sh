@@ -75,6 +75,7 @@ stamp() {
     | cksum
 }
 if ! compgen -G "costsmooth/_C*.so" >/dev/null || [ "$(stamp)" != "$(cat build/costsmooth-build.stamp 2>/dev/null)" ]; then
+  echo "costsmooth: building the extension (a first build takes a few minutes; log: build/costsmooth-build.log)" >&2
   if ! MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)} "$PY" setup.py -q build_ext --inplace \
       > build/costsmooth-build.log 2>&1; then
     cat build/costsmooth-build.log >&2
