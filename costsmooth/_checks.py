@@ -114,5 +114,6 @@ def settings_or_keywords(settings, cls, keywords: dict, caller: str):
     given = sorted(k for k, v in keywords.items() if v != defaults[k])
     if given:
         raise TypeError(f"{caller}() takes its settings either in one {cls.__name__} or as keywords, not both; "
-                        f"move {', '.join(given)} into it (dataclasses.replace(settings, ...))")
+                        f"move {', '.join(given)} into it: dataclasses.replace(<your {cls.__name__}>, "
+                        f"{', '.join(f'{k}={keywords[k]!r}' for k in given)})")
     return settings

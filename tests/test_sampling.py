@@ -321,7 +321,8 @@ def test_one_options_object_gives_the_counts_of_the_keywords():
     # a keyword given to sample_statistics replaces that field of options
     replaced = sample_statistics(model, x, 300, 0.5, seed=4, options=SamplingOptions(batch_size=2), batch_size=11)
     assert torch.equal(replaced.counts, by_keywords)
-    with pytest.raises(TypeError, match="either in one SamplingOptions or as keywords, not both; move batch_size"):
+    with pytest.raises(TypeError, match=r"either in one SamplingOptions or as keywords, not both; move batch_size "
+                                        r"into it: dataclasses.replace\(<your SamplingOptions>, batch_size=5\)$"):
         costsmooth.sample_counts(model, x, 300, 0.5, options=options, batch_size=5)
     with pytest.raises(TypeError, match="unexpected keyword argument 'batch'"):
         sample_statistics(model, x, 300, 0.5, batch=5)
