@@ -111,7 +111,7 @@ def register_cli(sub) -> None:
                    help="embedded dataset (digits: seed class 8; breast_cancer: malignant -> benign is harmful)")
     p.add_argument("--out", default="demo_out", help="output directory (re-running reuses finished results)")
     p.add_argument("--quick", action="store_true",
-                   help="about half a minute: 5 epochs and 256 samples, written under OUT/quick (a smoke test: MACER "
+                   help="about a minute: 5 epochs and 256 samples, written under OUT/quick (a smoke test: MACER "
                         "and CS-RS have not converged after 5 epochs)")
     p.add_argument("--seed", type=int, default=0, help="seed of training and noise")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
