@@ -56,3 +56,24 @@ def test_every_documented_command_line_is_accepted_by_the_parser():
                 refused.append(f"{os.path.basename(path)}: {line}")
     assert not refused, "documented commands that the parser refuses:\n" + "\n".join(refused)
     assert checked >= 30, checked  # the README alone shows about two dozen
+
+
+def test_python_api_examples_of_the_readme_run(tmp_path):
+    # The README's first three Python blocks (Smooth and certificates, the sampling engine, a training loss)
+    # run as written, on a digits_cnn checkpoint in place of the demo's and with fewer samples; the user
+    # supplies only n and sigma of the engine block and the training batch.
+    import torch
+    from costsmooth.models import build_model, save_checkpoint
+    path = tmp_path / "checkpoint.pt"
+    torch.manual_seed(0)
+    save_checkpoint(str(path), build_model("digits_cnn", 10, (1, 8, 8)), "digits_cnn", 10, (1, 8, 8))
+    blocks = re.findall(r"```python\n(.*?)```", open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
+                        re.S)[:3]
+    assert "load_model(" in blocks[0] and "sample_counts(" in blocks[1] and "loss.backward()" in blocks[2]
+    code = blocks[0] + "n, sigma = 64, 0.25\n" + blocks[1] + "x_batch, y_batch = X, labels\n" + blocks[2]
+    code = code.replace('"demo_out/gaussian/checkpoint.pt"', repr(str(path))).replace("100_000", "300")
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["counts"].shape == (8, 10) and int(scope["counts"].sum()) == 2 * 8 * 64  # summed twice
+    assert len(scope["certs"]) == 8 and scope["sums"].dtype == torch.float64
+    assert torch.isfinite(scope["loss"]) and scope["cert"].counts.sum() == 300
