@@ -77,3 +77,24 @@ def test_python_api_examples_of_the_readme_run(tmp_path):
     assert scope["counts"].shape == (8, 10) and int(scope["counts"].sum()) == 2 * 8 * 64  # summed twice
     assert len(scope["certs"]) == 8 and scope["sums"].dtype == torch.float64
     assert torch.isfinite(scope["loss"]) and scope["cert"].counts.sum() == 300
+
+
+def test_readme_layout_names_every_module_and_kernel_file():
+    # The Layout section is the map of the tree: a module or kernel file it does not name is missing from
+    # it (data/'s modules are named as data/, cpu/ and cuda/ as mirrored folders).
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    layout = text[text.index("## Layout"):]
+    missing = []
+    for path in glob.glob(os.path.join(ROOT, "costsmooth", "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, os.path.join(ROOT, "costsmooth"))
+        if os.path.basename(rel) in ("__init__.py", "__main__.py") or rel.startswith("data" + os.sep):
+            continue
+        if rel not in layout:
+            missing.append(f"costsmooth/{rel}")
+    for path in glob.glob(os.path.join(ROOT, "csrc", "*.*")):
+        if os.path.basename(path) not in layout:
+            missing.append(os.path.relpath(path, ROOT))
+    for folder in ("data/", "cpu/", "cuda/"):
+        if folder not in layout:
+            missing.append(folder)
+    assert not missing, f"files the README's Layout section does not name: {missing}"
