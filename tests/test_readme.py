@@ -98,3 +98,12 @@ def test_readme_layout_names_every_module_and_kernel_file():
         if folder not in layout:
             missing.append(folder)
     assert not missing, f"files the README's Layout section does not name: {missing}"
+
+
+def test_readme_data_paragraph_names_every_dataset_the_commands_accept():
+    from costsmooth.data import DATASET_NAMES
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    paragraph = text[text.index("Data (`costsmooth.data`"):][:800]
+    names = re.findall(r"\b([a-z0-9_]+(?::ROOT)?)\b(?=,| or)", DATASET_NAMES)
+    assert "wine" in names and "imagenet:ROOT" in names
+    assert not [n for n in names if f"`{n}`" not in paragraph], names
