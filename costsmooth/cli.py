@@ -252,6 +252,8 @@ def main(argv=None) -> int:
 
     Errors a user can fix are printed as one line, ``error: ...``, without a traceback.
     """
+    if argv is None:  # run as a program: its warnings are lines for a user, not the source lines that raised them
+        warnings.formatwarning = _format_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # torchrun ... -m costsmooth -- certify ...: the separator protects certify's options
         argv = argv[1:]
@@ -268,6 +270,12 @@ def main(argv=None) -> int:
         print(f"error: {error_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning of the command line as one line, ``warning: ...`` (a category other than UserWarning named)."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning{kind}: {message}\n"
 
 
 def _what_was_kept(args) -> str:

@@ -284,3 +284,16 @@ def test_seed_or_target_class_outside_the_model_names_the_flag_and_the_class_ran
     one_line_error(capsys, "--seed-classes 5:", "got 5", "numbered 0 to 2")
     assert main(certify_args(files, files / "o.tsv", "--seed-classes", "0", "--targets", "3", "--quiet")) == 2
     one_line_error(capsys, "--seed-classes 0 --targets 3:", "target class", "numbered 0 to 2")
+
+
+def test_warnings_of_the_command_line_are_one_line_each_without_source_lines(files):
+    # A warning reaches the user as `warning: ...`, not as Python's `path/results.py:612: UserWarning:` with
+    # the source line of the warnings.warn call below it.
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "costsmooth"] + certify_args(files, files / "w.tsv", "--skip", "10", "--max", "5",
+                                                               "--quiet")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    warned = [line for line in res.stderr.splitlines() if "selects only input 0" in line]
+    assert warned and warned[0].startswith("warning: --skip 10 with --max 5 selects only input 0"), res.stderr
+    assert "UserWarning" not in res.stderr and "warnings.warn" not in res.stderr and ".py:" not in res.stderr
