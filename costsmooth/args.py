@@ -89,7 +89,12 @@ def parse_cost(args, num_classes: int) -> Optional[CostMatrix]:
         raise UsageError("give either --cost or --seed-classes, not both")
     if args.cost in COST_PRESETS and not os.path.exists(args.cost):
         cost = COST_PRESETS[args.cost]()
-        cost.check_num_classes(num_classes)
+        try:
+            cost.check_num_classes(num_classes)
+        except ValueError as err:
+            raise UsageError(f"--cost {args.cost}: the preset is a cost matrix of {cost.num_classes} classes, and "
+                             f"here there are {num_classes}; use it with its dataset, or give a cost matrix file "
+                             f"(--cost FILE) or --seed-classes") from err
         return cost
     if args.cost:
         if not os.path.exists(args.cost):

@@ -297,3 +297,9 @@ def test_warnings_of_the_command_line_are_one_line_each_without_source_lines(fil
     warned = [line for line in res.stderr.splitlines() if "selects only input 0" in line]
     assert warned and warned[0].startswith("warning: --skip 10 with --max 5 selects only input 0"), res.stderr
     assert "UserWarning" not in res.stderr and "warnings.warn" not in res.stderr and ".py:" not in res.stderr
+
+
+def test_cost_preset_on_a_dataset_with_other_classes_names_the_preset(files, capsys):
+    assert main(certify_args(files, files / "o.tsv", "--cost", "ham10000", "--quiet")) == 2
+    one_line_error(capsys, "--cost ham10000: the preset is a cost matrix of 7 classes, and here there are 3")
+    assert not (files / "o.tsv").exists()
