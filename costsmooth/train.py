@@ -220,7 +220,6 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
             raise ValueError(f"--sound draws grid points of the training inputs, but the {loss} loss attacks them off "
                              f"the grid first; use gaussian, gaussian_r, macer, cs_rs or cs_rs_pairwise")
         objective.noise.grid = grid
-    os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(s.seed)
     mean, std = dataset.mean, dataset.std
     if mean is None and not getattr(dataset, "in_memory", True):  # image files: one pass over the training images
@@ -228,6 +227,7 @@ def train(dataset: Dataset, arch: str, loss: str, sigma: float, out_dir: str, *,
     model = build_model(arch, classes, dataset.input_shape, mean, std).to(device)
     if init_state is not None and state is None:  # its normalisation, if it carries one, replaces the dataset's
         load_weights(model, init_state, f"--init {s.init}", arch)
+    os.makedirs(out_dir, exist_ok=True)  # after every check: a refused command leaves no directory
     opt = _optimizer(model, s.lr, s.momentum, s.weight_decay, s.optimizer)
     run = _Training(dataset, model, opt, _scheduler(opt, s.schedule, s.epochs), objective, mixer, loss, s.epochs,
                     ckpt_path, os.path.join(out_dir, "log.jsonl"), 0, device)

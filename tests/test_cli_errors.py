@@ -303,3 +303,12 @@ def test_cost_preset_on_a_dataset_with_other_classes_names_the_preset(files, cap
     assert main(certify_args(files, files / "o.tsv", "--cost", "ham10000", "--quiet")) == 2
     one_line_error(capsys, "--cost ham10000: the preset is a cost matrix of 7 classes, and here there are 3")
     assert not (files / "o.tsv").exists()
+
+
+def test_train_refusing_its_init_file_leaves_no_run_directory(tmp_path, capsys):
+    torch.save({"fc.weight": torch.zeros(10, 64)}, tmp_path / "other.pt")  # a state dict of another model
+    out = tmp_path / "run"
+    assert main(["train", "digits", "digits_cnn", str(out), "--init", str(tmp_path / "other.pt"), "--epochs", "1",
+                 "--quiet"]) == 2
+    one_line_error(capsys, "--init", "other.pt")
+    assert not out.exists()  # a refused command leaves no files
