@@ -253,10 +253,11 @@ def vote_count_nan(logits: torch.Tensor, n: int, counts: torch.Tensor) -> torch.
     return torch.ops.costsmooth.vote_count_(logits, counts, n)
 
 
-def raise_on_nan(nan_rows: torch.Tensor, what: str, problem: str = "contain NaN") -> None:
-    """Raise NaNLogitsError when any input had rows that were left out (``nan_rows`` [B] from an op)."""
+def raise_on_nan(nan_rows: torch.Tensor, what: str, problem: str = "contain NaN", index_offset: int = 0) -> None:
+    """Raise NaNLogitsError when any input had rows that were left out (``nan_rows`` [B] from an op); the
+    inputs are named by ``index_offset`` + position, their noise index (a certify run's dataset index)."""
     if bool(nan_rows.any()):
-        bad = nan_rows.nonzero().flatten()
+        bad = nan_rows.nonzero().flatten() + index_offset
         raise NaNLogitsError(
             f"{int(nan_rows.sum())} rows of logits {problem} (inputs {bad[:10].tolist()}); they were not "
             f"counted in {what}. Check the model and the inputs for NaN/inf values.")

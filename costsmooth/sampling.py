@@ -488,8 +488,8 @@ def sample_statistics(model: torch.nn.Module, x: torch.Tensor, n: int, sigma, *,
             b, j = (b1, 0) if (b1 > b0 + 1 or j0 + m == n) else (b, j0 + m)
     if counts is None:  # no inputs
         counts, sums = accumulators(num_classes or 0)
-    ops.raise_on_nan(nan_rows, "the vote counts")
-    ops.raise_on_nan(bad_softmax, "the probability sums", ops.UNDEFINED_SOFTMAX)
+    ops.raise_on_nan(nan_rows, "the vote counts", index_offset=index_offset)
+    ops.raise_on_nan(bad_softmax, "the probability sums", ops.UNDEFINED_SOFTMAX, index_offset=index_offset)
     return SampleStatistics(counts=counts, prob_sums=sums)
 
 

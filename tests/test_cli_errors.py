@@ -312,3 +312,22 @@ def test_train_refusing_its_init_file_leaves_no_run_directory(tmp_path, capsys):
                  "--quiet"]) == 2
     one_line_error(capsys, "--init", "other.pt")
     assert not out.exists()  # a refused command leaves no files
+
+
+class NaNOnLargeInputs(torch.nn.Module):
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 3)
+        out[x[:, 0] > 100] = float("nan")
+        return out
+
+
+def test_nan_logits_name_the_dataset_index_of_the_input(files, capsys):
+    # The error names the input by its dataset index (what idx counts), not by its place in a model call.
+    data = torch.load(files / "data.pt")
+    data["inputs"][6, 0] = 1000.0  # finite input; the model's logits on it are NaN
+    torch.save(data, files / "data.pt")
+    torch.jit.script(NaNOnLargeInputs()).save(str(files / "nan.pt"))
+    args = certify_args(files, files / "o.tsv", "--skip", "3", "--max", "10", "--quiet")
+    args[2] = str(files / "nan.pt")
+    assert main(args) == 2
+    one_line_error(capsys, "rows of logits contain NaN (inputs [6])")
