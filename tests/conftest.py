@@ -1,7 +1,9 @@
 import os
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +50,12 @@ def scalar_noise(tmp_path, x: torch.Tensor, n: int, sigma: float, **kwargs):
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.pt"), str(tmp_path / "out.pt")], env=env,
                    check=True)
     return torch.load(tmp_path / "out.pt")
+
+
+def write_cifar10(root):
+    """A tiny CIFAR-10 python-pickle tree under ``root``: five training batches and a test batch of four
+    random 32x32 images each, labelled 0, 1, 2, 9."""
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(os.path.join(root, name), "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}, f)

@@ -1,7 +1,6 @@
 """Datasets from tiny files in each supported layout; architectures; checkpoints; training and resume."""
 import gzip
 import os
-import pickle
 import struct
 import warnings
 
@@ -12,6 +11,7 @@ import torch
 from costsmooth import CostMatrix, data
 from costsmooth.models import ARCHS, build_model, load_model, save_checkpoint
 from costsmooth.train import train
+from tests.conftest import write_cifar10
 
 
 def test_embedded_datasets_have_fixed_documented_splits():
@@ -28,10 +28,7 @@ def test_embedded_datasets_have_fixed_documented_splits():
 
 
 def test_cifar10_layout(tmp_path):
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(tmp_path / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}, f)
+    write_cifar10(tmp_path)
     d = data.load_dataset(f"cifar10:{tmp_path}", "test")
     assert d.inputs.shape == (4, 3, 32, 32) and d.labels.tolist() == [0, 1, 2, 9] and d.num_classes == 10
     assert len(data.load_cifar10(str(tmp_path), "train")) == 20

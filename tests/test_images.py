@@ -1,6 +1,5 @@
 """Image datasets read lazily from files: ImageNet and folder layouts, Cohen et al.'s transforms (equal to
 torchvision's), the DataLoader path, scalable fingerprints, resume checks and streaming memory."""
-import json
 import os
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import torch
 from costsmooth import data
 from costsmooth.cli import main
 from costsmooth.data import transforms
-from costsmooth.data.images import list_image_folder
 from costsmooth.models import build_model, save_checkpoint
 from costsmooth.results import read_counts, read_meta, read_tsv
+from tests.conftest import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,11 +257,7 @@ def test_train_streams_a_folder_with_statistics_from_one_pass(tmp_path):
 
 
 def test_cifar10_train_split_is_augmented_for_training_only(tmp_path):
-    import pickle
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(tmp_path / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}, f)
+    write_cifar10(tmp_path)
     train_set = data.load_dataset(f"cifar10:{tmp_path}", "train")
     assert train_set.augment is not None and data.load_dataset(f"cifar10:{tmp_path}", "test").augment is None
     plain = next(data.batches(train_set, [[0, 1, 2]])).inputs

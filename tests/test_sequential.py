@@ -417,18 +417,24 @@ def test_input_dependent_sigma_is_refused():
 
 
 # -- command line ---------------------------------------------------------------------------------
+def _write_linear_run(tmp_path, seed: int, inputs: int, scale: float):
+    """A pickled linear model (5 features, 3 classes) and a data file of ``inputs`` test inputs labelled
+    with its own predictions, as model.pt and data.pt in tmp_path."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(5, 3)
+    x = torch.randn(inputs, 5) * scale
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    torch.save(model, tmp_path / "model.pt")
+    torch.save({"inputs": x, "labels": y, "split": ["test"] * inputs}, tmp_path / "data.pt")
+
+
 def test_certify_sequential_cli_writes_decisions_and_samples_and_resumes(tmp_path, capsys):
     from costsmooth.cli import main
     from costsmooth.results import read_meta, read_tsv
     from costsmooth.results import SEQUENTIAL_COLUMNS
 
-    torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3)
-    x = torch.randn(30, 5) * 3
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    torch.save(model, tmp_path / "model.pt")
-    torch.save({"inputs": x, "labels": y, "split": ["test"] * 30}, tmp_path / "data.pt")
+    _write_linear_run(tmp_path, seed=0, inputs=30, scale=3)
     out = tmp_path / "seq.tsv"
     args = ["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5", str(out), "--sequential",
             "--radius", "0.3", "--max-n", "3000", "--N0", "50", "--alpha", "0.01", "--quiet", "--seed-classes", "0",
@@ -498,13 +504,7 @@ def test_sequential_run_with_a_cost_matrix_reports_what_analyze_counts(tmp_path,
     from costsmooth.cli import main
     from costsmooth.results import read_tsv
 
-    torch.manual_seed(1)
-    model = torch.nn.Linear(5, 3)
-    x = torch.randn(40, 5) * 2
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    torch.save(model, tmp_path / "model.pt")
-    torch.save({"inputs": x, "labels": y, "split": ["test"] * 40}, tmp_path / "data.pt")
+    _write_linear_run(tmp_path, seed=1, inputs=40, scale=2)
     out, report = tmp_path / "seq.tsv", tmp_path / "a.json"
     r = 0.3
     assert main(["certify", str(tmp_path / "data.pt"), str(tmp_path / "model.pt"), "0.5", str(out), "--sequential",
